@@ -1,0 +1,212 @@
+// moa_model.h — the MoA translation engine: load a model directory, translate, score.
+//
+// Usage:
+//
+//     char err[512];
+//     moa_model *m = moa_model_load("weights/moa-en-de", err, sizeof err);
+//     if (!m) { fprintf(stderr, "%s\n", err); return 1; }
+//     moa_session *s = moa_session_create(m, 64, err, sizeof err);
+//     moa_search_opts o;
+//     moa_search_opts_default(&o);
+//     int id = moa_session_add(s, src_ids, src_len, &o, NULL, err, sizeof err);
+//     while (moa_session_live(s) > 0) {
+//         moa_session_step(s);                       // one decoder step for all
+//         moa_result r;
+//         while (moa_session_take(s, &r) == 1) {     // finished sentences
+//             ... r.hyps[0].tokens ...
+//             moa_result_clear(&r);
+//         }
+//     }
+//     moa_session_free(s);
+//     moa_model_free(m);
+//
+// Threading: a moa_model is read-only after load and may be shared by any
+// number of threads. A moa_session (scratch buffers, KV caches, live
+// sentences) belongs to one thread at a time.
+//
+// Model format, maths and decoding rules: shared/docs/moa-spec.md.
+#ifndef MOA_MODEL_H
+#define MOA_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// --- errors ---------------------------------------------------------------
+
+#define MOA_ERRNO_MAP(XX)                                                    \
+    XX(OK, 0, "success")                                                     \
+    XX(EINVAL, -1, "invalid argument")                                       \
+    XX(ENOMEM, -2, "out of memory")                                          \
+    XX(EIO, -3, "cannot read file")                                          \
+    XX(EFORMAT, -4, "malformed model")                                       \
+    XX(ETOOLONG, -5, "sequence longer than the model allows")                \
+    XX(EFULL, -6, "session is full")                                         \
+    XX(ENOTFOUND, -7, "no such entry")
+
+typedef enum {
+#define MOA_ERRNO_ENUM(name, code, msg) MOA_##name = (code),
+    MOA_ERRNO_MAP(MOA_ERRNO_ENUM)
+#undef MOA_ERRNO_ENUM
+} moa_errno;
+
+// Returns a static string for an error code (never NULL).
+const char *moa_strerror(int err);
+
+// --- model ----------------------------------------------------------------
+
+typedef enum { MOA_ACT_RELU = 0, MOA_ACT_GELU = 1 } moa_activation;
+
+typedef struct moa_config {
+    int d_model;
+    int encoder_layers;
+    int decoder_layers;
+    int ffn_dim;
+    moa_activation activation;
+    int normalize_before;   // 0 post-norm, 1 pre-norm
+    int num_experts;        // E
+    int top_k;              // k
+    int head_dim;           // h
+    int attention_bias;
+    int vocab_size;
+    int share_embeddings;
+    int scale_embedding;
+    int max_positions;
+    float layernorm_eps;
+    int bos_id, pad_id, eos_id, unk_id;
+    int decoder_start_id;
+    char source_lang[32];
+    char target_lang[32];
+    char name[128];
+} moa_config;
+
+typedef struct moa_model moa_model;
+
+// Loads a model directory (config.json, model.safetensors; vocab.txt and
+// sentencepiece.model are the tokenizer's). Returns NULL on failure and writes
+// a message naming the file and the problem into err (may be NULL).
+// Thread-safe; the returned model is read-only and shareable.
+moa_model *moa_model_load(const char *dir, char *err, size_t errlen);
+void moa_model_free(moa_model *m);  // NULL is a no-op
+
+const moa_config *moa_model_config(const moa_model *m);
+const char *moa_model_dir(const moa_model *m);
+// Bytes the weights take as float32 (what a fully widened model occupies).
+size_t moa_model_f32_bytes(const moa_model *m);
+
+// --- threads ----------------------------------------------------------------
+
+// Sets the number of BLAS threads for the whole process (call once, early).
+void moa_set_num_threads(int n);
+int moa_get_num_threads(void);
+const char *moa_blas_corename(void);
+
+// --- search options ---------------------------------------------------------
+
+typedef struct moa_search_opts {
+    int beam_size;          // 1..16, default 4 (1 = greedy)
+    int num_hypotheses;     // 1..beam_size, default 1
+    float length_penalty;   // 0..10, default 1.0
+    int max_length;         // 0 = spec default per sentence; else 1..max_positions-2
+    int min_length;         // default 1
+    int no_unk;             // forbid <unk>
+    int sampling_topk;      // 0 = no sampling; 0..V
+    float sampling_topp;    // (0,1], default 1
+    float sampling_temperature;  // (0,100], default 1
+    uint64_t seed;          // PRNG seed (sampling); the caller adds the sentence index
+    int trace;              // record routing traces for the returned hypotheses
+    int token_logprobs;     // record per-token log-probs of the returned hypotheses
+} moa_search_opts;
+
+void moa_search_opts_default(moa_search_opts *o);
+// Checks options against spec §6 for a model; 0 or MOA_EINVAL with a message.
+int moa_search_opts_check(const moa_search_opts *o, const moa_config *cfg,
+                          char *err, size_t errlen);
+
+// --- results ----------------------------------------------------------------
+
+// Routing trace of one hypothesis (spec §7). Arrays are row-major:
+// enc_*[layer][src_pos][k], dec_self_*/dec_cross_*[layer][t][k] with
+// t = 0..n_tokens-1 (decoder input position t produced output token t).
+// Margins are per [layer][pos]: k-th minus (k+1)-th router logit
+// (+INFINITY when k == E).
+typedef struct moa_trace {
+    int layers_enc, layers_dec, k;
+    int src_len, tgt_len;
+    int *enc_experts;   float *enc_gates;   float *enc_margin;
+    int *dself_experts; float *dself_gates; float *dself_margin;
+    int *dcross_experts; float *dcross_gates; float *dcross_margin;
+} moa_trace;
+
+typedef struct moa_hypothesis {
+    int *tokens;            // output ids, eos included when finished (owned)
+    int n_tokens;
+    float *token_logprobs;  // n_tokens values, or NULL if not asked for
+    double log_prob;        // raw sum, eos included
+    double score;           // log_prob / n_tokens^length_penalty
+    moa_trace *trace;       // NULL unless asked for
+} moa_hypothesis;
+
+typedef struct moa_result {
+    int id;                 // what moa_session_add returned
+    void *user;             // what the caller passed to moa_session_add
+    int n_hyps;
+    moa_hypothesis *hyps;   // best first
+} moa_result;
+
+void moa_result_clear(moa_result *r);  // frees what r owns; r may be reused
+void moa_trace_free(moa_trace *t);
+
+// --- sessions: continuous batching -----------------------------------------
+
+typedef struct moa_session moa_session;
+
+// A session decodes up to max_rows beam rows at once (sum of beam sizes of
+// live sentences). Returns NULL with a message on failure.
+moa_session *moa_session_create(const moa_model *m, int max_rows,
+                                char *err, size_t errlen);
+void moa_session_free(moa_session *s);  // NULL is a no-op
+
+// Queues a sentence (src: token ids WITHOUT the trailing eos; the engine
+// appends it). Returns a sentence id >= 0, or a negative moa_errno with a
+// message (bad options, too long, session full). The sentence is encoded at
+// the next moa_session_step together with the other newcomers.
+int moa_session_add(moa_session *s, const int *src, int src_len,
+                    const moa_search_opts *opts, void *user,
+                    char *err, size_t errlen);
+// Number of sentences queued or decoding.
+int moa_session_live(const moa_session *s);
+// Rows (beam hypotheses) the sentences admitted so far occupy.
+int moa_session_rows(const moa_session *s);
+// Runs one iteration: encodes newcomers, one decoder step for every live
+// hypothesis of every sentence, retires finished sentences. Returns the
+// number of rows decoded, or a negative error.
+int moa_session_step(moa_session *s);
+// Takes one finished sentence: 1 and fills r (caller clears it), 0 if none.
+int moa_session_take(moa_session *s, moa_result *r);
+// Drops a queued or live sentence; 0 or MOA_ENOTFOUND.
+int moa_session_cancel(moa_session *s, int id);
+
+// --- convenience ----------------------------------------------------------
+
+// Translates n sentences (ids without eos) with the same options, at most
+// max_batch at a time; out[i] receives sentence i. 0 or a negative error.
+int moa_translate(moa_session *s, const int *const *src, const int *src_len,
+                  int n, const moa_search_opts *opts, moa_result *out,
+                  char *err, size_t errlen);
+
+// Forced decoding: per-token log-probs of tgt (ids WITHOUT eos; the engine
+// appends it) given src. out[i].hyps[0] holds tokens (tgt + eos),
+// token_logprobs, log_prob, score (length_penalty 1) and, if trace, the
+// routing trace. 0 or a negative error.
+int moa_score(moa_session *s, const int *const *src, const int *src_len,
+              const int *const *tgt, const int *tgt_len, int n, int trace,
+              moa_result *out, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
