@@ -1,0 +1,69 @@
+// moa_tokenizer.h — text ⇄ model ids, a C API over the SentencePiece library.
+//
+// Usage:
+//
+//     char err[512];
+//     moa_tokenizer *tok = moa_tokenizer_load("weights/moa-en-de", err, sizeof err);
+//     int *ids; int n;
+//     if (moa_tokenizer_encode(tok, text, strlen(text), 1, &ids, &n, err, sizeof err) == 0) {
+//         ... ids[0..n-1], the last one eos ...
+//         free(ids);
+//     }
+//     char *out;
+//     moa_tokenizer_decode(tok, ids, n, &out, err, sizeof err);  // free(out)
+//     moa_tokenizer_free(tok);
+//
+// A model directory holds sentencepiece.model and vocab.txt (spec §3, §7):
+// line i of vocab.txt is model id i, ids 0-3 are <s> <pad> </s> <unk>.
+// SentencePiece cuts text into pieces; each piece maps to its vocab.txt id
+// (first occurrence wins), a piece not in vocab.txt becomes <unk>.
+//
+// Thread-safety: a loaded tokenizer is read-only; encode/decode may be called
+// from any number of threads at once. Return values: 0 or a negative
+// moa_errno code (model/moa_model.h) with a message in err (may be NULL).
+#ifndef MOA_TOKENIZER_H
+#define MOA_TOKENIZER_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct moa_tokenizer moa_tokenizer;
+
+// Loads DIR/sentencepiece.model and DIR/vocab.txt. NULL on failure with a
+// message naming the file and the problem.
+moa_tokenizer *moa_tokenizer_load(const char *dir, char *err, size_t errlen);
+void moa_tokenizer_free(moa_tokenizer *t);  // NULL is a no-op
+
+// Lines of vocab.txt.
+int moa_tokenizer_vocab_size(const moa_tokenizer *t);
+// vocab.txt line `id`, or NULL when out of range. Owned by the tokenizer.
+const char *moa_tokenizer_piece(const moa_tokenizer *t, int id);
+
+// Encodes UTF-8 text of `len` bytes into model ids, eos appended when
+// add_eos. *ids is malloc'ed (caller frees), *n its length. Empty or
+// whitespace-only text gives no pieces (just eos when add_eos). Invalid
+// UTF-8 is refused with MOA_EINVAL and the byte offset in err.
+int moa_tokenizer_encode(const moa_tokenizer *t, const char *text, size_t len,
+                         int add_eos, int **ids, int *n,
+                         char *err, size_t errlen);
+
+// Encodes like moa_tokenizer_encode but returns the pieces as strings
+// (vocab.txt spelling; <unk> for unknown pieces), eos as "</s>" when add_eos.
+// *pieces is one malloc'ed array of n pointers into the same block: free(*pieces).
+int moa_tokenizer_encode_pieces(const moa_tokenizer *t, const char *text,
+                                size_t len, int add_eos, char ***pieces,
+                                int *n, char *err, size_t errlen);
+
+// Decodes ids to UTF-8 text: <s> <pad> </s> are dropped, the rest go through
+// vocab.txt to pieces and SentencePiece's decoder (<unk> renders as " ⁇ ").
+// Ids out of range are refused with MOA_EINVAL. *text is malloc'ed.
+int moa_tokenizer_decode(const moa_tokenizer *t, const int *ids, int n,
+                         char **text, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
