@@ -45,7 +45,9 @@ const char *moa_tokenizer_piece(const moa_tokenizer *t, int id);
 // Encodes UTF-8 text of `len` bytes into model ids, eos appended when
 // add_eos. *ids is malloc'ed (caller frees), *n its length. Empty or
 // whitespace-only text gives no pieces (just eos when add_eos). Invalid
-// UTF-8 is refused with MOA_EINVAL and the byte offset in err.
+// UTF-8 and NUL bytes are refused with MOA_EINVAL and the byte offset in
+// err; text over 4 MiB with MOA_ETOOLONG (SentencePiece needs ~115 bytes of
+// memory per input byte). On success *ids is never NULL.
 int moa_tokenizer_encode(const moa_tokenizer *t, const char *text, size_t len,
                          int add_eos, int **ids, int *n,
                          char *err, size_t errlen);
