@@ -102,9 +102,66 @@ float moa_bf16_to_f32(uint16_t h);
 void moa_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
               const float *a, int lda, const float *b, int ldb, float beta,
               float *c, int ldc);
+// Adds n to the process-wide FLOP counter (moa_flop_count).
+void moa_count_flops(uint64_t n);
 // The same product as three plain loops, for tests.
 void moa_gemm_naive(int trans_a, int trans_b, int m, int n, int k,
                     float alpha, const float *a, int lda, const float *b,
                     int ldb, float beta, float *c, int ldc);
+
+// y = LayerNorm(x) * w + b over rows of width d (y may equal x).
+void moa_layernorm(float *y, const float *x, int n, int d, const float *w,
+                   const float *b, float eps);
+// In place: row := row - logsumexp(row), for n rows of width v.
+void moa_log_softmax(float *x, int n, int v);
+// In place softmax of one row of width v.
+void moa_softmax(float *x, int v);
+float moa_dot(const float *a, const float *b, int n);
+// y += a * x
+void moa_axpy(float *y, float a, const float *x, int n);
+void moa_relu(float *x, size_t n);
+void moa_gelu(float *x, size_t n);  // exact erf form (spec §5)
+
+// --- search pieces (model/moa_search.c) -------------------------------------
+
+// One candidate continuation: hypothesis `hyp` (its rank among the live ones)
+// extended by `token`; score = hyp score (double) + lp.
+typedef struct moa_cand {
+    double score;
+    int hyp;
+    int token;
+    float lp;
+} moa_cand;
+
+// Sets the tokens that may not be produced at this step to -inf (spec §4):
+// pad and bos always, unk with no_unk, eos while n_tokens < min_length,
+// everything but eos once n_tokens == max_len.
+void moa_mask_row(float *lp, const moa_config *cfg, const moa_search_opts *o,
+                  int n_tokens, int max_len);
+
+// The best `want` candidates over n_hyp rows of v log-probs, ranked by score
+// (ties: lower hyp rank, then lower token id). Candidates with score -inf are
+// left out. Returns how many were written to out (<= want).
+int moa_beam_candidates(const float *lp, int n_hyp, int v,
+                        const double *hyp_score, int want, moa_cand *out);
+
+// Whether these options sample (spec §6): beam 1 and top-k other than 1 with
+// some of top-k > 1, top-p < 1, temperature != 1.
+int moa_opts_sampling(const moa_search_opts *o);
+
+// xoshiro256** seeded through splitmix64 (documented in moa-spec §6 terms:
+// "a documented 64-bit PRNG").
+typedef struct moa_rng {
+    uint64_t s[4];
+} moa_rng;
+void moa_rng_seed(moa_rng *r, uint64_t seed);
+uint64_t moa_rng_next(moa_rng *r);
+double moa_rng_uniform(moa_rng *r);  // [0, 1), 53 bits
+
+// Draws a token from one row of (masked) log-probs per spec §6: divide by the
+// temperature, keep top-k, then the smallest most-probable set reaching top-p
+// (ties lower id first), renormalise, draw. scratch: 2·v floats + v ints.
+int moa_sample_token(const float *lp, int v, const moa_search_opts *o,
+                     moa_rng *rng, float *scratch, int *scratch_idx);
 
 #endif

@@ -103,6 +103,9 @@ size_t moa_model_f32_bytes(const moa_model *m);
 void moa_set_num_threads(int n);
 int moa_get_num_threads(void);
 const char *moa_blas_corename(void);
+// Floating-point operations the engine has done in this process (matrix
+// products and attention; 2 per multiply-add), for benchmarks. Thread-safe.
+uint64_t moa_flop_count(void);
 
 // --- search options ---------------------------------------------------------
 
@@ -116,7 +119,8 @@ typedef struct moa_search_opts {
     int sampling_topk;      // 0 = no sampling; 0..V
     float sampling_topp;    // (0,1], default 1
     float sampling_temperature;  // (0,100], default 1
-    uint64_t seed;          // PRNG seed (sampling); the caller adds the sentence index
+    uint64_t seed;          // PRNG seed (sampling), default 0; moa_session_add uses it
+                            // as is, so the caller adds the sentence index
     int trace;              // record routing traces for the returned hypotheses
     int token_logprobs;     // record per-token log-probs of the returned hypotheses
 } moa_search_opts;
@@ -157,7 +161,8 @@ typedef struct moa_result {
     moa_hypothesis *hyps;   // best first
 } moa_result;
 
-void moa_result_clear(moa_result *r);  // frees what r owns; r may be reused
+// Frees what r owns and zeroes it; safe on an all-zero result.
+void moa_result_clear(moa_result *r);
 void moa_trace_free(moa_trace *t);
 
 // --- sessions: continuous batching -----------------------------------------
@@ -171,7 +176,7 @@ moa_session *moa_session_create(const moa_model *m, int max_rows,
 void moa_session_free(moa_session *s);  // NULL is a no-op
 
 // Queues a sentence (src: token ids WITHOUT the trailing eos; the engine
-// appends it). Returns a sentence id >= 0, or a negative moa_errno with a
+// appends it; src is copied). Returns a sentence id >= 0, or a negative moa_errno with a
 // message (bad options, too long, session full). The sentence is encoded at
 // the next moa_session_step together with the other newcomers.
 int moa_session_add(moa_session *s, const int *src, int src_len,
@@ -192,8 +197,10 @@ int moa_session_cancel(moa_session *s, int id);
 
 // --- convenience ----------------------------------------------------------
 
-// Translates n sentences (ids without eos) with the same options, at most
-// max_batch at a time; out[i] receives sentence i. 0 or a negative error.
+// Translates n sentences (ids without eos) with the same options, keeping
+// the session's rows full; out[i] receives sentence i, and sentence i samples
+// with seed opts->seed + i. 0, or a negative error with a message: then out[]
+// is all zero (nothing to clear) and the session is empty again.
 int moa_translate(moa_session *s, const int *const *src, const int *src_len,
                   int n, const moa_search_opts *opts, moa_result *out,
                   char *err, size_t errlen);

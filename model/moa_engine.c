@@ -1,0 +1,1034 @@
+// moa_engine.c — sessions: the encoder, one decoder step for every live
+// hypothesis of every sentence, and the search bookkeeping around it.
+//
+// MoA attention (spec §1) is done the efficient way: K and V come from one
+// shared projection per layer; the router picks k experts per row; the
+// (row, pick) pairs of the whole batch are grouped by expert so that each
+// expert's Q projection and O projection is ONE matrix product over its rows;
+// gates are applied on the scatter back. The decoder self-attention cache
+// holds 2·h floats per token per layer (K and V of the shared projections),
+// independent of E and k.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moa_impl.h"
+
+// --- sentences in flight ---------------------------------------------------------
+
+enum { SENT_QUEUED = 0, SENT_LIVE = 1 };
+
+typedef struct sent {
+    int id;
+    void *user;
+    moa_search_opts o;
+    int sampling;           // draws tokens instead of beam search
+    int forced;             // scoring: follows tgt
+    int *src;               // source ids, eos included
+    int src_len;
+    int *tgt;               // forced target, eos included
+    int tgt_len;
+    int max_len;            // most real tokens a hypothesis may hold
+    int beam;               // rows reserved
+    int cap;                // decoder positions per slot (max_len + 1)
+    int state;
+    int step;               // tokens each live hypothesis holds
+    int n_live;
+
+    // Per slot (live hypothesis, in rank order) histories: [beam][cap].
+    int *tokens;
+    float *lps;
+    double *scores;         // [beam]
+    // Decoder self-attention cache: [beam][Ldec][cap][h], K and V.
+    float *kc, *vc;
+    // Cross-attention K/V, computed once: [Ldec][src_len][h].
+    float *xk, *xv;
+    // Traces, only when o.trace: encoder [Lenc][src_len][k] (+ margins
+    // [Lenc][src_len]); decoder per slot [beam][Ldec][cap][k].
+    int *enc_e;  float *enc_g, *enc_m;
+    int *ds_e;   float *ds_g, *ds_m;
+    int *dc_e;   float *dc_g, *dc_m;
+
+    int n_fin;
+    moa_hypothesis fin[MOA_MAX_BEAM];
+    moa_rng rng;
+} sent;
+
+// Scratch for one batched pass over n rows (encoder tokens or decoder rows).
+typedef struct work {
+    int cap;                // rows it holds
+    float *x, *xn, *y;      // n × d
+    float *h1;              // n × ffn
+    float *kb, *vb;         // n × h
+    float *router;          // n × E
+    int *pick_e;            // n × k
+    float *pick_g;          // n × k
+    float *margin;          // n
+    float *q, *a;           // n × k × h
+    float *gin;             // n·k × max(d, h)  gathered inputs per expert
+    float *gout;            // n·k × max(d, h)  products per expert
+    int *grp;               // n·k  (row·k + pick) grouped by expert
+    int *grp_off;           // E + 1
+} work;
+
+struct moa_session {
+    const moa_model *m;
+    const moa_config *c;
+    int max_rows;
+    int rows_used;
+    int next_id;
+
+    sent **sents;           // queued and live, in arrival order
+    int n_sents, cap_sents;
+
+    moa_result *done;       // finished, waiting for moa_session_take
+    int done_head, n_done, cap_done;
+
+    work w;                 // grows to the largest batch seen
+    float *logits;          // max_rows × V
+    float *att;             // attention scores, max over keys
+    size_t att_cap;
+    int *row_sent;          // row → index into sents
+    int *row_slot;          // row → slot of that sentence
+    moa_cand cand[2 * MOA_MAX_BEAM];
+    float *sample_f;        // 2·V
+    int *sample_i;          // V
+    float *reorder;         // scratch for cache reorders
+    size_t reorder_cap;
+};
+
+// --- small helpers ---------------------------------------------------------------
+
+static void *xcalloc(size_t n, size_t sz) { return n ? calloc(n, sz) : calloc(1, 1); }
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap) return 0;
+    size_t n = *cap ? *cap : 64;
+    while (n < need) n *= 2;
+    void *q = realloc(*p, n * elem);
+    if (!q) return MOA_ENOMEM;
+    *p = q;
+    *cap = n;
+    return 0;
+}
+
+static void work_free(work *w) {
+    free(w->x); free(w->xn); free(w->y); free(w->h1); free(w->kb); free(w->vb);
+    free(w->router); free(w->pick_e); free(w->pick_g); free(w->margin);
+    free(w->q); free(w->a); free(w->gin); free(w->gout); free(w->grp);
+    free(w->grp_off);
+    memset(w, 0, sizeof *w);
+}
+
+// Makes w hold n rows; keeps nothing of its previous content.
+static int work_reserve(work *w, const moa_config *c, int n) {
+    if (n <= w->cap) return 0;
+    work_free(w);
+    size_t d = c->d_model, h = c->head_dim, k = c->top_k, E = c->num_experts;
+    size_t wide = d > h ? d : h;
+    size_t N = (size_t)n;
+    w->x = malloc(N * d * sizeof(float));
+    w->xn = malloc(N * d * sizeof(float));
+    w->y = malloc(N * d * sizeof(float));
+    w->h1 = malloc(N * c->ffn_dim * sizeof(float));
+    w->kb = malloc(N * h * sizeof(float));
+    w->vb = malloc(N * h * sizeof(float));
+    w->router = malloc(N * E * sizeof(float));
+    w->pick_e = malloc(N * k * sizeof(int));
+    w->pick_g = malloc(N * k * sizeof(float));
+    w->margin = malloc(N * sizeof(float));
+    w->q = malloc(N * k * h * sizeof(float));
+    w->a = malloc(N * k * h * sizeof(float));
+    w->gin = malloc(N * k * wide * sizeof(float));
+    w->gout = malloc(N * k * wide * sizeof(float));
+    w->grp = malloc(N * k * sizeof(int));
+    w->grp_off = malloc((E + 1) * sizeof(int));
+    if (!w->x || !w->xn || !w->y || !w->h1 || !w->kb || !w->vb || !w->router ||
+        !w->pick_e || !w->pick_g || !w->margin || !w->q || !w->a || !w->gin ||
+        !w->gout || !w->grp || !w->grp_off) {
+        work_free(w);
+        return MOA_ENOMEM;
+    }
+    w->cap = n;
+    return 0;
+}
+
+static void sent_free(sent *s) {
+    if (!s) return;
+    free(s->src); free(s->tgt); free(s->tokens); free(s->lps); free(s->scores);
+    free(s->kc); free(s->vc); free(s->xk); free(s->xv);
+    free(s->enc_e); free(s->enc_g); free(s->enc_m);
+    free(s->ds_e); free(s->ds_g); free(s->ds_m);
+    free(s->dc_e); free(s->dc_g); free(s->dc_m);
+    for (int i = 0; i < s->n_fin; i++) {
+        free(s->fin[i].tokens);
+        free(s->fin[i].token_logprobs);
+        moa_trace_free(s->fin[i].trace);
+    }
+    free(s);
+}
+
+// --- the MoA attention pieces ------------------------------------------------------
+
+// Router for n rows of xn: picks k experts per row by float32 softmax
+// probability (ties: lower index), gate = that probability, margin = k-th
+// minus (k+1)-th logit. Then groups (row, pick) pairs by expert.
+static void route(const moa_config *c, work *w, const moa_attn_w *aw,
+                  const float *xn, int n) {
+    int E = c->num_experts, k = c->top_k, d = c->d_model;
+    // router (n×E) = xn (n×d) @ w_gate (d×E)
+    moa_gemm(0, 0, n, E, d, 1.0f, xn, d, aw->w_gate, E, 0.0f, w->router, E);
+    int *cnt = w->grp_off;
+    memset(cnt, 0, (size_t)(E + 1) * sizeof(int));
+    float p[MOA_MAX_EXPERTS];
+    int order[MOA_MAX_EXPERTS];
+    for (int r = 0; r < n; r++) {
+        const float *lg = w->router + (size_t)r * E;
+        memcpy(p, lg, (size_t)E * sizeof(float));
+        moa_softmax(p, E);
+        // partial selection sort: k+1 best by p, ties to the lower index
+        for (int e = 0; e < E; e++) order[e] = e;
+        int want = k < E ? k + 1 : k;
+        for (int i = 0; i < want; i++) {
+            int best = i;
+            for (int j = i + 1; j < E; j++) {
+                int a = order[j], b = order[best];
+                if (p[a] > p[b] || (p[a] == p[b] && a < b)) best = j;
+            }
+            int t = order[i];
+            order[i] = order[best];
+            order[best] = t;
+        }
+        for (int j = 0; j < k; j++) {
+            w->pick_e[r * k + j] = order[j];
+            w->pick_g[r * k + j] = p[order[j]];
+            cnt[order[j] + 1]++;
+        }
+        w->margin[r] = k < E ? lg[order[k - 1]] - lg[order[k]] : INFINITY;
+    }
+    for (int e = 0; e < E; e++) cnt[e + 1] += cnt[e];
+    // fill groups in row order (stable), using a moving cursor per expert
+    int cur[MOA_MAX_EXPERTS];
+    memcpy(cur, cnt, (size_t)E * sizeof(int));
+    for (int r = 0; r < n; r++)
+        for (int j = 0; j < k; j++) w->grp[cur[w->pick_e[r * k + j]]++] = r * k + j;
+}
+
+// q[row][pick] (h) = xn[row] · experts.w[e] · h^-1/2, one product per expert.
+static void project_q(const moa_config *c, work *w, const moa_attn_w *aw,
+                      const float *xn) {
+    int E = c->num_experts, k = c->top_k, d = c->d_model, h = c->head_dim;
+    float scale = 1.0f / sqrtf((float)h);
+    for (int e = 0; e < E; e++) {
+        int lo = w->grp_off[e], m = w->grp_off[e + 1] - lo;
+        if (m == 0) continue;
+        for (int i = 0; i < m; i++)
+            memcpy(w->gin + (size_t)i * d, xn + (size_t)(w->grp[lo + i] / k) * d,
+                   (size_t)d * sizeof(float));
+        // (m×d) @ (d×h) -> (m×h)
+        moa_gemm(0, 0, m, h, d, scale, w->gin, d,
+                 aw->q_experts + (size_t)e * d * h, h, 0.0f, w->gout, h);
+        for (int i = 0; i < m; i++)
+            memcpy(w->q + (size_t)w->grp[lo + i] * h, w->gout + (size_t)i * h,
+                   (size_t)h * sizeof(float));
+    }
+}
+
+// y[row] = Σ_pick gate · a[row][pick] · output_experts.w[e], one product per expert.
+static void project_o(const moa_config *c, work *w, const moa_attn_w *aw,
+                      int n, float *y) {
+    int E = c->num_experts, k = c->top_k, d = c->d_model, h = c->head_dim;
+    memset(y, 0, (size_t)n * d * sizeof(float));
+    for (int e = 0; e < E; e++) {
+        int lo = w->grp_off[e], m = w->grp_off[e + 1] - lo;
+        if (m == 0) continue;
+        for (int i = 0; i < m; i++)
+            memcpy(w->gin + (size_t)i * h, w->a + (size_t)w->grp[lo + i] * h,
+                   (size_t)h * sizeof(float));
+        // (m×h) @ (h×d) -> (m×d)
+        moa_gemm(0, 0, m, d, h, 1.0f, w->gin, h,
+                 aw->o_experts + (size_t)e * h * d, d, 0.0f, w->gout, d);
+        for (int i = 0; i < m; i++) {
+            int rp = w->grp[lo + i];
+            moa_axpy(y + (size_t)(rp / k) * d, w->pick_g[rp], w->gout + (size_t)i * d, d);
+        }
+    }
+}
+
+// K, V (n×h) = xn (n×d) @ W^T (+ b)
+static void project_kv(const moa_config *c, const moa_attn_w *aw,
+                       const float *xn, int n, float *kout, float *vout) {
+    int d = c->d_model, h = c->head_dim;
+    moa_gemm(0, 1, n, h, d, 1.0f, xn, d, aw->k_w, d, 0.0f, kout, h);
+    moa_gemm(0, 1, n, h, d, 1.0f, xn, d, aw->v_w, d, 0.0f, vout, h);
+    if (aw->k_b)
+        for (int r = 0; r < n; r++) {
+            moa_axpy(kout + (size_t)r * h, 1.0f, aw->k_b, h);
+            moa_axpy(vout + (size_t)r * h, 1.0f, aw->v_b, h);
+        }
+}
+
+// One query against m keys: out (h) = softmax(q·Kᵀ) · V. scores: m floats.
+static void attend(const float *q, const float *K, const float *V, int m, int h,
+                   float *scores, float *out) {
+    moa_count_flops(4ull * m * h);
+    for (int p = 0; p < m; p++) scores[p] = moa_dot(q, K + (size_t)p * h, h);
+    moa_softmax(scores, m);
+    memset(out, 0, (size_t)h * sizeof(float));
+    for (int p = 0; p < m; p++) moa_axpy(out, scores[p], V + (size_t)p * h, h);
+}
+
+static void record_picks(const moa_config *c, const work *w, int r, int *e_out,
+                         float *g_out, float *m_out) {
+    int k = c->top_k;
+    memcpy(e_out, w->pick_e + (size_t)r * k, (size_t)k * sizeof(int));
+    memcpy(g_out, w->pick_g + (size_t)r * k, (size_t)k * sizeof(float));
+    *m_out = w->margin[r];
+}
+
+// x = x + FFN(x) with the layer's norms; xn and h1 are scratch.
+static void ffn_block(const moa_config *c, work *w, const moa_ffn_w *f,
+                      const moa_ln_w *ln, int n) {
+    int d = c->d_model, F = c->ffn_dim;
+    const float *in = w->x;
+    if (c->normalize_before) {
+        moa_layernorm(w->xn, w->x, n, d, ln->w, ln->b, c->layernorm_eps);
+        in = w->xn;
+    }
+    // h1 (n×F) = in @ fc1ᵀ + b
+    for (int r = 0; r < n; r++)
+        memcpy(w->h1 + (size_t)r * F, f->fc1_b, (size_t)F * sizeof(float));
+    moa_gemm(0, 1, n, F, d, 1.0f, in, d, f->fc1_w, d, 1.0f, w->h1, F);
+    if (c->activation == MOA_ACT_GELU) moa_gelu(w->h1, (size_t)n * F);
+    else moa_relu(w->h1, (size_t)n * F);
+    // x += h1 @ fc2ᵀ + b
+    for (int r = 0; r < n; r++) moa_axpy(w->x + (size_t)r * d, 1.0f, f->fc2_b, d);
+    moa_gemm(0, 1, n, d, F, 1.0f, w->h1, F, f->fc2_w, F, 1.0f, w->x, d);
+    if (!c->normalize_before)
+        moa_layernorm(w->x, w->x, n, d, ln->w, ln->b, c->layernorm_eps);
+}
+
+// Input of an attention block: LN(x) when pre-norm, else x itself.
+static const float *block_input(const moa_config *c, work *w, const moa_ln_w *ln, int n) {
+    if (!c->normalize_before) return w->x;
+    moa_layernorm(w->xn, w->x, n, c->d_model, ln->w, ln->b, c->layernorm_eps);
+    return w->xn;
+}
+
+// x = x + y, then LN when post-norm.
+static void block_output(const moa_config *c, work *w, const moa_ln_w *ln, int n) {
+    size_t nd = (size_t)n * c->d_model;
+    for (size_t i = 0; i < nd; i++) w->x[i] += w->y[i];
+    if (!c->normalize_before)
+        moa_layernorm(w->x, w->x, n, c->d_model, ln->w, ln->b, c->layernorm_eps);
+}
+
+static void embed(const moa_model *m, const int *tok, const int *pos, int n,
+                  const float *table, float *x) {
+    const moa_config *c = &m->cfg;
+    int d = c->d_model;
+    float scale = c->scale_embedding ? sqrtf((float)d) : 1.0f;
+    for (int r = 0; r < n; r++) {
+        const float *e = table + (size_t)tok[r] * d;
+        const float *p = m->positions + (size_t)pos[r] * d;
+        float *xr = x + (size_t)r * d;
+        for (int j = 0; j < d; j++) xr[j] = e[j] * scale + p[j];
+    }
+}
+
+// --- encoder ------------------------------------------------------------------------
+
+static int ensure_att(moa_session *s, size_t n) {
+    return grow((void **)&s->att, &s->att_cap, n, sizeof(float));
+}
+
+// Encodes sentences list[0..nl) in one batch (no padding: their tokens are
+// concatenated), then computes each one's cross-attention K/V.
+static int encode(moa_session *s, sent **list, int nl) {
+    const moa_model *m = s->m;
+    const moa_config *c = s->c;
+    int d = c->d_model, h = c->head_dim, k = c->top_k;
+    int N = 0, longest = 0;
+    for (int i = 0; i < nl; i++) {
+        N += list[i]->src_len;
+        if (list[i]->src_len > longest) longest = list[i]->src_len;
+    }
+    int rc = work_reserve(&s->w, c, N > s->max_rows ? N : s->max_rows);
+    if (rc) return rc;
+    if ((rc = ensure_att(s, (size_t)longest * longest * k))) return rc;
+    work *w = &s->w;
+
+    int *tok = malloc((size_t)N * sizeof(int)), *pos = malloc((size_t)N * sizeof(int));
+    if (!tok || !pos) { free(tok); free(pos); return MOA_ENOMEM; }
+    for (int i = 0, r = 0; i < nl; i++)
+        for (int t = 0; t < list[i]->src_len; t++, r++) {
+            tok[r] = list[i]->src[t];
+            pos[r] = c->pad_id + 1 + t;
+        }
+    embed(m, tok, pos, N, m->enc_embed, w->x);
+    free(tok);
+    free(pos);
+
+    for (int l = 0; l < c->encoder_layers; l++) {
+        const moa_enc_layer *L = &m->enc[l];
+        const float *in = block_input(c, w, &L->self_attn_ln, N);
+        project_kv(c, &L->self_attn, in, N, w->kb, w->vb);
+        route(c, w, &L->self_attn, in, N);
+        project_q(c, w, &L->self_attn, in);
+        // per sentence: S (n·k × n) = Q (n·k × h) @ Kᵀ; softmax; A = S @ V
+        for (int i = 0, r0 = 0; i < nl; r0 += list[i]->src_len, i++) {
+            int n = list[i]->src_len;
+            moa_gemm(0, 1, n * k, n, h, 1.0f, w->q + (size_t)r0 * k * h, h,
+                     w->kb + (size_t)r0 * h, h, 0.0f, s->att, n);
+            for (int q = 0; q < n * k; q++) moa_softmax(s->att + (size_t)q * n, n);
+            moa_gemm(0, 0, n * k, h, n, 1.0f, s->att, n, w->vb + (size_t)r0 * h, h,
+                     0.0f, w->a + (size_t)r0 * k * h, h);
+            sent *st = list[i];
+            if (st->o.trace)
+                for (int t = 0; t < n; t++) {
+                    size_t at = (size_t)l * n + t;
+                    record_picks(c, w, r0 + t, st->enc_e + at * k, st->enc_g + at * k,
+                                 st->enc_m + at);
+                }
+        }
+        project_o(c, w, &L->self_attn, N, w->y);
+        block_output(c, w, &L->self_attn_ln, N);
+        ffn_block(c, w, &L->ffn, &L->final_ln, N);
+    }
+    if (c->normalize_before)
+        moa_layernorm(w->x, w->x, N, d, m->enc_final_ln.w, m->enc_final_ln.b,
+                      c->layernorm_eps);
+
+    // cross-attention K/V of every decoder layer, once per sentence
+    for (int l = 0; l < c->decoder_layers; l++) {
+        project_kv(c, &m->dec[l].cross_attn, w->x, N, w->kb, w->vb);
+        for (int i = 0, r0 = 0; i < nl; r0 += list[i]->src_len, i++) {
+            size_t n = (size_t)list[i]->src_len;
+            memcpy(list[i]->xk + (size_t)l * n * h, w->kb + (size_t)r0 * h, n * h * sizeof(float));
+            memcpy(list[i]->xv + (size_t)l * n * h, w->vb + (size_t)r0 * h, n * h * sizeof(float));
+        }
+    }
+    return 0;
+}
+
+// --- decoder step --------------------------------------------------------------------
+
+// Runs the decoder for R rows (described by s->row_sent / row_slot) at each
+// sentence's current step and leaves log-probs in s->logits (R × V).
+static int decode_rows(moa_session *s, int R) {
+    const moa_model *m = s->m;
+    const moa_config *c = s->c;
+    int d = c->d_model, h = c->head_dim, k = c->top_k, V = c->vocab_size;
+    int Ld = c->decoder_layers;
+    work *w = &s->w;
+    int tok[R > 0 ? R : 1], pos[R > 0 ? R : 1];
+    for (int r = 0; r < R; r++) {
+        sent *st = s->sents[s->row_sent[r]];
+        int b = s->row_slot[r];
+        tok[r] = st->step == 0 ? c->decoder_start_id
+                               : st->tokens[(size_t)b * st->cap + st->step - 1];
+        pos[r] = c->pad_id + 1 + st->step;
+    }
+    embed(m, tok, pos, R, m->dec_embed, w->x);
+
+    for (int l = 0; l < Ld; l++) {
+        const moa_dec_layer *L = &m->dec[l];
+        // self-attention over the cache
+        const float *in = block_input(c, w, &L->self_attn_ln, R);
+        project_kv(c, &L->self_attn, in, R, w->kb, w->vb);
+        route(c, w, &L->self_attn, in, R);
+        project_q(c, w, &L->self_attn, in);
+        for (int r = 0; r < R; r++) {
+            sent *st = s->sents[s->row_sent[r]];
+            int b = s->row_slot[r], t = st->step;
+            size_t base = (((size_t)b * Ld + l) * st->cap) * h;
+            float *K = st->kc + base, *Vc = st->vc + base;
+            memcpy(K + (size_t)t * h, w->kb + (size_t)r * h, (size_t)h * sizeof(float));
+            memcpy(Vc + (size_t)t * h, w->vb + (size_t)r * h, (size_t)h * sizeof(float));
+            for (int j = 0; j < k; j++)
+                attend(w->q + ((size_t)r * k + j) * h, K, Vc, t + 1, h, s->att,
+                       w->a + ((size_t)r * k + j) * h);
+            if (st->o.trace) {
+                size_t at = ((size_t)b * Ld + l) * st->cap + t;
+                record_picks(c, w, r, st->ds_e + at * k, st->ds_g + at * k, st->ds_m + at);
+            }
+        }
+        project_o(c, w, &L->self_attn, R, w->y);
+        block_output(c, w, &L->self_attn_ln, R);
+
+        // cross-attention over the sentence's encoder output
+        in = block_input(c, w, &L->cross_attn_ln, R);
+        route(c, w, &L->cross_attn, in, R);
+        project_q(c, w, &L->cross_attn, in);
+        for (int r = 0; r < R; r++) {
+            sent *st = s->sents[s->row_sent[r]];
+            int b = s->row_slot[r], n = st->src_len;
+            const float *K = st->xk + (size_t)l * n * h, *Vx = st->xv + (size_t)l * n * h;
+            for (int j = 0; j < k; j++)
+                attend(w->q + ((size_t)r * k + j) * h, K, Vx, n, h, s->att,
+                       w->a + ((size_t)r * k + j) * h);
+            if (st->o.trace) {
+                size_t at = ((size_t)b * Ld + l) * st->cap + st->step;
+                record_picks(c, w, r, st->dc_e + at * k, st->dc_g + at * k, st->dc_m + at);
+            }
+        }
+        project_o(c, w, &L->cross_attn, R, w->y);
+        block_output(c, w, &L->cross_attn_ln, R);
+
+        ffn_block(c, w, &L->ffn, &L->final_ln, R);
+    }
+    if (c->normalize_before)
+        moa_layernorm(w->x, w->x, R, d, m->dec_final_ln.w, m->dec_final_ln.b,
+                      c->layernorm_eps);
+    // logits (R×V) = x (R×d) @ out_projᵀ
+    moa_gemm(0, 1, R, V, d, 1.0f, w->x, d, m->out_proj, d, 0.0f, s->logits, V);
+    moa_log_softmax(s->logits, R, V);
+    return 0;
+}
+
+// --- search bookkeeping ---------------------------------------------------------------
+
+static moa_trace *make_trace(const moa_config *c, const sent *st, int slot, int n_tok) {
+    int k = c->top_k, Le = c->encoder_layers, Ld = c->decoder_layers;
+    moa_trace *t = calloc(1, sizeof *t);
+    if (!t) return NULL;
+    t->layers_enc = Le;
+    t->layers_dec = Ld;
+    t->k = k;
+    t->src_len = st->src_len;
+    t->tgt_len = n_tok;
+    size_t ne = (size_t)Le * st->src_len, nd = (size_t)Ld * n_tok;
+    t->enc_experts = malloc(ne * k * sizeof(int) + 1);
+    t->enc_gates = malloc(ne * k * sizeof(float) + 1);
+    t->enc_margin = malloc(ne * sizeof(float) + 1);
+    t->dself_experts = malloc(nd * k * sizeof(int) + 1);
+    t->dself_gates = malloc(nd * k * sizeof(float) + 1);
+    t->dself_margin = malloc(nd * sizeof(float) + 1);
+    t->dcross_experts = malloc(nd * k * sizeof(int) + 1);
+    t->dcross_gates = malloc(nd * k * sizeof(float) + 1);
+    t->dcross_margin = malloc(nd * sizeof(float) + 1);
+    if (!t->enc_experts || !t->enc_gates || !t->enc_margin || !t->dself_experts ||
+        !t->dself_gates || !t->dself_margin || !t->dcross_experts ||
+        !t->dcross_gates || !t->dcross_margin) {
+        moa_trace_free(t);
+        return NULL;
+    }
+    memcpy(t->enc_experts, st->enc_e, ne * k * sizeof(int));
+    memcpy(t->enc_gates, st->enc_g, ne * k * sizeof(float));
+    memcpy(t->enc_margin, st->enc_m, ne * sizeof(float));
+    for (int l = 0; l < Ld; l++) {
+        size_t src = ((size_t)slot * Ld + l) * st->cap, dst = (size_t)l * n_tok;
+        memcpy(t->dself_experts + dst * k, st->ds_e + src * k, (size_t)n_tok * k * sizeof(int));
+        memcpy(t->dself_gates + dst * k, st->ds_g + src * k, (size_t)n_tok * k * sizeof(float));
+        memcpy(t->dself_margin + dst, st->ds_m + src, (size_t)n_tok * sizeof(float));
+        memcpy(t->dcross_experts + dst * k, st->dc_e + src * k, (size_t)n_tok * k * sizeof(int));
+        memcpy(t->dcross_gates + dst * k, st->dc_g + src * k, (size_t)n_tok * k * sizeof(float));
+        memcpy(t->dcross_margin + dst, st->dc_m + src, (size_t)n_tok * sizeof(float));
+    }
+    return t;
+}
+
+// Finishes the hypothesis in `slot` extended by `token` (eos, or the last
+// forced token) with log-prob lp and total score `total`.
+static int finish(const moa_config *c, sent *st, int slot, int token, float lp,
+                  double total) {
+    int n = st->step + 1;
+    moa_hypothesis *hy = &st->fin[st->n_fin];
+    memset(hy, 0, sizeof *hy);
+    hy->tokens = malloc((size_t)n * sizeof(int));
+    hy->token_logprobs = malloc((size_t)n * sizeof(float));
+    if (!hy->tokens || !hy->token_logprobs) {
+        free(hy->tokens);
+        free(hy->token_logprobs);
+        return MOA_ENOMEM;
+    }
+    memcpy(hy->tokens, st->tokens + (size_t)slot * st->cap, (size_t)st->step * sizeof(int));
+    memcpy(hy->token_logprobs, st->lps + (size_t)slot * st->cap, (size_t)st->step * sizeof(float));
+    hy->tokens[st->step] = token;
+    hy->token_logprobs[st->step] = lp;
+    hy->n_tokens = n;
+    hy->log_prob = total;
+    float lpen = st->forced ? 1.0f : st->o.length_penalty;
+    hy->score = total / pow((double)n, (double)lpen);
+    if (st->o.trace) {
+        hy->trace = make_trace(c, st, slot, n);
+        if (!hy->trace) return MOA_ENOMEM;
+    }
+    st->n_fin++;
+    return 0;
+}
+
+// Copies slot histories so that new slot j continues old slot parent[j].
+static int reorder(moa_session *s, sent *st, const int *parent, int n) {
+    const moa_config *c = s->c;
+    int identity = 1;
+    for (int j = 0; j < n; j++) identity &= parent[j] == j;
+    if (identity) return 0;
+    int Ld = c->decoder_layers, h = c->head_dim, k = c->top_k;
+    size_t cap = (size_t)st->cap;
+    // one slot's worth of everything, per parent, into scratch first
+    size_t kv = (size_t)Ld * cap * h;
+    size_t tr = st->o.trace ? (size_t)Ld * cap * k : 0, trm = st->o.trace ? (size_t)Ld * cap : 0;
+    size_t per = 2 * kv + cap * 2 + 4 * tr + 2 * trm;  // floats (ints are the same size)
+    int rc = grow((void **)&s->reorder, &s->reorder_cap, per * n, sizeof(float));
+    if (rc) return rc;
+    double sc[MOA_MAX_BEAM];
+    for (int j = 0; j < n; j++) {
+        int p = parent[j];
+        float *o = s->reorder + per * j;
+        memcpy(o, st->kc + p * kv, kv * sizeof(float)); o += kv;
+        memcpy(o, st->vc + p * kv, kv * sizeof(float)); o += kv;
+        memcpy(o, st->tokens + p * cap, cap * sizeof(int)); o += cap;
+        memcpy(o, st->lps + p * cap, cap * sizeof(float)); o += cap;
+        if (tr) {
+            memcpy(o, st->ds_e + p * tr, tr * sizeof(int)); o += tr;
+            memcpy(o, st->ds_g + p * tr, tr * sizeof(float)); o += tr;
+            memcpy(o, st->dc_e + p * tr, tr * sizeof(int)); o += tr;
+            memcpy(o, st->dc_g + p * tr, tr * sizeof(float)); o += tr;
+            memcpy(o, st->ds_m + p * trm, trm * sizeof(float)); o += trm;
+            memcpy(o, st->dc_m + p * trm, trm * sizeof(float)); o += trm;
+        }
+        sc[j] = st->scores[p];
+    }
+    for (int j = 0; j < n; j++) {
+        const float *o = s->reorder + per * j;
+        memcpy(st->kc + j * kv, o, kv * sizeof(float)); o += kv;
+        memcpy(st->vc + j * kv, o, kv * sizeof(float)); o += kv;
+        memcpy(st->tokens + j * cap, o, cap * sizeof(int)); o += cap;
+        memcpy(st->lps + j * cap, o, cap * sizeof(float)); o += cap;
+        if (tr) {
+            memcpy(st->ds_e + j * tr, o, tr * sizeof(int)); o += tr;
+            memcpy(st->ds_g + j * tr, o, tr * sizeof(float)); o += tr;
+            memcpy(st->dc_e + j * tr, o, tr * sizeof(int)); o += tr;
+            memcpy(st->dc_g + j * tr, o, tr * sizeof(float)); o += tr;
+            memcpy(st->ds_m + j * trm, o, trm * sizeof(float)); o += trm;
+            memcpy(st->dc_m + j * trm, o, trm * sizeof(float)); o += trm;
+        }
+        st->scores[j] = sc[j];
+    }
+    return 0;
+}
+
+// Advances one sentence given its rows' log-probs (n_live rows of V).
+// Returns 1 when the sentence is finished, 0 if it goes on, <0 on error.
+static int advance(moa_session *s, sent *st, float *lp) {
+    const moa_config *c = s->c;
+    int V = c->vocab_size, t = st->step, rc;
+    size_t cap = (size_t)st->cap;
+
+    if (st->forced) {
+        int tok = st->tgt[t];
+        float l = lp[tok];
+        double total = st->scores[0] + (double)l;
+        if (t == st->tgt_len - 1) {
+            if ((rc = finish(c, st, 0, tok, l, total))) return rc;
+            return 1;
+        }
+        st->tokens[t] = tok;
+        st->lps[t] = l;
+        st->scores[0] = total;
+        st->step++;
+        return 0;
+    }
+
+    for (int i = 0; i < st->n_live; i++) moa_mask_row(lp + (size_t)i * V, c, &st->o, t, st->max_len);
+
+    if (st->sampling) {
+        int tok = moa_sample_token(lp, V, &st->o, &st->rng, s->sample_f, s->sample_i);
+        if (tok < 0) return 1;  // nothing allowed: cannot happen with a sane config
+        float l = lp[tok];
+        double total = st->scores[0] + (double)l;
+        if (tok == c->eos_id) {
+            if ((rc = finish(c, st, 0, tok, l, total))) return rc;
+            return 1;
+        }
+        st->tokens[t] = tok;
+        st->lps[t] = l;
+        st->scores[0] = total;
+        st->step++;
+        return 0;
+    }
+
+    int B = st->beam;
+    int nc = moa_beam_candidates(lp, st->n_live, V, st->scores, 2 * B, s->cand);
+    int parent[MOA_MAX_BEAM], ntok[MOA_MAX_BEAM];
+    float nlp[MOA_MAX_BEAM];
+    double nscore[MOA_MAX_BEAM];
+    int n_new = 0;
+    for (int i = 0; i < nc; i++) {
+        const moa_cand *cd = &s->cand[i];
+        if (cd->token == c->eos_id) {
+            if (i < B && st->n_fin < B)
+                if ((rc = finish(c, st, cd->hyp, cd->token, cd->lp, cd->score))) return rc;
+        } else if (n_new < B) {
+            parent[n_new] = cd->hyp;
+            ntok[n_new] = cd->token;
+            nlp[n_new] = cd->lp;
+            nscore[n_new] = cd->score;
+            n_new++;
+        }
+    }
+    if (st->n_fin >= B || n_new == 0) return 1;
+    if ((rc = reorder(s, st, parent, n_new))) return rc;
+    for (int j = 0; j < n_new; j++) {
+        st->tokens[j * cap + t] = ntok[j];
+        st->lps[j * cap + t] = nlp[j];
+        st->scores[j] = nscore[j];
+    }
+    st->n_live = n_new;
+    st->step++;
+    return 0;
+}
+
+// --- results -------------------------------------------------------------------
+
+static int by_score_then_order(const void *a, const void *b) {
+    const moa_hypothesis *x = a, *y = b;
+    if (x->score != y->score) return x->score > y->score ? -1 : 1;
+    return 0;  // qsort is not stable: the caller sorts with an index key
+}
+
+// Moves a finished sentence's best hypotheses into the done queue.
+static int retire(moa_session *s, sent *st) {
+    int want = st->forced || st->sampling ? 1 : st->o.num_hypotheses;
+    // stable insertion sort by score (finishing order breaks ties)
+    for (int i = 1; i < st->n_fin; i++) {
+        moa_hypothesis key = st->fin[i];
+        int j = i;
+        while (j > 0 && by_score_then_order(&key, &st->fin[j - 1]) < 0) {
+            st->fin[j] = st->fin[j - 1];
+            j--;
+        }
+        st->fin[j] = key;
+    }
+    if (want > st->n_fin) want = st->n_fin;
+    if (s->done_head + s->n_done == s->cap_done) {
+        if (s->done_head > 0) {
+            memmove(s->done, s->done + s->done_head, (size_t)s->n_done * sizeof *s->done);
+            s->done_head = 0;
+        } else {
+            int nc = s->cap_done ? 2 * s->cap_done : 16;
+            moa_result *q = realloc(s->done, (size_t)nc * sizeof *q);
+            if (!q) return MOA_ENOMEM;
+            s->done = q;
+            s->cap_done = nc;
+        }
+    }
+    moa_result *r = &s->done[s->done_head + s->n_done];
+    memset(r, 0, sizeof *r);
+    r->id = st->id;
+    r->user = st->user;
+    r->hyps = calloc((size_t)(want ? want : 1), sizeof *r->hyps);
+    if (!r->hyps) return MOA_ENOMEM;
+    r->n_hyps = want;
+    for (int i = 0; i < want; i++) {
+        r->hyps[i] = st->fin[i];
+        if (!st->o.token_logprobs && !st->forced) {
+            free(r->hyps[i].token_logprobs);
+            r->hyps[i].token_logprobs = NULL;
+        }
+    }
+    // the rest stay owned by st and are freed with it
+    memmove(st->fin, st->fin + want, (size_t)(st->n_fin - want) * sizeof *st->fin);
+    st->n_fin -= want;
+    s->n_done++;
+    return 0;
+}
+
+// --- session lifecycle -------------------------------------------------------------
+
+moa_session *moa_session_create(const moa_model *m, int max_rows, char *err,
+                                size_t errlen) {
+    if (!m || max_rows < 1) {
+        if (err) snprintf(err, errlen, "moa_session_create: need a model and max_rows >= 1");
+        return NULL;
+    }
+    moa_session *s = calloc(1, sizeof *s);
+    if (!s) goto fail_alloc;
+    s->m = m;
+    s->c = &m->cfg;
+    s->max_rows = max_rows;
+    const moa_config *c = s->c;
+    s->logits = malloc((size_t)max_rows * c->vocab_size * sizeof(float));
+    s->row_sent = malloc((size_t)max_rows * sizeof(int));
+    s->row_slot = malloc((size_t)max_rows * sizeof(int));
+    s->sample_f = malloc((size_t)2 * c->vocab_size * sizeof(float));
+    s->sample_i = malloc((size_t)c->vocab_size * sizeof(int));
+    if (!s->logits || !s->row_sent || !s->row_slot || !s->sample_f || !s->sample_i)
+        goto fail_alloc;
+    if (work_reserve(&s->w, c, max_rows)) goto fail_alloc;
+    if (ensure_att(s, (size_t)c->max_positions + 1)) goto fail_alloc;
+    return s;
+fail_alloc:
+    if (err) snprintf(err, errlen, "moa_session_create: out of memory for %d rows", max_rows);
+    moa_session_free(s);
+    return NULL;
+}
+
+void moa_session_free(moa_session *s) {
+    if (!s) return;
+    for (int i = 0; i < s->n_sents; i++) sent_free(s->sents[i]);
+    free(s->sents);
+    for (int i = 0; i < s->n_done; i++) moa_result_clear(&s->done[s->done_head + i]);
+    free(s->done);
+    work_free(&s->w);
+    free(s->logits); free(s->att); free(s->row_sent); free(s->row_slot);
+    free(s->sample_f); free(s->sample_i); free(s->reorder);
+    free(s);
+}
+
+int moa_session_live(const moa_session *s) { return s->n_sents; }
+int moa_session_rows(const moa_session *s) { return s->rows_used; }
+
+// Allocates a sentence's per-slot buffers (at admission, not per step).
+static int sent_alloc(const moa_config *c, sent *st) {
+    int Ld = c->decoder_layers, Le = c->encoder_layers, h = c->head_dim, k = c->top_k;
+    size_t B = (size_t)st->beam, cap = (size_t)st->cap, n = (size_t)st->src_len;
+    st->tokens = xcalloc(B * cap, sizeof(int));
+    st->lps = xcalloc(B * cap, sizeof(float));
+    st->scores = xcalloc(B, sizeof(double));
+    st->kc = xcalloc(B * Ld * cap * h, sizeof(float));
+    st->vc = xcalloc(B * Ld * cap * h, sizeof(float));
+    st->xk = xcalloc((size_t)Ld * n * h, sizeof(float));
+    st->xv = xcalloc((size_t)Ld * n * h, sizeof(float));
+    if (!st->tokens || !st->lps || !st->scores || !st->kc || !st->vc || !st->xk || !st->xv)
+        return MOA_ENOMEM;
+    if (st->o.trace) {
+        st->enc_e = xcalloc((size_t)Le * n * k, sizeof(int));
+        st->enc_g = xcalloc((size_t)Le * n * k, sizeof(float));
+        st->enc_m = xcalloc((size_t)Le * n, sizeof(float));
+        st->ds_e = xcalloc(B * Ld * cap * k, sizeof(int));
+        st->ds_g = xcalloc(B * Ld * cap * k, sizeof(float));
+        st->ds_m = xcalloc(B * Ld * cap, sizeof(float));
+        st->dc_e = xcalloc(B * Ld * cap * k, sizeof(int));
+        st->dc_g = xcalloc(B * Ld * cap * k, sizeof(float));
+        st->dc_m = xcalloc(B * Ld * cap, sizeof(float));
+        if (!st->enc_e || !st->enc_g || !st->enc_m || !st->ds_e || !st->ds_g ||
+            !st->ds_m || !st->dc_e || !st->dc_g || !st->dc_m)
+            return MOA_ENOMEM;
+    }
+    return 0;
+}
+
+static int session_push(moa_session *s, const int *src, int src_len, const int *tgt,
+                        int tgt_len, const moa_search_opts *opts, void *user,
+                        char *err, size_t errlen) {
+    const moa_config *c = s->c;
+    int rc = moa_search_opts_check(opts, c, err, errlen);
+    if (rc) return rc;
+    if (src_len < 0 || (src_len > 0 && !src)) {
+        if (err) snprintf(err, errlen, "invalid source");
+        return MOA_EINVAL;
+    }
+    if (src_len + 1 > c->max_positions) {
+        if (err) snprintf(err, errlen, "source has %d tokens with eos; the model allows %d",
+                          src_len + 1, c->max_positions);
+        return MOA_ETOOLONG;
+    }
+    if (tgt && tgt_len + 1 > c->max_positions) {
+        if (err) snprintf(err, errlen, "target has %d tokens with eos; the model allows %d",
+                          tgt_len + 1, c->max_positions);
+        return MOA_ETOOLONG;
+    }
+    for (int i = 0; i < src_len; i++)
+        if (src[i] < 0 || src[i] >= c->vocab_size) {
+            if (err) snprintf(err, errlen, "source token %d out of range: %d", i, src[i]);
+            return MOA_EINVAL;
+        }
+    for (int i = 0; tgt && i < tgt_len; i++)
+        if (tgt[i] < 0 || tgt[i] >= c->vocab_size) {
+            if (err) snprintf(err, errlen, "target token %d out of range: %d", i, tgt[i]);
+            return MOA_EINVAL;
+        }
+    int sampling = !tgt && moa_opts_sampling(opts);
+    int beam = tgt || sampling ? 1 : opts->beam_size;
+    if (beam > s->max_rows) {
+        if (err) snprintf(err, errlen, "beam_size %d exceeds the session's %d rows", beam, s->max_rows);
+        return MOA_EFULL;
+    }
+    if (s->n_sents == s->cap_sents) {
+        int nc = s->cap_sents ? 2 * s->cap_sents : 16;
+        sent **q = realloc(s->sents, (size_t)nc * sizeof *q);
+        if (!q) goto fail_nomem;
+        s->sents = q;
+        s->cap_sents = nc;
+    }
+    sent *st = calloc(1, sizeof *st);
+    if (!st) goto fail_nomem;
+    st->o = *opts;
+    st->user = user;
+    st->sampling = sampling;
+    st->forced = tgt != NULL;
+    st->beam = beam;
+    st->src_len = src_len + 1;
+    st->src = malloc((size_t)st->src_len * sizeof(int));
+    if (!st->src) { sent_free(st); goto fail_nomem; }
+    if (src_len) memcpy(st->src, src, (size_t)src_len * sizeof(int));
+    st->src[src_len] = c->eos_id;
+    if (tgt) {
+        st->tgt_len = tgt_len + 1;
+        st->tgt = malloc((size_t)st->tgt_len * sizeof(int));
+        if (!st->tgt) { sent_free(st); goto fail_nomem; }
+        if (tgt_len) memcpy(st->tgt, tgt, (size_t)tgt_len * sizeof(int));
+        st->tgt[tgt_len] = c->eos_id;
+        st->max_len = st->tgt_len;
+        st->cap = st->tgt_len;
+    } else {
+        int dflt = 2 * st->src_len + 10;
+        if (dflt > c->max_positions - 2) dflt = c->max_positions - 2;
+        st->max_len = opts->max_length ? opts->max_length : dflt;
+        st->cap = st->max_len + 1;
+    }
+    if (sampling) moa_rng_seed(&st->rng, opts->seed);
+    st->id = s->next_id++;
+    if (s->next_id < 0) s->next_id = 0;
+    st->state = SENT_QUEUED;
+    s->sents[s->n_sents++] = st;
+    return st->id;
+fail_nomem:
+    if (err) snprintf(err, errlen, "out of memory");
+    return MOA_ENOMEM;
+}
+
+int moa_session_add(moa_session *s, const int *src, int src_len,
+                    const moa_search_opts *opts, void *user, char *err, size_t errlen) {
+    return session_push(s, src, src_len, NULL, 0, opts, user, err, errlen);
+}
+
+static void remove_sent(moa_session *s, int idx) {
+    sent *st = s->sents[idx];
+    if (st->state == SENT_LIVE) s->rows_used -= st->beam;
+    sent_free(st);
+    memmove(s->sents + idx, s->sents + idx + 1, (size_t)(s->n_sents - idx - 1) * sizeof *s->sents);
+    s->n_sents--;
+}
+
+int moa_session_cancel(moa_session *s, int id) {
+    for (int i = 0; i < s->n_sents; i++)
+        if (s->sents[i]->id == id) {
+            remove_sent(s, i);
+            return 0;
+        }
+    return MOA_ENOTFOUND;
+}
+
+int moa_session_step(moa_session *s) {
+    const moa_config *c = s->c;
+    int rc;
+    // admit newcomers while rows remain, in arrival order
+    sent *fresh[256];
+    int nf = 0;
+    for (int i = 0; i < s->n_sents && nf < 256; i++) {
+        sent *st = s->sents[i];
+        if (st->state != SENT_QUEUED) continue;
+        if (s->rows_used + st->beam > s->max_rows) break;
+        if ((rc = sent_alloc(c, st))) return rc;
+        st->state = SENT_LIVE;
+        st->n_live = 1;
+        s->rows_used += st->beam;
+        fresh[nf++] = st;
+    }
+    if (nf && (rc = encode(s, fresh, nf))) return rc;
+
+    // rows: every live hypothesis of every live sentence, grouped by sentence
+    int R = 0;
+    for (int i = 0; i < s->n_sents; i++) {
+        sent *st = s->sents[i];
+        if (st->state != SENT_LIVE) continue;
+        for (int b = 0; b < st->n_live; b++) {
+            s->row_sent[R] = i;
+            s->row_slot[R] = b;
+            R++;
+        }
+    }
+    if (R == 0) return 0;
+    if ((rc = work_reserve(&s->w, c, R))) return rc;
+    if ((rc = decode_rows(s, R))) return rc;
+
+    // search bookkeeping, sentence by sentence; finished ones retire
+    int r = 0;
+    for (int i = 0; i < s->n_sents;) {
+        sent *st = s->sents[i];
+        if (st->state != SENT_LIVE) { i++; continue; }
+        int nl = st->n_live;
+        int fin = advance(s, st, s->logits + (size_t)r * c->vocab_size);
+        r += nl;
+        if (fin < 0) return fin;
+        if (fin) {
+            if ((rc = retire(s, st))) return rc;
+            remove_sent(s, i);
+        } else {
+            i++;
+        }
+    }
+    return R;
+}
+
+int moa_session_take(moa_session *s, moa_result *r) {
+    if (s->n_done == 0) return 0;
+    *r = s->done[s->done_head];
+    s->done_head++;
+    s->n_done--;
+    if (s->n_done == 0) s->done_head = 0;
+    return 1;
+}
+
+// --- convenience: whole batches -----------------------------------------------------
+
+static int run_batch(moa_session *s, const int *const *src, const int *src_len,
+                     const int *const *tgt, const int *tgt_len, int n,
+                     const moa_search_opts *opts, moa_result *out, char *err,
+                     size_t errlen) {
+    int rc = 0, next = 0, pending = 0;
+    int *ids = malloc((size_t)(n ? n : 1) * sizeof(int));
+    if (!ids) return MOA_ENOMEM;
+    for (int i = 0; i < n; i++) memset(&out[i], 0, sizeof out[i]);
+    int beam = tgt || moa_opts_sampling(opts) ? 1 : opts->beam_size;
+    while (next < n || pending > 0) {
+        // keep the session full: add while rows would remain free
+        while (next < n && (pending + 1) * beam <= s->max_rows) {
+            moa_search_opts o = *opts;
+            o.seed = opts->seed + (uint64_t)next;
+            int id = session_push(s, src[next], src_len[next], tgt ? tgt[next] : NULL,
+                                  tgt ? tgt_len[next] : 0, &o, (void *)(intptr_t)next,
+                                  err, errlen);
+            if (id < 0) { rc = id; goto done; }
+            ids[next++] = id;
+            pending++;
+        }
+        if ((rc = moa_session_step(s)) < 0) goto done;
+        rc = 0;
+        moa_result r;
+        while (moa_session_take(s, &r) == 1) {
+            out[(intptr_t)r.user] = r;
+            pending--;
+        }
+    }
+done:
+    if (rc < 0) {
+        for (int i = 0; i < next; i++) {
+            moa_session_cancel(s, ids[i]);
+            moa_result_clear(&out[i]);
+        }
+        moa_result r;
+        while (moa_session_take(s, &r) == 1) moa_result_clear(&r);
+    }
+    free(ids);
+    return rc;
+}
+
+int moa_translate(moa_session *s, const int *const *src, const int *src_len, int n,
+                  const moa_search_opts *opts, moa_result *out, char *err, size_t errlen) {
+    return run_batch(s, src, src_len, NULL, NULL, n, opts, out, err, errlen);
+}
+
+int moa_score(moa_session *s, const int *const *src, const int *src_len,
+              const int *const *tgt, const int *tgt_len, int n, int trace,
+              moa_result *out, char *err, size_t errlen) {
+    moa_search_opts o;
+    moa_search_opts_default(&o);
+    o.beam_size = 1;
+    o.trace = trace;
+    o.token_logprobs = 1;
+    return run_batch(s, src, src_len, tgt, tgt_len, n, &o, out, err, errlen);
+}

@@ -1,0 +1,127 @@
+// moa_kernels.c — the numeric building blocks: the one BLAS entry point,
+// its naive twin for tests, layer norm, softmax, activations, threads.
+#include <cblas.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "moa_impl.h"
+
+// --- matrix products -----------------------------------------------------------
+
+static _Atomic uint64_t flops;
+
+void moa_count_flops(uint64_t n) { atomic_fetch_add_explicit(&flops, n, memory_order_relaxed); }
+uint64_t moa_flop_count(void) { return atomic_load_explicit(&flops, memory_order_relaxed); }
+
+// C (m×n) = alpha · op(A) (m×k) · op(B) (k×n) + beta · C, row-major.
+void moa_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
+              const float *a, int lda, const float *b, int ldb, float beta,
+              float *c, int ldc) {
+    if (m == 0 || n == 0) return;
+    moa_count_flops(2ull * m * n * k);
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda,
+                b, ldb, beta, c, ldc);
+}
+
+void moa_gemm_naive(int trans_a, int trans_b, int m, int n, int k,
+                    float alpha, const float *a, int lda, const float *b,
+                    int ldb, float beta, float *c, int ldc) {
+    for (int i = 0; i < m; i++) {
+        for (int j = 0; j < n; j++) {
+            double acc = 0;
+            for (int p = 0; p < k; p++) {
+                float av = trans_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p];
+                float bv = trans_b ? b[(size_t)j * ldb + p] : b[(size_t)p * ldb + j];
+                acc += (double)av * bv;
+            }
+            float *cv = &c[(size_t)i * ldc + j];
+            *cv = (float)(alpha * acc + (beta == 0 ? 0 : beta * *cv));
+        }
+    }
+}
+
+// --- threads ---------------------------------------------------------------
+
+void moa_set_num_threads(int n) {
+    if (n < 1) n = 1;
+    openblas_set_num_threads(n);
+}
+
+int moa_get_num_threads(void) { return openblas_get_num_threads(); }
+
+const char *moa_blas_corename(void) {
+    const char *s = openblas_get_corename();
+    return s ? s : "unknown";
+}
+
+// --- row operations ------------------------------------------------------------
+
+void moa_layernorm(float *y, const float *x, int n, int d, const float *w,
+                   const float *b, float eps) {
+    for (int i = 0; i < n; i++) {
+        const float *xr = x + (size_t)i * d;
+        float *yr = y + (size_t)i * d;
+        float mean = 0;
+        for (int j = 0; j < d; j++) mean += xr[j];
+        mean /= (float)d;
+        float var = 0;
+        for (int j = 0; j < d; j++) {
+            float t = xr[j] - mean;
+            var += t * t;
+        }
+        var /= (float)d;
+        float inv = 1.0f / sqrtf(var + eps);
+        for (int j = 0; j < d; j++) yr[j] = (xr[j] - mean) * inv * w[j] + b[j];
+    }
+}
+
+void moa_softmax(float *x, int v) {
+    float mx = -INFINITY;
+    for (int j = 0; j < v; j++)
+        if (x[j] > mx) mx = x[j];
+    if (mx == -INFINITY) {  // every entry masked: no distribution
+        for (int j = 0; j < v; j++) x[j] = 0;
+        return;
+    }
+    float sum = 0;
+    for (int j = 0; j < v; j++) {
+        x[j] = expf(x[j] - mx);
+        sum += x[j];
+    }
+    float inv = 1.0f / sum;
+    for (int j = 0; j < v; j++) x[j] *= inv;
+}
+
+void moa_log_softmax(float *x, int n, int v) {
+    for (int i = 0; i < n; i++) {
+        float *r = x + (size_t)i * v;
+        float mx = -INFINITY;
+        for (int j = 0; j < v; j++)
+            if (r[j] > mx) mx = r[j];
+        float sum = 0;
+        for (int j = 0; j < v; j++) sum += expf(r[j] - mx);
+        float lse = mx + logf(sum);
+        for (int j = 0; j < v; j++) r[j] -= lse;
+    }
+}
+
+float moa_dot(const float *a, const float *b, int n) {
+    float s = 0;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+void moa_axpy(float *y, float a, const float *x, int n) {
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+void moa_relu(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = x[i] > 0 ? x[i] : 0;
+}
+
+void moa_gelu(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+}

@@ -1,0 +1,237 @@
+// moa_search.c — decoding rules of spec §4 and §6 that do not touch the
+// network: options, masking, beam candidates, sampling, the PRNG, results.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moa_impl.h"
+
+// --- options -----------------------------------------------------------------
+
+void moa_search_opts_default(moa_search_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->beam_size = 4;
+    o->num_hypotheses = 1;
+    o->length_penalty = 1.0f;
+    o->max_length = 0;
+    o->min_length = 1;
+    o->sampling_topk = 0;
+    o->sampling_topp = 1.0f;
+    o->sampling_temperature = 1.0f;
+}
+
+int moa_opts_sampling(const moa_search_opts *o) {
+    if (o->sampling_topk == 1) return 0;
+    return o->sampling_topk > 1 || o->sampling_topp < 1.0f ||
+           o->sampling_temperature != 1.0f;
+}
+
+#define OPT_FAIL(...)                                  \
+    do {                                               \
+        if (err) snprintf(err, errlen, __VA_ARGS__);   \
+        return MOA_EINVAL;                             \
+    } while (0)
+
+int moa_search_opts_check(const moa_search_opts *o, const moa_config *cfg,
+                          char *err, size_t errlen) {
+    int max_len_limit = cfg->max_positions - 2;
+    if (o->beam_size < 1 || o->beam_size > MOA_MAX_BEAM)
+        OPT_FAIL("beam_size must be 1-%d, got %d", MOA_MAX_BEAM, o->beam_size);
+    if (o->num_hypotheses < 1 || o->num_hypotheses > o->beam_size)
+        OPT_FAIL("num_hypotheses must be 1-beam_size (%d), got %d",
+                 o->beam_size, o->num_hypotheses);
+    if (!(o->length_penalty >= 0 && o->length_penalty <= 10))
+        OPT_FAIL("length_penalty must be 0-10, got %g", o->length_penalty);
+    if (o->max_length != 0 && (o->max_length < 1 || o->max_length > max_len_limit))
+        OPT_FAIL("max_length must be 1-%d (max_positions - 2), got %d",
+                 max_len_limit, o->max_length);
+    if (o->min_length < 0 || o->min_length > max_len_limit ||
+        (o->max_length != 0 && o->min_length > o->max_length))
+        OPT_FAIL("min_length must be 0-max_length, got %d", o->min_length);
+    if (o->sampling_topk < 0 || o->sampling_topk > cfg->vocab_size)
+        OPT_FAIL("sampling_topk must be 0-%d, got %d", cfg->vocab_size,
+                 o->sampling_topk);
+    if (!(o->sampling_topp > 0 && o->sampling_topp <= 1))
+        OPT_FAIL("sampling_topp must be in (0, 1], got %g", o->sampling_topp);
+    if (!(o->sampling_temperature > 0 && o->sampling_temperature <= 100))
+        OPT_FAIL("sampling_temperature must be in (0, 100], got %g",
+                 o->sampling_temperature);
+    if (moa_opts_sampling(o) && o->beam_size != 1)
+        OPT_FAIL("sampling needs beam_size 1, got %d", o->beam_size);
+    if (moa_opts_sampling(o) && o->num_hypotheses != 1)
+        OPT_FAIL("sampling returns one hypothesis: num_hypotheses must be 1");
+    if (o->seed > (1ull << 63))
+        OPT_FAIL("seed must be 0-2^63");
+    return 0;
+}
+
+// --- masking -----------------------------------------------------------------
+
+void moa_mask_row(float *lp, const moa_config *cfg, const moa_search_opts *o,
+                  int n_tokens, int max_len) {
+    if (n_tokens >= max_len) {
+        float eos = lp[cfg->eos_id];
+        for (int j = 0; j < cfg->vocab_size; j++) lp[j] = -INFINITY;
+        lp[cfg->eos_id] = eos;
+        return;
+    }
+    lp[cfg->pad_id] = -INFINITY;
+    lp[cfg->bos_id] = -INFINITY;
+    if (o->no_unk) lp[cfg->unk_id] = -INFINITY;
+    if (n_tokens < o->min_length) lp[cfg->eos_id] = -INFINITY;
+}
+
+// --- beam candidates -------------------------------------------------------------
+
+// a ranks before b?
+static int cand_before(const moa_cand *a, const moa_cand *b) {
+    if (a->score != b->score) return a->score > b->score;
+    if (a->hyp != b->hyp) return a->hyp < b->hyp;
+    return a->token < b->token;
+}
+
+// Inserts c into the sorted list top[0..*n) capped at want.
+static void cand_insert(moa_cand *top, int *n, int want, const moa_cand *c) {
+    if (*n == want && !cand_before(c, &top[want - 1])) return;
+    int i = *n < want ? (*n)++ : want - 1;
+    while (i > 0 && cand_before(c, &top[i - 1])) {
+        top[i] = top[i - 1];
+        i--;
+    }
+    top[i] = *c;
+}
+
+int moa_beam_candidates(const float *lp, int n_hyp, int v,
+                        const double *hyp_score, int want, moa_cand *out) {
+    int n = 0;
+    for (int h = 0; h < n_hyp; h++) {
+        const float *row = lp + (size_t)h * v;
+        // Only a token that beats the current worst can enter: the threshold
+        // test keeps the scan one comparison per token.
+        for (int t = 0; t < v; t++) {
+            if (row[t] == -INFINITY) continue;
+            double s = hyp_score[h] + (double)row[t];
+            if (n == want && s < out[want - 1].score) continue;
+            moa_cand c = {s, h, t, row[t]};
+            cand_insert(out, &n, want, &c);
+        }
+    }
+    return n;
+}
+
+// --- PRNG: splitmix64 seeding xoshiro256** ---------------------------------------
+
+static uint64_t splitmix64(uint64_t *x) {
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+void moa_rng_seed(moa_rng *r, uint64_t seed) {
+    uint64_t x = seed;
+    for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&x);
+}
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+uint64_t moa_rng_next(moa_rng *r) {
+    uint64_t *s = r->s;
+    uint64_t result = rotl(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+double moa_rng_uniform(moa_rng *r) {
+    return (double)(moa_rng_next(r) >> 11) * 0x1.0p-53;
+}
+
+// --- sampling ----------------------------------------------------------------------
+
+// Orders token ids by their key, descending; ties to the lower id.
+static int by_key_desc(const void *a, const void *b, void *ctx) {
+    const float *key = ctx;
+    int ia = *(const int *)a, ib = *(const int *)b;
+    if (key[ia] != key[ib]) return key[ia] > key[ib] ? -1 : 1;
+    return (ia > ib) - (ia < ib);
+}
+
+int moa_sample_token(const float *lp, int v, const moa_search_opts *o,
+                     moa_rng *rng, float *scratch, int *idx) {
+    float *p = scratch;
+    int n = 0;
+    float inv_t = 1.0f / o->sampling_temperature;
+    for (int j = 0; j < v; j++) {
+        if (lp[j] == -INFINITY) continue;
+        p[j] = lp[j] * inv_t;
+        idx[n++] = j;
+    }
+    if (n == 0) return -1;
+    // Rank allowed tokens by tempered logit, ties to the lower id (qsort_r:
+    // glibc, reentrant).
+    qsort_r(idx, (size_t)n, sizeof *idx, by_key_desc, p);
+    if (o->sampling_topk > 0 && o->sampling_topk < n) n = o->sampling_topk;
+    // softmax over the kept tokens
+    float mx = p[idx[0]];
+    double sum = 0;
+    float *q = scratch + v;
+    for (int i = 0; i < n; i++) {
+        q[i] = expf(p[idx[i]] - mx);
+        sum += q[i];
+    }
+    // smallest prefix whose probability reaches top-p
+    if (o->sampling_topp < 1.0f) {
+        double acc = 0;
+        int keep = n;
+        for (int i = 0; i < n; i++) {
+            acc += q[i] / sum;
+            if (acc >= o->sampling_topp) {
+                keep = i + 1;
+                break;
+            }
+        }
+        n = keep;
+        sum = 0;
+        for (int i = 0; i < n; i++) sum += q[i];
+    }
+    double u = moa_rng_uniform(rng) * sum, acc = 0;
+    for (int i = 0; i < n; i++) {
+        acc += q[i];
+        if (u < acc) return idx[i];
+    }
+    return idx[n - 1];
+}
+
+// --- results -------------------------------------------------------------------
+
+void moa_trace_free(moa_trace *t) {
+    if (!t) return;
+    free(t->enc_experts);
+    free(t->enc_gates);
+    free(t->enc_margin);
+    free(t->dself_experts);
+    free(t->dself_gates);
+    free(t->dself_margin);
+    free(t->dcross_experts);
+    free(t->dcross_gates);
+    free(t->dcross_margin);
+    free(t);
+}
+
+void moa_result_clear(moa_result *r) {
+    if (!r) return;
+    for (int i = 0; i < r->n_hyps; i++) {
+        free(r->hyps[i].tokens);
+        free(r->hyps[i].token_logprobs);
+        moa_trace_free(r->hyps[i].trace);
+    }
+    free(r->hyps);
+    memset(r, 0, sizeof *r);
+}

@@ -1,0 +1,465 @@
+// test_engine.c — white-box tests of the engine (includes moa_engine.c):
+// grouped expert products against a naive loop, batching invariance, search
+// invariants, traces, sessions. Uses tests/fixtures/models/tiny-random.
+#include "../model/moa_engine.c"
+
+#include "moa_test.h"
+#include "moa_tokenizer.h"
+
+#define TINY "tests/fixtures/models/tiny-random"
+#define SAMPLE "tests/fixtures/sample.en-de.tsv"
+
+// --- helpers ---------------------------------------------------------------------
+
+static moa_model *load_tiny(void) {
+    char err[512];
+    moa_model *m = moa_model_load(TINY, err, sizeof err);
+    if (!m) MOA_TEST_FAIL("%s", err);
+    return m;
+}
+
+// First n source sentences of the sample, tokenized (without eos).
+typedef struct corpus {
+    int n;
+    int *len;
+    int **ids;
+} corpus;
+
+static corpus load_corpus(int n) {
+    char err[512];
+    moa_tokenizer *tok = moa_tokenizer_load(TINY, err, sizeof err);
+    if (!tok) MOA_TEST_FAIL("%s", err);
+    FILE *f = fopen(SAMPLE, "r");
+    if (!f) MOA_TEST_FAIL("cannot open %s", SAMPLE);
+    corpus c = {0, calloc(n, sizeof(int)), calloc(n, sizeof(int *))};
+    char *line = NULL;
+    size_t cap = 0;
+    while (c.n < n && getline(&line, &cap, f) > 0) {
+        char *tab = strchr(line, '\t');
+        if (tab) *tab = 0;
+        if (moa_tokenizer_encode(tok, line, strlen(line), 0, &c.ids[c.n], &c.len[c.n], err,
+                                 sizeof err))
+            MOA_TEST_FAIL("%s", err);
+        c.n++;
+    }
+    free(line);
+    fclose(f);
+    moa_tokenizer_free(tok);
+    return c;
+}
+
+static void corpus_free(corpus *c) {
+    for (int i = 0; i < c->n; i++) free(c->ids[i]);
+    free(c->ids);
+    free(c->len);
+}
+
+static moa_result *translate_all(moa_session *s, const corpus *c, const moa_search_opts *o) {
+    char err[512];
+    moa_result *out = calloc(c->n, sizeof *out);
+    int rc = moa_translate(s, (const int *const *)c->ids, c->len, c->n, o, out, err, sizeof err);
+    if (rc) MOA_TEST_FAIL("moa_translate: %s", err);
+    return out;
+}
+
+static void results_free(moa_result *r, int n) {
+    for (int i = 0; i < n; i++) moa_result_clear(&r[i]);
+    free(r);
+}
+
+// --- grouped expert products ----------------------------------------------------------
+
+static float frand(unsigned *st) {
+    *st = *st * 1103515245u + 12345u;
+    return ((*st >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+// route + project_q + project_o (expert-grouped, one product per expert)
+// against the spec's per-token formula computed with plain loops.
+static void test_grouped_products_match_naive(void) {
+    moa_config c;
+    memset(&c, 0, sizeof c);
+    c.d_model = 12; c.num_experts = 5; c.top_k = 2; c.head_dim = 4; c.ffn_dim = 8;
+    int n = 9, d = 12, E = 5, k = 2, h = 4;
+    unsigned st = 99;
+    float gate_w[12 * 5], qw[5 * 12 * 4], ow[5 * 4 * 12], xn[9 * 12], a_in[9 * 2 * 4];
+    for (size_t i = 0; i < sizeof gate_w / 4; i++) gate_w[i] = 2 * frand(&st);
+    for (size_t i = 0; i < sizeof qw / 4; i++) qw[i] = frand(&st);
+    for (size_t i = 0; i < sizeof ow / 4; i++) ow[i] = frand(&st);
+    for (size_t i = 0; i < sizeof xn / 4; i++) xn[i] = frand(&st);
+    for (size_t i = 0; i < sizeof a_in / 4; i++) a_in[i] = frand(&st);
+    moa_attn_w aw = {0};
+    aw.w_gate = gate_w; aw.q_experts = qw; aw.o_experts = ow;
+    work w = {0};
+    ASSERT_EQ_INT(work_reserve(&w, &c, n), 0);
+    route(&c, &w, &aw, xn, n);
+    project_q(&c, &w, &aw, xn);
+    memcpy(w.a, a_in, sizeof a_in);
+    float y[9 * 12];
+    project_o(&c, &w, &aw, n, y);
+
+    for (int r = 0; r < n; r++) {
+        // router: logits, softmax, top-k by probability, ties to lower index
+        double lg[5], p[5], sum = 0, mx = -1e30;
+        for (int e = 0; e < E; e++) {
+            lg[e] = 0;
+            for (int j = 0; j < d; j++) lg[e] += (double)xn[r * d + j] * gate_w[j * E + e];
+            if (lg[e] > mx) mx = lg[e];
+        }
+        for (int e = 0; e < E; e++) sum += (p[e] = exp(lg[e] - mx));
+        int used[5] = {0}, pick[2];
+        for (int j = 0; j < k; j++) {
+            int best = -1;
+            for (int e = 0; e < E; e++)
+                if (!used[e] && (best < 0 || p[e] > p[best])) best = e;
+            used[best] = 1;
+            pick[j] = best;
+        }
+        double yref[12] = {0};
+        for (int j = 0; j < k; j++) {
+            int e = pick[j];
+            ASSERT_EQ_INT(w.pick_e[r * k + j], e);
+            ASSERT_NEAR(w.pick_g[r * k + j], p[e] / sum, 1e-6);
+            for (int t = 0; t < h; t++) {
+                double q = 0;
+                for (int i = 0; i < d; i++) q += (double)xn[r * d + i] * qw[(e * d + i) * h + t];
+                ASSERT_NEAR(w.q[(r * k + j) * h + t], q / sqrt(h), 1e-5);
+            }
+            for (int i = 0; i < d; i++) {
+                double o = 0;
+                for (int t = 0; t < h; t++) o += (double)a_in[(r * k + j) * h + t] * ow[(e * h + t) * d + i];
+                yref[i] += p[e] / sum * o;
+            }
+        }
+        for (int i = 0; i < d; i++) ASSERT_NEAR(y[r * d + i], yref[i], 1e-5);
+    }
+    // every (row, pick) appears exactly once in the expert groups
+    ASSERT_EQ_INT(w.grp_off[E], n * k);
+    work_free(&w);
+}
+
+// --- batching never changes results ------------------------------------------------
+
+static void check_invariance(int beam) {
+    moa_model *m = load_tiny();
+    corpus c = load_corpus(24);
+    moa_search_opts o;
+    moa_search_opts_default(&o);
+    o.beam_size = beam;
+    o.num_hypotheses = beam;
+    moa_session *big = moa_session_create(m, 24 * beam, NULL, 0);
+    moa_session *one = moa_session_create(m, beam, NULL, 0);
+    moa_result *together = translate_all(big, &c, &o);
+    for (int i = 0; i < c.n; i++) {
+        corpus single = {1, &c.len[i], &c.ids[i]};
+        moa_result *alone = translate_all(one, &single, &o);
+        ASSERT_EQ_INT(alone[0].n_hyps, together[i].n_hyps);
+        for (int j = 0; j < alone[0].n_hyps; j++) {
+            moa_hypothesis *a = &alone[0].hyps[j], *b = &together[i].hyps[j];
+            ASSERT_EQ_INT(a->n_tokens, b->n_tokens);
+            for (int t = 0; t < a->n_tokens; t++) ASSERT_EQ_INT(a->tokens[t], b->tokens[t]);
+            ASSERT_NEAR(a->log_prob, b->log_prob, 1e-4);
+        }
+        results_free(alone, 1);
+    }
+    results_free(together, c.n);
+    moa_session_free(big);
+    moa_session_free(one);
+    corpus_free(&c);
+    moa_model_free(m);
+}
+static void test_batching_invariance_greedy(void) { check_invariance(1); }
+static void test_batching_invariance_beam4(void) { check_invariance(4); }
+
+// --- search invariants ------------------------------------------------------------------
+
+static void test_nbest_sorted_and_consistent(void) {
+    moa_model *m = load_tiny();
+    corpus c = load_corpus(20);
+    moa_search_opts o;
+    moa_search_opts_default(&o);
+    o.beam_size = 4;
+    o.num_hypotheses = 4;
+    o.length_penalty = 0.7f;
+    o.token_logprobs = 1;
+    moa_session *s = moa_session_create(m, 64, NULL, 0);
+    moa_result *r = translate_all(s, &c, &o);
+    for (int i = 0; i < c.n; i++) {
+        ASSERT_TRUE(r[i].n_hyps >= 1 && r[i].n_hyps <= 4);
+        for (int j = 0; j < r[i].n_hyps; j++) {
+            moa_hypothesis *hy = &r[i].hyps[j];
+            double sum = 0;
+            for (int t = 0; t < hy->n_tokens; t++) sum += (double)hy->token_logprobs[t];
+            ASSERT_NEAR(hy->log_prob, sum, 1e-9);
+            ASSERT_NEAR(hy->score, hy->log_prob / pow(hy->n_tokens, (double)0.7f), 1e-9);
+            ASSERT_EQ_INT(hy->tokens[hy->n_tokens - 1], 2);
+            for (int t = 0; t < hy->n_tokens - 1; t++) {
+                ASSERT_TRUE(hy->tokens[t] != 0 && hy->tokens[t] != 1 && hy->tokens[t] != 2);
+            }
+            if (j > 0) ASSERT_TRUE(r[i].hyps[j - 1].score >= hy->score);
+        }
+    }
+    results_free(r, c.n);
+    moa_session_free(s);
+    corpus_free(&c);
+    moa_model_free(m);
+}
+
+// Forced decoding of a translation gives back its per-token log-probs.
+static void test_score_matches_translation(void) {
+    moa_model *m = load_tiny();
+    corpus c = load_corpus(16);
+    moa_search_opts o;
+    moa_search_opts_default(&o);
+    o.token_logprobs = 1;
+    moa_session *s = moa_session_create(m, 64, NULL, 0);
+    moa_result *r = translate_all(s, &c, &o);
+    int *tl = calloc(c.n, sizeof(int));
+    const int **tg = calloc(c.n, sizeof(int *));
+    for (int i = 0; i < c.n; i++) {
+        tg[i] = r[i].hyps[0].tokens;
+        tl[i] = r[i].hyps[0].n_tokens - 1;  // without eos
+    }
+    moa_result *sc = calloc(c.n, sizeof *sc);
+    char err[256];
+    ASSERT_EQ_INT(moa_score(s, (const int *const *)c.ids, c.len, tg, tl, c.n, 0, sc, err, sizeof err), 0);
+    for (int i = 0; i < c.n; i++) {
+        moa_hypothesis *a = &r[i].hyps[0], *b = &sc[i].hyps[0];
+        ASSERT_EQ_INT(b->n_tokens, a->n_tokens);
+        for (int t = 0; t < a->n_tokens; t++) {
+            ASSERT_EQ_INT(b->tokens[t], a->tokens[t]);
+            ASSERT_NEAR(b->token_logprobs[t], a->token_logprobs[t], 1e-4);  // rows batched differently
+        }
+        ASSERT_NEAR(b->log_prob, a->log_prob, 1e-4);
+    }
+    results_free(sc, c.n);
+    free(tl);
+    free(tg);
+    results_free(r, c.n);
+    moa_session_free(s);
+    corpus_free(&c);
+    moa_model_free(m);
+}
+
+static void test_length_limits_and_no_unk(void) {
+    moa_model *m = load_tiny();
+    corpus c = load_corpus(20);
+    moa_session *s = moa_session_create(m, 64, NULL, 0);
+    moa_search_opts o;
+    moa_search_opts_default(&o);
+    o.max_length = 3;
+    o.num_hypotheses = 4;
+    moa_result *r = translate_all(s, &c, &o);
+    for (int i = 0; i < c.n; i++)
+        for (int j = 0; j < r[i].n_hyps; j++) ASSERT_TRUE(r[i].hyps[j].n_tokens <= 4);
+    results_free(r, c.n);
+    o.max_length = 0;
+    o.min_length = 6;
+    o.no_unk = 1;
+    r = translate_all(s, &c, &o);
+    for (int i = 0; i < c.n; i++)
+        for (int j = 0; j < r[i].n_hyps; j++) {
+            moa_hypothesis *hy = &r[i].hyps[j];
+            ASSERT_TRUE(hy->n_tokens >= 7);
+            for (int t = 0; t < hy->n_tokens; t++) ASSERT_TRUE(hy->tokens[t] != 3);
+        }
+    results_free(r, c.n);
+    moa_session_free(s);
+    corpus_free(&c);
+    moa_model_free(m);
+}
+
+// Greedy takes the best token: beam 1 scores at least as well per step as
+// any sampled continuation's first token, and top-k 1 sampling is greedy.
+static void test_sampling_seeded_and_topk1_is_greedy(void) {
+    moa_model *m = load_tiny();
+    corpus c = load_corpus(10);
+    moa_session *s = moa_session_create(m, 16, NULL, 0);
+    moa_search_opts g, smp;
+    moa_search_opts_default(&g);
+    g.beam_size = 1;
+    smp = g;
+    smp.sampling_topk = 1;
+    smp.sampling_temperature = 0.7f;
+    moa_result *a = translate_all(s, &c, &g), *b = translate_all(s, &c, &smp);
+    for (int i = 0; i < c.n; i++) {
+        ASSERT_EQ_INT(a[i].hyps[0].n_tokens, b[i].hyps[0].n_tokens);
+        for (int t = 0; t < a[i].hyps[0].n_tokens; t++)
+            ASSERT_EQ_INT(a[i].hyps[0].tokens[t], b[i].hyps[0].tokens[t]);
+    }
+    results_free(b, c.n);
+    smp.sampling_topk = 0;
+    smp.sampling_temperature = 3.0f;
+    smp.seed = 1234;
+    b = translate_all(s, &c, &smp);
+    moa_result *b2 = translate_all(s, &c, &smp);
+    int differs_from_greedy = 0;
+    for (int i = 0; i < c.n; i++) {
+        ASSERT_EQ_INT(b[i].hyps[0].n_tokens, b2[i].hyps[0].n_tokens);
+        for (int t = 0; t < b[i].hyps[0].n_tokens; t++)
+            ASSERT_EQ_INT(b[i].hyps[0].tokens[t], b2[i].hyps[0].tokens[t]);
+        if (b[i].hyps[0].n_tokens != a[i].hyps[0].n_tokens ||
+            memcmp(b[i].hyps[0].tokens, a[i].hyps[0].tokens, a[i].hyps[0].n_tokens * sizeof(int)))
+            differs_from_greedy++;
+    }
+    ASSERT_TRUE(differs_from_greedy > 0);  // temperature 3 must actually sample
+    results_free(a, c.n);
+    results_free(b, c.n);
+    results_free(b2, c.n);
+    moa_session_free(s);
+    corpus_free(&c);
+    moa_model_free(m);
+}
+
+// --- traces -------------------------------------------------------------------------
+
+static void check_trace_entry(const moa_config *c, const int *e, const float *g, float margin) {
+    for (int j = 0; j < c->top_k; j++) {
+        ASSERT_TRUE(e[j] >= 0 && e[j] < c->num_experts);
+        ASSERT_TRUE(g[j] >= 0 && g[j] <= 1);
+        for (int i = 0; i < j; i++) ASSERT_TRUE(e[i] != e[j]);
+        if (j) ASSERT_TRUE(g[j - 1] >= g[j]);
+    }
+    ASSERT_TRUE(margin >= 0);
+}
+
+// A translation's trace equals the trace of forced decoding of its output.
+static void test_trace_consistent_with_scoring(void) {
+    moa_model *m = load_tiny();
+    const moa_config *c = moa_model_config(m);
+    corpus cp = load_corpus(8);
+    moa_session *s = moa_session_create(m, 32, NULL, 0);
+    moa_search_opts o;
+    moa_search_opts_default(&o);
+    o.trace = 1;
+    moa_result *r = translate_all(s, &cp, &o);
+    for (int i = 0; i < cp.n; i++) {
+        moa_hypothesis *hy = &r[i].hyps[0];
+        moa_trace *t = hy->trace;
+        ASSERT_TRUE(t != NULL);
+        ASSERT_EQ_INT(t->src_len, cp.len[i] + 1);
+        ASSERT_EQ_INT(t->tgt_len, hy->n_tokens);
+        int k = c->top_k;
+        for (int p = 0; p < c->encoder_layers * t->src_len; p++)
+            check_trace_entry(c, t->enc_experts + p * k, t->enc_gates + p * k, t->enc_margin[p]);
+        for (int p = 0; p < c->decoder_layers * t->tgt_len; p++) {
+            check_trace_entry(c, t->dself_experts + p * k, t->dself_gates + p * k, t->dself_margin[p]);
+            check_trace_entry(c, t->dcross_experts + p * k, t->dcross_gates + p * k, t->dcross_margin[p]);
+        }
+        int tl = hy->n_tokens - 1;
+        const int *tg = hy->tokens;
+        moa_result sc;
+        char err[256];
+        ASSERT_EQ_INT(moa_score(s, (const int *const *)&cp.ids[i], &cp.len[i], &tg, &tl, 1, 1, &sc, err, sizeof err), 0);
+        moa_trace *u = sc.hyps[0].trace;
+        size_t nd = (size_t)c->decoder_layers * t->tgt_len * k;
+        size_t ne = (size_t)c->encoder_layers * t->src_len * k;
+        ASSERT_TRUE(memcmp(u->enc_experts, t->enc_experts, ne * sizeof(int)) == 0);
+        ASSERT_TRUE(memcmp(u->dself_experts, t->dself_experts, nd * sizeof(int)) == 0);
+        ASSERT_TRUE(memcmp(u->dcross_experts, t->dcross_experts, nd * sizeof(int)) == 0);
+        for (size_t p = 0; p < nd; p++) ASSERT_NEAR(u->dcross_gates[p], t->dcross_gates[p], 1e-5);
+        moa_result_clear(&sc);
+    }
+    results_free(r, cp.n);
+    // without trace: none recorded
+    o.trace = 0;
+    r = translate_all(s, &cp, &o);
+    for (int i = 0; i < cp.n; i++) ASSERT_TRUE(r[i].hyps[0].trace == NULL);
+    results_free(r, cp.n);
+    moa_session_free(s);
+    corpus_free(&cp);
+    moa_model_free(m);
+}
+
+// --- sessions -------------------------------------------------------------------------
+
+static void test_session_add_step_take_cancel(void) {
+    moa_model *m = load_tiny();
+    corpus c = load_corpus(5);
+    moa_session *s = moa_session_create(m, 8, NULL, 0);
+    moa_search_opts o;
+    moa_search_opts_default(&o);
+    char err[256];
+    int ids[5];
+    for (int i = 0; i < 5; i++) {
+        ids[i] = moa_session_add(s, c.ids[i], c.len[i], &o, (void *)(intptr_t)i, err, sizeof err);
+        ASSERT_TRUE(ids[i] >= 0);
+    }
+    ASSERT_EQ_INT(moa_session_live(s), 5);
+    ASSERT_EQ_INT(moa_session_cancel(s, ids[3]), 0);
+    ASSERT_EQ_INT(moa_session_cancel(s, ids[3]), MOA_ENOTFOUND);
+    int got[5] = {0}, steps = 0;
+    while (moa_session_live(s) > 0) {
+        ASSERT_TRUE(moa_session_step(s) >= 0);
+        ASSERT_TRUE(moa_session_rows(s) <= 8);  // two sentences of beam 4 at most
+        moa_result r;
+        while (moa_session_take(s, &r) == 1) {
+            got[(intptr_t)r.user]++;
+            ASSERT_TRUE(r.n_hyps == 1);
+            moa_result_clear(&r);
+        }
+        ASSERT_TRUE(++steps < 10000);
+    }
+    ASSERT_EQ_INT(got[0] + got[1] + got[2] + got[4], 4);
+    ASSERT_EQ_INT(got[3], 0);
+    moa_session_free(s);
+    corpus_free(&c);
+    moa_model_free(m);
+}
+
+static void test_bad_input_rejected(void) {
+    moa_model *m = load_tiny();
+    const moa_config *c = moa_model_config(m);
+    moa_session *s = moa_session_create(m, 4, NULL, 0);
+    moa_search_opts o;
+    moa_search_opts_default(&o);
+    char err[256] = "";
+    int n = c->max_positions;  // + eos is one too many
+    int *src = calloc(n, sizeof(int));
+    for (int i = 0; i < n; i++) src[i] = 5;
+    ASSERT_EQ_INT(moa_session_add(s, src, n, &o, NULL, err, sizeof err), MOA_ETOOLONG);
+    ASSERT_STR_CONTAINS(err, "allows");
+    ASSERT_TRUE(moa_session_add(s, src, n - 1, &o, NULL, err, sizeof err) >= 0);
+    src[0] = c->vocab_size;
+    ASSERT_EQ_INT(moa_session_add(s, src, 3, &o, NULL, err, sizeof err), MOA_EINVAL);
+    o.beam_size = 8;  // more rows than the session has
+    src[0] = 5;
+    ASSERT_EQ_INT(moa_session_add(s, src, 3, &o, NULL, err, sizeof err), MOA_EFULL);
+    o.beam_size = 0;
+    ASSERT_EQ_INT(moa_session_add(s, src, 3, &o, NULL, err, sizeof err), MOA_EINVAL);
+    free(src);
+    moa_session_free(s);  // frees the queued sentence too
+    moa_model_free(m);
+}
+
+// An empty source still gets a non-empty translation (min_length 1).
+static void test_empty_source(void) {
+    moa_model *m = load_tiny();
+    moa_session *s = moa_session_create(m, 4, NULL, 0);
+    moa_search_opts o;
+    moa_search_opts_default(&o);
+    int dummy = 0, len = 0;
+    const int *src = &dummy;
+    moa_result r;
+    char err[256];
+    ASSERT_EQ_INT(moa_translate(s, &src, &len, 1, &o, &r, err, sizeof err), 0);
+    ASSERT_TRUE(r.hyps[0].n_tokens >= 2);
+    moa_result_clear(&r);
+    moa_session_free(s);
+    moa_model_free(m);
+}
+
+const moa_test_case moa_tests_engine[] = {
+    {"grouped_products_match_naive", test_grouped_products_match_naive},
+    {"batching_invariance_greedy", test_batching_invariance_greedy},
+    {"batching_invariance_beam4", test_batching_invariance_beam4},
+    {"nbest_sorted_and_consistent", test_nbest_sorted_and_consistent},
+    {"score_matches_translation", test_score_matches_translation},
+    {"length_limits_and_no_unk", test_length_limits_and_no_unk},
+    {"sampling_seeded_and_topk1_is_greedy", test_sampling_seeded_and_topk1_is_greedy},
+    {"trace_consistent_with_scoring", test_trace_consistent_with_scoring},
+    {"session_add_step_take_cancel", test_session_add_step_take_cancel},
+    {"bad_input_rejected", test_bad_input_rejected},
+    {"empty_source", test_empty_source},
+    {NULL, NULL},
+};
