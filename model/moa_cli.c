@@ -12,6 +12,7 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -32,6 +33,11 @@
 // these only let the messages name the flag.
 #define CLI_MAX_BEAM 16
 #define CLI_MAX_THREADS 256
+// A worker reads this many batches' worth of lines at once and keeps its
+// session full while translating them: a sentence that finishes makes room
+// for the next at once (continuous batching), so long sentences do not hold
+// a whole batch back. Output still follows input order.
+#define CLI_CHUNK 8
 #define CLI_MAX_BATCH 4096
 #define CLI_SEED_MAX (UINT64_C(1) << 63)
 
@@ -46,7 +52,8 @@ typedef struct cli_args {
     const char *score;          // forced decoding of a TSV file, or NULL
     moa_search_opts opts;
     int beam_given, topk_given, topp_given, temp_given, seed_given;
-    int threads;
+    int threads;                // workers, each its own session and thread
+    int blas_threads;           // OpenBLAS threads inside each worker
     int batch;
     int trace, json, verbose;
 } cli_args;
@@ -55,7 +62,7 @@ typedef struct cli_args {
 enum {
     OPT_MODEL = 256, OPT_INPUT, OPT_OUTPUT, OPT_BEAM, OPT_NBEST, OPT_LENPEN,
     OPT_MAXLEN, OPT_MINLEN, OPT_NOUNK, OPT_TOPK, OPT_TOPP, OPT_TEMP, OPT_SEED,
-    OPT_THREADS, OPT_BATCH, OPT_SCORE, OPT_TRACE, OPT_JSON, OPT_VERBOSE,
+    OPT_THREADS, OPT_BLAS_THREADS, OPT_BATCH, OPT_SCORE, OPT_TRACE, OPT_JSON, OPT_VERBOSE,
     OPT_VERSION, OPT_HELP,
 };
 
@@ -74,6 +81,7 @@ static const struct option long_opts[] = {
     {"temperature", required_argument, NULL, OPT_TEMP},
     {"seed", required_argument, NULL, OPT_SEED},
     {"threads", required_argument, NULL, OPT_THREADS},
+    {"blas-threads", required_argument, NULL, OPT_BLAS_THREADS},
     {"batch", required_argument, NULL, OPT_BATCH},
     {"score", required_argument, NULL, OPT_SCORE},
     {"trace", no_argument, NULL, OPT_TRACE},
@@ -145,7 +153,13 @@ static void print_help(FILE *f) {
         "                       N+i, so a run is reproducible whatever --batch is\n"
         "\n"
         "Resources:\n"
-        "  --threads N          OpenBLAS threads, 1..256 (default 1)\n"
+        "  --threads N          worker threads, 1..256 (default 1): each worker has\n"
+        "                       its own session and translates whole batches with\n"
+        "                       single-threaded BLAS, N batches at a time (data\n"
+        "                       parallel: the fastest use of N cores). Output order\n"
+        "                       and results do not depend on N\n"
+        "  --blas-threads M     OpenBLAS threads inside each product, 1..256\n"
+        "                       (default 1; with --threads > 1 it must be 1)\n"
         "  --batch N            sentences decoded together, 1..4096 (default 32);\n"
         "                       the session holds batch*beam rows; output is written\n"
         "                       after each batch\n"
@@ -225,6 +239,7 @@ static int parse_args(int argc, char **argv, cli_args *a) {
     memset(a, 0, sizeof *a);
     moa_search_opts_default(&a->opts);
     a->threads = 1;
+    a->blas_threads = 1;
     a->batch = 32;
     moa_search_opts *o = &a->opts;
     int c;
@@ -279,6 +294,10 @@ static int parse_args(int argc, char **argv, cli_args *a) {
             r = parse_int("threads", optarg, 1, CLI_MAX_THREADS, "1..256",
                           &a->threads);
             break;
+        case OPT_BLAS_THREADS:
+            r = parse_int("blas-threads", optarg, 1, CLI_MAX_THREADS, "1..256",
+                          &a->blas_threads);
+            break;
         case OPT_BATCH:
             r = parse_int("batch", optarg, 1, CLI_MAX_BATCH, "1..4096",
                           &a->batch);
@@ -299,6 +318,9 @@ static int parse_args(int argc, char **argv, cli_args *a) {
     if (!a->model_dir) return usage_error("--model DIR is required");
     if (a->score && a->input)
         return usage_error("--score and --input cannot be combined");
+    if (a->threads > 1 && a->blas_threads > 1)
+        return usage_error("--blas-threads must be 1 when --threads is above 1 "
+                           "(each worker then owns one core)");
     return 0;
 }
 
@@ -499,8 +521,9 @@ typedef struct cli_ctx {
     moa_tokenizer *tok;
     moa_session *sess;
     FILE *in, *out;
-    cli_item *items;            // args->batch of them
-    // --score: the arrays moa_score takes, args->batch entries each
+    int chunk;                  // lines a worker takes at a time (CLI_CHUNK batches)
+    cli_item *items;            // chunk of them
+    // --score: the arrays moa_score takes, chunk entries each
     const int **src, **tgt;
     int *src_len, *tgt_len;
     moa_result *res;
@@ -551,7 +574,7 @@ static int encode(cli_ctx *c, cli_item *it, const char *text, size_t len,
 // many were read (0 at the end of input) or -1 on a read error.
 static int read_batch(cli_ctx *c) {
     int n = 0;
-    while (n < c->args->batch) {
+    while (n < c->chunk) {
         errno = 0;
         ssize_t len = getline(&c->line, &c->line_cap, c->in);
         if (len < 0) {
@@ -594,28 +617,34 @@ static int is_line_error(int rc) { return rc == MOA_ETOOLONG || rc == MOA_EINVAL
 // 0, or -1 on an engine failure that ends the run.
 static int translate_batch(cli_ctx *c, int n) {
     static const int dummy_src = 0;  // a valid pointer for empty sources
-    for (int i = 0; i < n; i++) {
-        cli_item *it = &c->items[i];
-        if (it->failed) continue;
-        moa_search_opts o = c->args->opts;
-        o.seed += (uint64_t)it->index;
-        char err[400];
-        int id = moa_session_add(c->sess, it->src ? it->src : &dummy_src,
-                                 it->src_len, &o, it, err, sizeof err);
-        if (id >= 0) continue;
-        if (!is_line_error(id)) {
-            fprintf(stderr, CLI_NAME ": engine: %s\n", err);
-            return -1;
-        }
-        item_fail(it, "", err);
-    }
+    int next = 0, pending = 0;
     // A sentence needs at most max_positions steps; even one sentence at a
     // time, n of them cannot take longer than this, so a longer loop means
     // the engine is stuck (better an error than a hang).
     long steps = 0, max_steps = ((long)c->cfg->max_positions + 8) * (n + 1);
     moa_result r;
     memset(&r, 0, sizeof r);
-    while (moa_session_live(c->sess) > 0) {
+    while (next < n || pending > 0) {
+        // keep --batch sentences in the session
+        for (; next < n && pending < c->args->batch; next++) {
+            cli_item *it = &c->items[next];
+            if (it->failed) continue;
+            moa_search_opts o = c->args->opts;
+            o.seed += (uint64_t)it->index;
+            char err[400];
+            int id = moa_session_add(c->sess, it->src ? it->src : &dummy_src,
+                                     it->src_len, &o, it, err, sizeof err);
+            if (id >= 0) {
+                pending++;
+                continue;
+            }
+            if (!is_line_error(id)) {
+                fprintf(stderr, CLI_NAME ": engine: %s\n", err);
+                return -1;
+            }
+            item_fail(it, "", err);
+        }
+        if (pending == 0) continue;
         if (++steps > max_steps) {
             fprintf(stderr, CLI_NAME ": engine: no result after %ld steps\n", steps);
             return -1;
@@ -629,6 +658,7 @@ static int translate_batch(cli_ctx *c, int n) {
             cli_item *it = r.user;
             it->res = r;
             it->done = 1;
+            pending--;
             memset(&r, 0, sizeof r);
         }
     }
@@ -845,8 +875,9 @@ static void print_model_info(const moa_model *m, const cli_args *a) {
             g->decoder_layers, g->ffn_dim, g->num_experts, g->top_k,
             g->head_dim, g->vocab_size, g->max_positions,
             (double)moa_model_f32_bytes(m) / 1e6);
-    fprintf(stderr, CLI_NAME ": OpenBLAS %s, %d thread(s); batch %d\n",
-            moa_blas_corename(), moa_get_num_threads(), a->batch);
+    fprintf(stderr, CLI_NAME ": OpenBLAS %s, %d thread(s) per product; %d "
+            "worker(s); batch %d\n", moa_blas_corename(), moa_get_num_threads(),
+            a->threads, a->batch);
     const moa_search_opts *o = &a->opts;
     if (a->score)
         fprintf(stderr, CLI_NAME ": scoring %s\n", a->score);
@@ -867,113 +898,184 @@ static FILE *open_file(const char *path, const char *mode, FILE *std) {
     return f;
 }
 
+// Per-worker buffers: items, session, --score arrays. 0 or -1.
+static int ctx_alloc(cli_ctx *c, const moa_model *model, char *err, size_t errlen) {
+    const cli_args *a = c->args;
+    int rows = a->score ? a->batch : a->batch * a->opts.beam_size;
+    c->sess = moa_session_create(model, rows, err, errlen);
+    if (!c->sess) return -1;
+    c->chunk = a->batch * CLI_CHUNK;
+    size_t nb = (size_t)c->chunk;
+    c->items = calloc(nb, sizeof *c->items);
+    if (a->score) {
+        c->src = calloc(nb, sizeof *c->src);
+        c->tgt = calloc(nb, sizeof *c->tgt);
+        c->src_len = calloc(nb, sizeof *c->src_len);
+        c->tgt_len = calloc(nb, sizeof *c->tgt_len);
+        c->res = calloc(nb, sizeof *c->res);
+        c->scored = calloc(nb, sizeof *c->scored);
+    }
+    if (!c->items || (a->score && (!c->src || !c->tgt || !c->src_len ||
+                                   !c->tgt_len || !c->res || !c->scored))) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+static void ctx_free(cli_ctx *c) {
+    if (c->items)
+        for (int i = 0; i < c->chunk; i++) item_reset(&c->items[i]);
+    free(c->line);
+    free(c->items);
+    free(c->src);
+    free(c->tgt);
+    free(c->src_len);
+    free(c->tgt_len);
+    free(c->res);
+    free(c->scored);
+    moa_session_free(c->sess);
+}
+
+// A worker's share of one round: translate or score the batch it read.
+typedef struct cli_job {
+    cli_ctx *c;
+    int n;
+    int rc;
+} cli_job;
+
+static void *run_job(void *p) {
+    cli_job *j = p;
+    j->rc = j->c->args->score ? score_batch(j->c, j->n) : translate_batch(j->c, j->n);
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     cli_args args;
     int rc = parse_args(argc, argv, &args);
     if (rc) return rc > 0 ? 0 : EXIT_USAGE;
-    // Before anything touches BLAS.
-    moa_set_num_threads(args.threads);
+    // Before anything touches BLAS. Concurrent single-threaded OpenBLAS calls
+    // from several workers are safe (OpenBLAS >= 0.3.7 locks its buffers).
+    moa_set_num_threads(args.blas_threads);
 
-    int status = 1;
+    int status = 1, W = args.threads;
     char err[512];
-    cli_ctx c;
-    memset(&c, 0, sizeof c);
-    c.args = &args;
+    cli_ctx *cs = calloc((size_t)W, sizeof *cs);
+    cli_job *jobs = calloc((size_t)W, sizeof *jobs);
+    pthread_t *th = calloc((size_t)W, sizeof *th);
+    moa_model *model = NULL;
+    moa_tokenizer *tok = NULL;
+    FILE *in = NULL, *out = NULL;
+    if (!cs || !jobs || !th) {
+        fprintf(stderr, CLI_NAME ": out of memory\n");
+        goto done;
+    }
 
     double t0 = now_s();
-    moa_model *model = moa_model_load(args.model_dir, err, sizeof err);
+    model = moa_model_load(args.model_dir, err, sizeof err);
     if (!model) {
         fprintf(stderr, CLI_NAME ": %s\n", err);
-        goto fail_model;
+        goto done;
     }
-    c.cfg = moa_model_config(model);
-    if (finish_opts(&args, c.cfg) != 0) {
+    const moa_config *cfg = moa_model_config(model);
+    if (finish_opts(&args, cfg) != 0) {
         status = EXIT_USAGE;
-        goto fail_tok;
+        goto done;
     }
-    c.tok = moa_tokenizer_load(args.model_dir, err, sizeof err);
-    if (!c.tok) {
+    tok = moa_tokenizer_load(args.model_dir, err, sizeof err);
+    if (!tok) {
         fprintf(stderr, CLI_NAME ": %s\n", err);
-        goto fail_tok;
+        goto done;
     }
-    if (moa_tokenizer_vocab_size(c.tok) != c.cfg->vocab_size) {
+    if (moa_tokenizer_vocab_size(tok) != cfg->vocab_size) {
         fprintf(stderr, CLI_NAME ": %s: vocab.txt has %d lines, config.json "
                 "says vocab_size %d\n", args.model_dir,
-                moa_tokenizer_vocab_size(c.tok), c.cfg->vocab_size);
-        goto fail_sess;
+                moa_tokenizer_vocab_size(tok), cfg->vocab_size);
+        goto done;
     }
-    int rows = args.score ? args.batch : args.batch * args.opts.beam_size;
-    c.sess = moa_session_create(model, rows, err, sizeof err);
-    if (!c.sess) {
-        fprintf(stderr, CLI_NAME ": %s\n", err);
-        goto fail_sess;
+    in = open_file(args.score ? args.score : args.input, "r", stdin);
+    if (!in) goto done;
+    out = open_file(args.output, "w", stdout);
+    if (!out) goto done;
+    for (int w = 0; w < W; w++) {
+        cs[w].args = &args;
+        cs[w].cfg = cfg;
+        cs[w].tok = tok;
+        cs[w].in = in;
+        cs[w].out = out;
+        if (ctx_alloc(&cs[w], model, err, sizeof err) != 0) {
+            fprintf(stderr, CLI_NAME ": %s\n", err);
+            goto done;
+        }
     }
-    size_t nb = (size_t)args.batch;
-    c.items = calloc(nb, sizeof *c.items);
-    if (args.score) {
-        c.src = calloc(nb, sizeof *c.src);
-        c.tgt = calloc(nb, sizeof *c.tgt);
-        c.src_len = calloc(nb, sizeof *c.src_len);
-        c.tgt_len = calloc(nb, sizeof *c.tgt_len);
-        c.res = calloc(nb, sizeof *c.res);
-        c.scored = calloc(nb, sizeof *c.scored);
-    }
-    if (!c.items || (args.score && (!c.src || !c.tgt || !c.src_len ||
-                                    !c.tgt_len || !c.res || !c.scored))) {
-        fprintf(stderr, CLI_NAME ": out of memory\n");
-        goto fail_items;
-    }
-    c.in = open_file(args.score ? args.score : args.input, "r", stdin);
-    if (!c.in) goto fail_in;
-    c.out = open_file(args.output, "w", stdout);
-    if (!c.out) goto fail_out;
     if (args.verbose) {
         print_model_info(model, &args);
         fprintf(stderr, CLI_NAME ": loaded in %.2f s\n", now_s() - t0);
     }
 
+    // Rounds: read up to W batches in input order, translate them in
+    // parallel, write them in input order.
     double t1 = now_s();
-    int n;
-    while ((n = read_batch(&c)) > 0) {
-        rc = args.score ? score_batch(&c, n) : translate_batch(&c, n);
-        if (rc != 0 || write_batch(&c, n) != 0) break;
+    long next_index = 0;
+    int failed = 0, eof = 0;
+    while (!failed && !eof) {
+        int nw = 0;
+        for (int w = 0; w < W && !eof; w++) {
+            cs[w].next_index = next_index;
+            int n = read_batch(&cs[w]);
+            next_index = cs[w].next_index;
+            if (n < 0) { failed = 1; break; }
+            if (n == 0) { eof = 1; break; }
+            jobs[nw++] = (cli_job){&cs[w], n, 0};
+        }
+        if (failed || nw == 0) break;
+        int started = 1;
+        for (int w = 1; w < nw; w++, started++)
+            if (pthread_create(&th[w], NULL, run_job, &jobs[w]) != 0) {
+                jobs[w].rc = -1;
+                fprintf(stderr, CLI_NAME ": cannot start a worker thread\n");
+                break;
+            }
+        run_job(&jobs[0]);
+        for (int w = 1; w < started; w++) pthread_join(th[w], NULL);
+        for (int w = 0; w < nw && !failed; w++)
+            if (jobs[w].rc != 0 || write_batch(jobs[w].c, jobs[w].n) != 0) failed = 1;
     }
-    if (n == 0) status = c.n_failed ? 1 : 0;
+    long n_sent = 0, n_fail = 0, src_tok = 0, tgt_tok = 0;
+    for (int w = 0; w < W; w++) {
+        n_sent += cs[w].n_sentences;
+        n_fail += cs[w].n_failed;
+        src_tok += cs[w].src_tokens;
+        tgt_tok += cs[w].tgt_tokens;
+    }
+    if (!failed) status = n_fail ? 1 : 0;
     if (args.verbose) {
         double dt = now_s() - t1;
         double rate = dt > 0 ? 1.0 / dt : 0.0;
         fprintf(stderr,
                 CLI_NAME ": %ld sentences (%ld failed), %ld source tokens, %ld "
-                "target tokens, %.3f s, %.2f sentences/s, %.1f target tokens/s\n",
-                c.n_sentences, c.n_failed, c.src_tokens, c.tgt_tokens, dt,
-                (double)c.n_sentences * rate, (double)c.tgt_tokens * rate);
+                "target tokens, %.3f s, %.2f sentences/s, %.1f target tokens/s, "
+                "%.2f GFLOP/s\n",
+                n_sent, n_fail, src_tok, tgt_tok, dt, (double)n_sent * rate,
+                (double)tgt_tok * rate, (double)moa_flop_count() * 1e-9 * rate);
     }
-
-    if (c.out != stdout && fclose(c.out) != 0) {
+    if (out != stdout && fclose(out) != 0) {
         fprintf(stderr, CLI_NAME ": %s: %s\n", args.output, strerror(errno));
         status = 1;
-    } else if (c.out == stdout && fflush(stdout) != 0) {
+    } else if (out == stdout && fflush(stdout) != 0) {
         fprintf(stderr, CLI_NAME ": writing output: %s\n", strerror(errno));
         status = 1;
     }
-fail_out:
-    if (c.in && c.in != stdin) fclose(c.in);
-fail_in:
-    for (int i = 0; i < args.batch; i++) item_reset(&c.items[i]);
-    free(c.line);
-fail_items:
-    free(c.items);
-    free(c.src);
-    free(c.tgt);
-    free(c.src_len);
-    free(c.tgt_len);
-    free(c.res);
-    free(c.scored);
-    moa_session_free(c.sess);
-fail_sess:
-    moa_tokenizer_free(c.tok);
-fail_tok:
+    out = NULL;
+done:
+    if (out && out != stdout) fclose(out);
+    if (in && in != stdin) fclose(in);
+    for (int w = 0; cs && w < W; w++)
+        if (cs[w].args) ctx_free(&cs[w]);
+    free(cs);
+    free(jobs);
+    free(th);
+    moa_tokenizer_free(tok);
     moa_model_free(model);
-fail_model:
     return status;
 }

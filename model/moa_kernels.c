@@ -58,22 +58,49 @@ const char *moa_blas_corename(void) {
 
 // --- row operations ------------------------------------------------------------
 
+// Eight partial sums: a plain reduction loop is not vectorised without
+// -ffast-math (it would reorder the sum); these lanes reorder it explicitly.
+// The result differs from a sequential sum by float rounding only.
+float moa_dot(const float *a, const float *b, int n) {
+    float acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) acc[j] += a[i + j] * b[i + j];
+    float s = 0;
+    for (; i < n; i++) s += a[i] * b[i];
+    for (int j = 0; j < 8; j++) s += acc[j];
+    return s;
+}
+
+static float sum8(const float *x, int n) {
+    float acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) acc[j] += x[i + j];
+    float s = 0;
+    for (; i < n; i++) s += x[i];
+    for (int j = 0; j < 8; j++) s += acc[j];
+    return s;
+}
+
 void moa_layernorm(float *y, const float *x, int n, int d, const float *w,
                    const float *b, float eps) {
     for (int i = 0; i < n; i++) {
         const float *xr = x + (size_t)i * d;
         float *yr = y + (size_t)i * d;
-        float mean = 0;
-        for (int j = 0; j < d; j++) mean += xr[j];
-        mean /= (float)d;
-        float var = 0;
-        for (int j = 0; j < d; j++) {
-            float t = xr[j] - mean;
-            var += t * t;
-        }
+        float mean = sum8(xr, d) / (float)d;
+        float acc[8] = {0}, var = 0;
+        int j = 0;
+        for (; j + 8 <= d; j += 8)
+            for (int l = 0; l < 8; l++) {
+                float t = xr[j + l] - mean;
+                acc[l] += t * t;
+            }
+        for (; j < d; j++) var += (xr[j] - mean) * (xr[j] - mean);
+        for (int l = 0; l < 8; l++) var += acc[l];
         var /= (float)d;
         float inv = 1.0f / sqrtf(var + eps);
-        for (int j = 0; j < d; j++) yr[j] = (xr[j] - mean) * inv * w[j] + b[j];
+        for (j = 0; j < d; j++) yr[j] = (xr[j] - mean) * inv * w[j] + b[j];
     }
 }
 
@@ -105,12 +132,6 @@ void moa_log_softmax(float *x, int n, int v) {
         float lse = mx + logf(sum);
         for (int j = 0; j < v; j++) r[j] -= lse;
     }
-}
-
-float moa_dot(const float *a, const float *b, int n) {
-    float s = 0;
-    for (int i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
 }
 
 void moa_axpy(float *y, float a, const float *x, int n) {
