@@ -49,7 +49,7 @@ LIB := $(BUILD)/libmoa.a
 CLI := $(BUILD)/moa-translate
 RUNNER := $(BUILD)/run_tests
 
-.PHONY: all run test test-c test-golden debug asan deps clean bench check-deps
+.PHONY: all run test test-c test-python test-golden debug asan deps clean bench check-deps model
 
 all: check-deps $(LIB) $(CLI) $(RUNNER)
 
@@ -93,13 +93,19 @@ check-deps:
 
 # --- tests ---------------------------------------------------------------------
 
+# C unit tests, Python unit tests (evaluation, converter), golden tests of
+# the C engine against the PyTorch reference.
 test: deps
 	$(MAKE) all
 	$(MAKE) test-c
+	$(MAKE) test-python
 	$(MAKE) test-golden
 
 test-c: $(RUNNER)
 	$(RUNNER)
+
+test-python: $(CLI)
+	OMP_WAIT_POLICY=PASSIVE $(PYTHON) tests/python/run_python_tests.py
 
 test-golden: $(CLI)
 	OMP_WAIT_POLICY=PASSIVE $(PYTHON) tests/golden/run_golden.py --cli $(CLI)
@@ -114,9 +120,17 @@ asan: deps
 bench: all
 	bench/engine.sh
 
+# The default model: weights/moa-en-de once trained (make model), else the
+# tiny test model.
+RUN_MODEL := $(firstword $(wildcard weights/moa-en-de/config.json) tests/fixtures/models/tiny-trained/config.json)
+
 run: deps all
-	@echo "the HTTP server is not built yet; translating a sample with the CLI"
-	head -5 tests/fixtures/sample.en-de.tsv | cut -f1 | $(CLI) --model tests/fixtures/models/post-norm
+	@echo "the HTTP server is not built yet: translating sample sentences with the CLI on $(dir $(RUN_MODEL))"
+	head -20 tests/fixtures/sample.en-de.tsv | cut -f1 | $(CLI) --model $(dir $(RUN_MODEL)) --verbose
+
+# Trains, exports and evaluates the default model (hours; not part of make test).
+model: deps all
+	train/make_model.sh
 
 clean:
 	rm -rf build
