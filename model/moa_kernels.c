@@ -127,9 +127,11 @@ void moa_log_softmax(float *x, int n, int v) {
         float mx = -INFINITY;
         for (int j = 0; j < v; j++)
             if (r[j] > mx) mx = r[j];
-        float sum = 0;
-        for (int j = 0; j < v; j++) sum += expf(r[j] - mx);
-        float lse = mx + logf(sum);
+        // The sum of V exponentials in float drifts low by ~1e-6 relative
+        // (a bias, not noise): accumulate in double, round once.
+        double sum = 0;
+        for (int j = 0; j < v; j++) sum += (double)expf(r[j] - mx);
+        float lse = mx + (float)log(sum);
         for (int j = 0; j < v; j++) r[j] -= lse;
     }
 }
