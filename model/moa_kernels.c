@@ -1,6 +1,9 @@
 // moa_kernels.c — the numeric building blocks: the one BLAS entry point,
 // its naive twin for tests, layer norm, softmax, activations, threads.
 #include <cblas.h>
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
 #include <math.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -121,17 +124,80 @@ void moa_softmax(float *x, int v) {
     for (int j = 0; j < v; j++) x[j] *= inv;
 }
 
+// --- log-softmax over the vocabulary ------------------------------------------------
+//
+// The output log-softmax touches V floats per row and step: with V = 8000 it
+// was a fifth of the decoder's time with libm's scalar expf. The AVX2 path
+// evaluates exp(x - max) eight lanes at a time: Cody-Waite range reduction
+// and a degree-6 polynomial, max relative error 2.3e-7 over [-87, 0] (terms
+// below e^-87 are clamped; they cannot move a sum whose largest term is 1),
+// summed in double. The log-sum-exp differs from the scalar path by ~1e-8
+// relative, far inside the golden tests' 1e-4.
+
+static float row_max(const float *x, int v) {
+    float m[8];
+    for (int j = 0; j < 8; j++) m[j] = -INFINITY;
+    int i = 0;
+    for (; i + 8 <= v; i += 8)
+        for (int j = 0; j < 8; j++) m[j] = x[i + j] > m[j] ? x[i + j] : m[j];
+    float mx = -INFINITY;
+    for (; i < v; i++) mx = x[i] > mx ? x[i] : mx;
+    for (int j = 0; j < 8; j++) mx = m[j] > mx ? m[j] : mx;
+    return mx;
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+static inline __m256 exp_neg8(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    // r = x - n·ln2, ln2 split in two so that n·ln2_hi is exact
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187045e-06f), r);
+    __m256 p = _mm256_set1_ps(1.3888889e-3f);  // Taylor: 1/720 ... 1/1
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3333333e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1666667e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666667e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+// Σ exp(x[i] - mx), accumulated in double.
+static double sum_exp(const float *x, int v, float mx) {
+    __m256 m = _mm256_set1_ps(mx);
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    int i = 0;
+    for (; i + 8 <= v; i += 8) {
+        __m256 e = exp_neg8(_mm256_sub_ps(_mm256_loadu_ps(x + i), m));
+        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    double t[4];
+    _mm256_storeu_pd(t, _mm256_add_pd(s0, s1));
+    double s = t[0] + t[1] + t[2] + t[3];
+    for (; i < v; i++) s += (double)expf(x[i] - mx);
+    return s;
+}
+#else
+static double sum_exp(const float *x, int v, float mx) {
+    double s = 0;
+    for (int i = 0; i < v; i++) s += (double)expf(x[i] - mx);
+    return s;
+}
+#endif
+
 void moa_log_softmax(float *x, int n, int v) {
     for (int i = 0; i < n; i++) {
         float *r = x + (size_t)i * v;
-        float mx = -INFINITY;
-        for (int j = 0; j < v; j++)
-            if (r[j] > mx) mx = r[j];
-        // The sum of V exponentials in float drifts low by ~1e-6 relative
-        // (a bias, not noise): accumulate in double, round once.
-        double sum = 0;
-        for (int j = 0; j < v; j++) sum += (double)expf(r[j] - mx);
-        float lse = mx + (float)log(sum);
+        float mx = row_max(r, v);
+        if (mx == -INFINITY) continue;  // nothing to normalise
+        // A float sum of V exponentials drifts low by ~1e-6 relative (a
+        // bias, not noise): the sum is accumulated in double, rounded once.
+        float lse = mx + (float)log(sum_exp(r, v, mx));
         for (int j = 0; j < v; j++) r[j] -= lse;
     }
 }

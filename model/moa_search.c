@@ -107,14 +107,19 @@ int moa_beam_candidates(const float *lp, int n_hyp, int v,
     int n = 0;
     for (int h = 0; h < n_hyp; h++) {
         const float *row = lp + (size_t)h * v;
-        // Only a token that beats the current worst can enter: the threshold
-        // test keeps the scan one comparison per token.
+        // Once the list is full only a token beating the current worst can
+        // enter. `floor` is a float bound at or below (worst - hyp score), so
+        // the scan is one float comparison per token; the exact test in
+        // double follows for the few that pass.
+        float floor = -INFINITY;
         for (int t = 0; t < v; t++) {
-            if (row[t] == -INFINITY) continue;
+            if (row[t] < floor || row[t] == -INFINITY) continue;
             double s = hyp_score[h] + (double)row[t];
             if (n == want && s < out[want - 1].score) continue;
             moa_cand c = {s, h, t, row[t]};
             cand_insert(out, &n, want, &c);
+            if (n == want)
+                floor = nextafterf((float)(out[want - 1].score - hyp_score[h]), -INFINITY);
         }
     }
     return n;
