@@ -1,0 +1,169 @@
+#!/bin/bash
+# The whole training pipeline of the English->German MoA model (`make model`).
+#
+#   train/make_model.sh            default model -> weights/moa-en-de/
+#   train/make_model.sh tiny       tiny test model -> tests/fixtures/models/tiny-trained/
+#
+# Stages (work dir build/model/ or build/model/tiny/; each is skipped when its
+# output exists, so the script can be re-run after an interruption: training
+# resumes from its last checkpoint):
+#   1. SentencePiece: joint en+de unigram model (spm_train) on a sample of the
+#      training corpus -> WORK/spm.model, WORK/vocab.txt (pieces in id order)
+#   2. token cache of train/valid/test -> WORK/data/
+#   3. training (train/train.py) -> WORK/run/checkpoint_last.pt, WORK/run/done.json
+#   4. export (F16 for the default model; plus the F16-vs-F32 score check)
+#   5. evaluation with the C CLI (beam 4) -> config.json `metrics`, train/RESULTS.md
+#
+# Environment:
+#   MOA_CORPUS         corpus directory (default: ../shared/corpus next to the repo)
+#   MOA_TRAIN_MINUTES  training-time budget in minutes (default 120; tiny 5)
+#   MOA_VOCAB          SentencePiece vocabulary size (default 8000; tiny 2000)
+#   MOA_THREADS        threads for torch and the C CLI (default 2)
+#   MOA_TRAIN_FLAGS    extra flags for train/train.py (appended; see --help)
+#   MOA_WORK, MOA_OUT  override the work and output directories
+#   MOA_UNTIL          stop after this stage (1-5; default 5)
+set -euo pipefail
+
+# Everything runs inside main(), which bash parses whole before running it: the
+# script can be edited while a long run of it is in progress.
+main() {
+MODE=${1:-default}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+cd "$REPO"
+PY=/usr/bin/python3
+export OMP_WAIT_POLICY=PASSIVE
+THREADS=${MOA_THREADS:-2}
+CORPUS=${MOA_CORPUS:-$(dirname "$REPO")/shared/corpus}
+export MOA_CORPUS=$CORPUS
+
+# Placeholders kept as single pieces (user-defined symbols; measured in
+# train/RESULTS.md: without them the unigram model cuts "%s" into "%" + "s").
+UDS='%s,%d,%u,%i,%c,%f,%g,%x,%X,%ld,%lu,%li,%lld,%llu,%zu,%zd,%ls,%1,%2,%3,%4,%5,%1$s,%2$s,%3$s,%4$s,%1$d,%2$d,%3$d,%1$u,%2$u,{0},{1},{2},{3},{4},{},%%'
+
+case "$MODE" in
+  default)
+    WORK=${MOA_WORK:-build/model}
+    OUT=${MOA_OUT:-weights/moa-en-de}
+    VOCAB=${MOA_VOCAB:-8000}
+    MINUTES=${MOA_TRAIN_MINUTES:-120}
+    SPM_PAIRS=300000
+    TRAIN_PAIRS=0
+    DTYPE=f16
+    ARCH="--d-model 256 --encoder-layers 3 --decoder-layers 3 --experts 8 --top-k 2 --head-dim 64 --ffn-dim 1024"
+    OPTIM="--max-tokens 3072 --lr 1.5e-3 --warmup 800 --dropout 0.1 --valid-minutes 10 --bleu-minutes 20"
+    RESULTS=train/RESULTS.md
+    NAME=moa-en-de
+    DESC="English->German Mixture-of-Attention-heads transformer (post-norm) for software user-interface strings, trained from scratch by train/make_model.sh on the Debian 12 gettext-catalog corpus (shared/corpus). See README.md and NOTICE."
+    ;;
+  tiny)
+    WORK=${MOA_WORK:-build/model/tiny}
+    OUT=${MOA_OUT:-tests/fixtures/models/tiny-trained}
+    VOCAB=${MOA_VOCAB:-2000}
+    MINUTES=${MOA_TRAIN_MINUTES:-5}
+    SPM_PAIRS=100000
+    TRAIN_PAIRS=200000
+    DTYPE=f32
+    ARCH="--d-model 64 --encoder-layers 2 --decoder-layers 2 --experts 4 --top-k 2 --head-dim 16 --ffn-dim 256"
+    OPTIM="--max-tokens 2048 --lr 2e-3 --warmup 300 --dropout 0.1 --valid-minutes 2 --bleu-minutes 0 --checkpoint-minutes 2"
+    RESULTS=
+    NAME=moa-en-de-tiny
+    DESC="Tiny English->German MoA test model (train/make_model.sh tiny: 5 minutes of training); real but low-quality translations for end-to-end tests. Trained on Debian 12 gettext-catalog strings, see weights/moa-en-de/NOTICE."
+    ;;
+  *) echo "usage: $0 [default|tiny]" >&2; exit 2 ;;
+esac
+
+say() { echo "[make_model $(date '+%F %T')] $*"; }
+mkdir -p "$WORK"
+say "mode $MODE, corpus $CORPUS, work $WORK, out $OUT, vocab $VOCAB, budget $MINUTES min"
+[ -f "$CORPUS/train.en-de.tsv.xz" ] || { echo "error: $CORPUS/train.en-de.tsv.xz not found (set MOA_CORPUS)" >&2; exit 1; }
+
+# --- 1. SentencePiece -------------------------------------------------------------
+if [ ! -f "$WORK/spm.model" ] || [ ! -f "$WORK/vocab.txt" ]; then
+  say "1. SentencePiece: unigram, $VOCAB pieces, on both sides of $SPM_PAIRS training pairs"
+  $PY train/data.py --corpus "$CORPUS" sample --out "$WORK/spm_sample.txt" --pairs "$SPM_PAIRS"
+  spm_train --input="$WORK/spm_sample.txt" --model_prefix="$WORK/spm.tmp" \
+    --vocab_size="$VOCAB" --model_type=unigram --character_coverage=0.9999 \
+    --bos_id=0 --pad_id=1 --eos_id=2 --unk_id=3 \
+    --input_sentence_size=$((2 * SPM_PAIRS)) --shuffle_input_sentence=true \
+    --num_threads="$THREADS" --minloglevel=1 --user_defined_symbols="$UDS"
+  cut -f1 "$WORK/spm.tmp.vocab" > "$WORK/vocab.tmp.txt"
+  [ "$(head -4 "$WORK/vocab.tmp.txt" | tr '\n' ' ')" = "<s> <pad> </s> <unk> " ] \
+    || { echo "error: unexpected special pieces in $WORK/spm.tmp.vocab" >&2; exit 1; }
+  mv "$WORK/spm.tmp.model" "$WORK/spm.model"
+  mv "$WORK/vocab.tmp.txt" "$WORK/vocab.txt"
+  rm -f "$WORK/spm.tmp.vocab" "$WORK/spm_sample.txt"
+else
+  say "1. SentencePiece: $WORK/spm.model exists"
+fi
+
+# --- 2. token cache ------------------------------------------------------------------
+if [ ! -f "$WORK/data/meta.json" ]; then
+  say "2. tokenising train/valid/test -> $WORK/data"
+  $PY train/data.py --corpus "$CORPUS" cache --spm "$WORK/spm.model" --vocab "$WORK/vocab.txt" \
+    --out "$WORK/data" --train-pairs "$TRAIN_PAIRS"
+else
+  say "2. token cache: $WORK/data exists"
+fi
+
+[ "${MOA_UNTIL:-5}" -ge 3 ] || { say "stopping after stage ${MOA_UNTIL}"; exit 0; }
+
+# --- 3. training -----------------------------------------------------------------------
+need_train() {
+  [ -f "$WORK/run/done.json" ] || return 0
+  $PY - "$WORK/run/done.json" "$MINUTES" <<'EOF' || return 0
+import json, sys
+d = json.load(open(sys.argv[1]))
+sys.exit(0 if d.get("budget_minutes", 0) >= float(sys.argv[2]) else 1)
+EOF
+  return 1
+}
+if need_train; then
+  say "3. training ($MINUTES min of training time; resumes from $WORK/run/checkpoint_last.pt if present)"
+  rm -f "$WORK/run/done.json"
+  # shellcheck disable=SC2086
+  $PY train/train.py --data "$WORK/data" --work "$WORK/run" --spm "$WORK/spm.model" \
+    --vocab "$WORK/vocab.txt" --corpus "$CORPUS" --threads "$THREADS" --seed 1 \
+    $ARCH $OPTIM --time-budget-minutes "$MINUTES" \
+    --save-fairseq "$WORK/run/checkpoint_fairseq.pt" ${MOA_TRAIN_FLAGS:-}
+else
+  say "3. training: $WORK/run/done.json exists"
+fi
+
+# --- 4. export -------------------------------------------------------------------------
+CLI=build/release/moa-translate
+if [ ! -x "$CLI" ]; then
+  say "building the C engine (make)"
+  make
+fi
+if [ ! -f "$WORK/export.done" ] || [ "$WORK/run/done.json" -nt "$WORK/export.done" ]; then
+  say "4. export -> $OUT ($DTYPE)"
+  $PY train/export_model.py export --checkpoint "$WORK/run/checkpoint_last.pt" \
+    --spm "$WORK/spm.model" --vocab "$WORK/vocab.txt" --out "$OUT" --dtype "$DTYPE" --name "$NAME" \
+    --description "$DESC"
+  if [ "$DTYPE" = f16 ]; then
+    $PY train/export_model.py f16check --checkpoint "$WORK/run/checkpoint_last.pt" \
+      --spm "$WORK/spm.model" --vocab "$WORK/vocab.txt" --work "$WORK/f16check" \
+      --pairs 200 --corpus "$CORPUS" --threads "$THREADS"
+  fi
+  rm -f "$WORK/eval/metrics.json"
+  touch "$WORK/export.done"
+else
+  say "4. export: $OUT is up to date"
+fi
+
+# --- 5. evaluation ----------------------------------------------------------------------
+if [ ! -f "$WORK/eval/metrics.json" ]; then
+  say "5. evaluating $OUT with $CLI (beam 4) on valid and test"
+  F16=()
+  [ -f "$WORK/f16check/f16check.json" ] && F16=(--f16check "$WORK/f16check/f16check.json")
+  $PY train/export_model.py evaluate --model "$OUT" --work "$WORK/eval" --corpus "$CORPUS" \
+    --threads "$THREADS" --beam 4 --batch 64 --results "$RESULTS" "${F16[@]}"
+else
+  say "5. evaluation: $WORK/eval/metrics.json exists"
+fi
+say "done: $OUT"
+du -sh "$OUT"
+}
+
+main "$@"
+exit $?
