@@ -1,10 +1,10 @@
 # moa-serve — see README.md.
 #
 #   make            build everything (release: -O3 -march=$(ARCH))
-#   make run        set up and serve the default model
+#   make run        set up and serve the default model (moa-server, port 8080)
 #   make test       install what is missing, build, run every test
 #   make debug      -g -O0 build in build/debug (for gdb / valgrind)
-#   make asan       AddressSanitizer + UBSan build; runs the C tests
+#   make asan       AddressSanitizer + UBSan build; runs the C tests and the e2e suite
 #   make deps       install the Debian packages (apt-get; quiet when present)
 #   make bench      engine benchmark (bench/engine.sh)
 
@@ -24,7 +24,7 @@ CC := gcc
 CXX := g++
 WARN := -Wall -Wextra -Wno-unused-parameter -Wshadow -Wstrict-prototypes
 BLAS_INC := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/include/x86_64-linux-gnu/openblas-pthread)
-CPPFLAGS := -Imodel -Itokenizer -Itests $(BLAS_INC) -D_GNU_SOURCE
+CPPFLAGS := -Imodel -Itokenizer -Iserver -Itests $(BLAS_INC) -D_GNU_SOURCE
 LDLIBS := -lopenblas -lcjson -lsentencepiece -lstdc++ -lm -lpthread
 
 ifeq ($(MODE),release)
@@ -45,13 +45,18 @@ LIB_OBJ := $(LIB_C:%.c=$(BUILD)/%.o) $(LIB_CXX:%.cc=$(BUILD)/%.o)
 TEST_C := $(wildcard tests/test_*.c) tests/run_tests.c
 TEST_OBJ := $(TEST_C:%.c=$(BUILD)/%.o)
 
+SERVER_C := $(wildcard server/*.c)
+SERVER_OBJ := $(SERVER_C:%.c=$(BUILD)/%.o)
+SERVER_LIBS := -lmicrohttpd -luv
+
 LIB := $(BUILD)/libmoa.a
+SERVER := $(BUILD)/moa-server
 CLI := $(BUILD)/moa-translate
 RUNNER := $(BUILD)/run_tests
 
-.PHONY: all run test test-c test-python test-golden debug asan deps clean bench check-deps model
+.PHONY: all run test test-c test-python test-golden test-e2e test-e2e-asan debug asan deps clean bench check-deps model
 
-all: check-deps $(LIB) $(CLI) $(RUNNER)
+all: check-deps $(LIB) $(CLI) $(RUNNER) $(SERVER)
 
 $(BUILD)/%.o: %.c $(wildcard model/*.h tokenizer/*.h tests/*.h)
 	@mkdir -p $(dir $@)
@@ -60,6 +65,10 @@ $(BUILD)/%.o: %.c $(wildcard model/*.h tokenizer/*.h tests/*.h)
 $(BUILD)/%.o: %.cc $(wildcard tokenizer/*.h)
 	@mkdir -p $(dir $@)
 	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -c $< -o $@
+
+$(SERVER_OBJ): $(BUILD)/server/%.o: server/%.c $(wildcard server/*.h model/*.h tokenizer/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
 	@rm -f $@
@@ -70,6 +79,10 @@ $(CLI): $(BUILD)/model/moa_cli.o $(LIB)
 
 $(RUNNER): $(TEST_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -pthread $^ $(LDLIBS) -o $@
+
+# The HTTP server (server/README.md).
+$(SERVER): $(SERVER_OBJ) $(LIB)
+	$(CC) $(LDFLAGS) -pthread $^ $(SERVER_LIBS) $(LDLIBS) -o $@
 
 # --- dependencies --------------------------------------------------------------
 
@@ -87,7 +100,7 @@ deps:
 
 # Fails early with the exact list instead of a compiler error.
 check-deps:
-	@for h in cblas.h cjson/cJSON.h sentencepiece_processor.h; do \
+	@for h in cblas.h cjson/cJSON.h sentencepiece_processor.h microhttpd.h uv.h; do \
 	  echo "#include <$$h>" | $(CXX) $(BLAS_INC) -E -x c++ - >/dev/null 2>&1 || \
 	  { echo "missing header $$h: run 'make deps' (installs $(DEB_PACKAGES))"; exit 1; }; done
 
@@ -100,6 +113,8 @@ test: deps
 	$(MAKE) test-c
 	$(MAKE) test-python
 	$(MAKE) test-golden
+	$(MAKE) test-e2e
+	$(MAKE) test-e2e-asan
 
 test-c: $(RUNNER)
 	$(RUNNER)
@@ -110,12 +125,24 @@ test-python: $(CLI)
 test-golden: $(CLI)
 	OMP_WAIT_POLICY=PASSIVE $(PYTHON) tests/golden/run_golden.py --cli $(CLI)
 
+# End-to-end: a real moa-server process on free ports (tests/e2e/README.md).
+test-e2e: $(SERVER)
+	OMP_WAIT_POLICY=PASSIVE $(PYTHON) tests/e2e/run_e2e.py --server $(SERVER)
+
+# The same suite against the AddressSanitizer + UBSan build of the server
+# (leaks checked at its exit).
+test-e2e-asan:
+	$(MAKE) MODE=asan build/asan/moa-server
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	  OMP_WAIT_POLICY=PASSIVE $(PYTHON) tests/e2e/run_e2e.py --server build/asan/moa-server --sanitizer
+
 debug:
 	$(MAKE) MODE=debug all
 
 asan: deps
 	$(MAKE) MODE=asan all
 	ASAN_OPTIONS=detect_leaks=1 build/asan/run_tests
+	$(MAKE) test-e2e-asan
 
 bench: all
 	bench/engine.sh
@@ -124,9 +151,13 @@ bench: all
 # tiny test model.
 RUN_MODEL := $(firstword $(wildcard weights/moa-en-de/config.json) tests/fixtures/models/tiny-trained/config.json)
 
+RUN_PORT ?= 8080
+
 run: deps all
-	@echo "the HTTP server is not built yet: translating sample sentences with the CLI on $(dir $(RUN_MODEL))"
-	head -20 tests/fixtures/sample.en-de.tsv | cut -f1 | $(CLI) --model $(dir $(RUN_MODEL)) --verbose
+	@echo "serving $(dir $(RUN_MODEL)) on http://127.0.0.1:$(RUN_PORT) (Ctrl-C drains and stops). Try:"
+	@echo "  curl -s localhost:$(RUN_PORT)/translate -H 'Content-Type: application/json' -d '{\"text\": \"Delete unused files\"}'"
+	@echo "  curl -s localhost:$(RUN_PORT)/heads?format=text ; curl -s localhost:$(RUN_PORT)/metrics"
+	$(SERVER) --config conf/moa-server.conf --model $(patsubst %/,%,$(dir $(RUN_MODEL))) --port $(RUN_PORT)
 
 # Trains, exports and evaluates the default model (hours; not part of make test).
 model: deps all

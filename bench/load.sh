@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# bench/load.sh — moa-server under load: continuous batching on vs off, and
+# the offline CLI on the same sentences, in one run. Not a test: it prints
+# numbers (record them in bench/RESULTS.md). Loopback only; bounded request
+# counts; the translation cache is off so every request reaches the model.
+#
+#   bench/load.sh [MODEL_DIR]
+#
+# MODEL_DIR: weights/moa-en-de when present, else the tiny test model.
+# Sentences: the sources of valid.en-de.tsv (MOA_CORPUS, default
+# ../shared/corpus; falls back to tests/fixtures/sample.en-de.tsv).
+# Env: N (requests per concurrency level, 400), CONC ("1 8 32 64"),
+#      THREADS (compute threads for server and CLI, 1), BEAM (4),
+#      MAX_INFLIGHT (batching mode, 64).
+# Example of a quick check: N=20 CONC="1 8" bench/load.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=/usr/bin/python3
+SERVER=build/release/moa-server
+CLI=build/release/moa-translate
+CORPUS=${MOA_CORPUS:-../shared/corpus}
+N=${N:-400}
+CONC=${CONC:-"1 8 32 64"}
+THREADS=${THREADS:-1}
+BEAM=${BEAM:-4}
+MAX_INFLIGHT=${MAX_INFLIGHT:-64}
+OUT=build/bench/load
+mkdir -p "$OUT"
+make -s all >/dev/null
+
+MODEL=${1:-}
+if [ -z "$MODEL" ]; then
+  if [ -f weights/moa-en-de/config.json ]; then MODEL=weights/moa-en-de
+  else MODEL=tests/fixtures/models/tiny-trained; fi
+fi
+TSV=$CORPUS/valid.en-de.tsv
+[ -f "$TSV" ] || TSV=tests/fixtures/sample.en-de.tsv
+cut -f1 "$TSV" | grep -v '^[[:space:]]*$' > "$OUT/src.txt"
+TOTAL=$(wc -l < "$OUT/src.txt")
+echo "model $MODEL; sentences from $TSV ($TOTAL); $N requests per level; beam $BEAM;" \
+     "compute threads $THREADS; $(nproc) cores"
+
+free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+metric() { # metric PORT NAME
+  $PY - "$1" "$2" <<'PYEOF'
+import sys, urllib.request
+for l in urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics").read().decode().splitlines():
+    if l.startswith(sys.argv[2] + " "): print(int(float(l.split()[1]))); break
+PYEOF
+}
+
+SERVER_PID=
+cleanup() { [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null; true; }
+trap cleanup EXIT
+
+RESULTS=$OUT/results.tsv
+: > "$RESULTS"
+offset=0
+for mode in batching nobatching; do
+  inflight=$MAX_INFLIGHT; [ $mode = nobatching ] && inflight=1
+  port=$(free_port)
+  $SERVER --config /dev/null --model "$MODEL" --listen 127.0.0.1 --port "$port" \
+    --compute-threads "$THREADS" --http-threads 2 --cache-size 0 --heads false \
+    --max-inflight "$inflight" --max-queue 100000 --log-level warn 2> "$OUT/server-$mode.log" &
+  SERVER_PID=$!
+  for _ in $(seq 100); do $SERVER --probe /ready --port "$port" >/dev/null 2>&1 && break; sleep 0.1; done
+  for c in $CONC; do
+    tok0=$(metric "$port" moa_target_tokens_total)
+    line=$($PY bench/load_client.py --port "$port" --concurrency "$c" --requests "$N" \
+           --sentences "$OUT/src.txt" --offset "$offset" --beam "$BEAM")
+    tok1=$(metric "$port" moa_target_tokens_total)
+    offset=$(( (offset + N) % TOTAL ))
+    echo -e "$mode\t$c\t$(( tok1 - tok0 ))\t$line" >> "$RESULTS"
+  done
+  kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true; SERVER_PID=
+done
+
+# The offline CLI on N sentences: throughput with its best batching, and the
+# single-sentence time (--batch 1) for the latency comparison.
+head -n "$N" "$OUT/src.txt" > "$OUT/cli.txt"
+$CLI --model "$MODEL" --threads "$THREADS" --beam "$BEAM" --verbose --input "$OUT/cli.txt" \
+  > /dev/null 2> "$OUT/cli.log"
+$CLI --model "$MODEL" --beam "$BEAM" --batch 1 --verbose --input "$OUT/cli.txt" \
+  > /dev/null 2> "$OUT/cli1.log"
+
+$PY - "$RESULTS" "$OUT/cli.log" "$OUT/cli1.log" <<'PYEOF'
+import json, re, sys
+rows = []
+for l in open(sys.argv[1]):
+    mode, c, tok, js = l.rstrip("\n").split("\t", 3)
+    r = json.loads(js); r.update(mode=mode, c=int(c), tokens=int(tok))
+    r["tokens_per_s"] = r["tokens"] / r["seconds"] if r["seconds"] else 0
+    rows.append(r)
+def cli(path):
+    m = re.search(r"(\d+) sentences .*?([\d.]+) s, ([\d.]+) sentences/s, ([\d.]+) target tokens/s",
+                  open(path).read())
+    return int(m.group(1)), float(m.group(2)), float(m.group(3)), float(m.group(4))
+n, secs, cli_sps, cli_tps = cli(sys.argv[2])
+n1, secs1, _, _ = cli(sys.argv[3])
+single_ms = 1e3 * secs1 / n1
+nob = {r["c"]: r for r in rows if r["mode"] == "nobatching"}
+print(f"\nCLI: {cli_sps:.1f} sentences/s, {cli_tps:.0f} target tokens/s; one sentence at a "
+      f"time: {single_ms:.1f} ms each\n")
+print(f"{'mode':<11} {'conc':>4} {'sent/s':>8} {'tok/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
+      f"{'p99 ms':>8} {'failed':>6} {'x nobatch':>9} {'x CLI':>6}")
+for r in rows:
+    base = nob.get(r["c"])
+    rb = r["sentences_per_s"] / base["sentences_per_s"] if base and base["sentences_per_s"] else 0
+    print(f"{r['mode']:<11} {r['c']:>4} {r['sentences_per_s']:>8.1f} {r['tokens_per_s']:>8.0f} "
+          f"{r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['failed']:>6} "
+          f"{rb:>9.2f} {r['sentences_per_s'] / cli_sps:>6.2f}")
+b1 = [r for r in rows if r["mode"] == "batching" and r["c"] == 1]
+if b1:
+    print(f"\np50 at concurrency 1: {b1[0]['p50_ms']:.1f} ms = "
+          f"{b1[0]['p50_ms'] / single_ms:.2f} x the CLI's single-sentence time")
+print("targets: conc 32 >= 3x nobatching and >= 0.8x CLI; p50 at conc 1 <= 1.2x CLI; 0 failed")
+PYEOF

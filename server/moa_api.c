@@ -1,0 +1,908 @@
+// moa_api.c — POST /translate and GET /languages (see moa_api.h).
+#include "moa_api.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+
+#include "moa_buf.h"
+#include "moa_log.h"
+#include "moa_text.h"
+
+#define SEED_MAX (UINT64_C(1) << 63)
+
+struct moa_tr {
+    moa_server *srv;
+    int n_texts, is_array, html;
+    char **texts;               // copies of the request's texts
+    size_t *lens;
+    moa_segs *segs;             // per text
+    int *first_unit;            // per text: index of its first unit
+    moa_job job;
+    moa_unit *units;
+    int n_units, n_waiting;
+    moa_search_opts opts;       // as requested (seed: the request's base seed)
+    int want_scores, want_trace, alternatives, auto_source, sampling, use_cache;
+    char optkey[160];           // the options part of cache keys
+    moa_tr_counts counts;
+};
+
+moa_job *moa_tr_job(moa_tr *tr) { return &tr->job; }
+int moa_tr_waiting(const moa_tr *tr) { return tr->n_waiting; }
+void moa_tr_get_counts(const moa_tr *tr, moa_tr_counts *c) { *c = tr->counts; }
+const char *moa_tr_first_text(const moa_tr *tr) {
+    return tr && tr->n_texts > 0 ? tr->texts[0] : NULL;
+}
+
+void moa_tr_free(moa_tr *tr) {
+    if (!tr) return;
+    // n_texts may be set before (or without) the arrays: a refused request
+    for (int i = 0; i < tr->n_texts; i++) {
+        if (tr->texts) free(tr->texts[i]);
+        if (tr->segs) moa_segs_free(&tr->segs[i]);
+    }
+    free(tr->texts);
+    free(tr->lens);
+    free(tr->segs);
+    free(tr->first_unit);
+    for (int i = 0; i < tr->n_units; i++) {
+        free(tr->units[i].src);
+        moa_result_clear(&tr->units[i].res);
+    }
+    free(tr->units);
+    free(tr);
+}
+
+// --- API keys ----------------------------------------------------------------------------
+
+// Compares without an early exit, so timing does not reveal a key's prefix.
+static int key_eq(const char *a, const char *b) {
+    size_t na = strlen(a), nb = strlen(b);
+    unsigned char d = na != nb;
+    for (size_t i = 0; i < na; i++) d |= (unsigned char)(a[i] ^ b[i % (nb ? nb : 1)]);
+    return d == 0;
+}
+
+int moa_api_key_ok(moa_server *srv, const char *key) {
+    pthread_rwlock_rdlock(&srv->keys_lock);
+    int ok = srv->n_keys == 0;
+    for (int i = 0; !ok && key && i < srv->n_keys; i++) ok = key_eq(key, srv->keys[i]);
+    pthread_rwlock_unlock(&srv->keys_lock);
+    return ok;
+}
+
+int moa_api_keys_load(moa_server *srv) {
+    const char *path = srv->conf.api_keys_file;
+    char **keys = NULL;
+    int n = 0, cap = 0;
+    if (path[0]) {
+        FILE *f = fopen(path, "r");
+        if (!f) {
+            moa_log(MOA_LOG_ERROR, "api keys: %s: %s (keeping the previous list)", path,
+                    strerror(errno));
+            return -1;
+        }
+        char line[1024];
+        while (fgets(line, sizeof line, f)) {
+            char *s = line, *hash = strchr(s, '#');
+            if (hash) *hash = 0;
+            while (isspace((unsigned char)*s)) s++;
+            size_t len = strlen(s);
+            while (len && isspace((unsigned char)s[len - 1])) s[--len] = 0;
+            if (!len) continue;
+            if (n == cap) {
+                cap = cap ? 2 * cap : 16;
+                char **k = realloc(keys, (size_t)cap * sizeof *k);
+                if (!k) break;
+                keys = k;
+            }
+            if (!(keys[n] = strdup(s))) break;
+            n++;
+        }
+        fclose(f);
+    }
+    pthread_rwlock_wrlock(&srv->keys_lock);
+    char **old = srv->keys;
+    int n_old = srv->n_keys;
+    srv->keys = keys;
+    srv->n_keys = n;
+    pthread_rwlock_unlock(&srv->keys_lock);
+    for (int i = 0; i < n_old; i++) free(old[i]);
+    free(old);
+    if (path[0]) moa_log(MOA_LOG_INFO, "api keys: %d key(s) from %s", n, path);
+    return 0;
+}
+
+// --- form bodies ---------------------------------------------------------------------------
+
+static int hexval(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    c = (char)tolower((unsigned char)c);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+// Decodes %XX and '+' into a malloc'ed string; NULL on a bad escape or OOM
+// (*bad set for the former).
+static char *url_decode(const char *s, size_t n, int *bad) {
+    char *o = malloc(n + 1), *p = o;
+    if (!o) return NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '+') *p++ = ' ';
+        else if (s[i] == '%') {
+            int h, l;
+            if (i + 2 >= n || (h = hexval(s[i + 1])) < 0 || (l = hexval(s[i + 2])) < 0 ||
+                (h == 0 && l == 0)) {
+                *bad = 1;
+                free(o);
+                return NULL;
+            }
+            *p++ = (char)(h * 16 + l);
+            i += 2;
+        } else *p++ = s[i];
+    }
+    *p = 0;
+    return o;
+}
+
+// A form body as a JSON object of strings; repeated q/text make an array.
+static cJSON *parse_form(const char *body, size_t n, char *err, size_t errlen) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) goto fail_oom;
+    size_t i = 0;
+    while (i < n) {
+        size_t amp = i;
+        while (amp < n && body[amp] != '&') amp++;
+        size_t eq = i;
+        while (eq < amp && body[eq] != '=') eq++;
+        if (amp > i) {
+            int bad = 0;
+            char *k = url_decode(body + i, eq - i, &bad);
+            char *v = k ? url_decode(body + (eq < amp ? eq + 1 : amp),
+                                     eq < amp ? amp - eq - 1 : 0, &bad) : NULL;
+            if (!k || !v) {
+                free(k);
+                free(v);
+                cJSON_Delete(o);
+                if (bad) {
+                    snprintf(err, errlen, "malformed form body: bad %%-escape");
+                    return NULL;
+                }
+                goto fail_oom;
+            }
+            cJSON *old = cJSON_GetObjectItemCaseSensitive(o, k);
+            cJSON *sv = cJSON_CreateString(v);
+            if (!sv) {
+                free(k);
+                free(v);
+                cJSON_Delete(o);
+                goto fail_oom;
+            }
+            if (old && (!strcmp(k, "q") || !strcmp(k, "text"))) {
+                if (!cJSON_IsArray(old)) {
+                    cJSON *arr = cJSON_CreateArray();
+                    cJSON_AddItemToArray(arr, cJSON_DetachItemViaPointer(o, old));
+                    cJSON_AddItemToObject(o, k, arr);
+                    old = arr;
+                }
+                cJSON_AddItemToArray(old, sv);
+            } else if (old) {
+                cJSON_ReplaceItemViaPointer(o, old, sv);
+            } else {
+                cJSON_AddItemToObject(o, k, sv);
+            }
+            free(k);
+            free(v);
+        }
+        i = amp + 1;
+    }
+    return o;
+fail_oom:
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+}
+
+// --- typed fields ----------------------------------------------------------------------------
+
+typedef struct fields {
+    cJSON *root;
+    int form;                   // values are strings to convert
+    char *err;
+    size_t errlen;
+} fields;
+
+static cJSON *field(fields *f, const char *name) {
+    cJSON *it = cJSON_GetObjectItemCaseSensitive(f->root, name);
+    return it && !cJSON_IsNull(it) ? it : NULL;
+}
+
+// 0 (absent: *given = 0), 1 (set), -1 (wrong type, err set).
+static int get_long(fields *f, const char *name, long lo, long hi, long *out) {
+    cJSON *it = field(f, name);
+    if (!it) return 0;
+    if (cJSON_IsNumber(it)) {
+        double v = it->valuedouble;
+        if (v == floor(v) && v >= (double)lo && v <= (double)hi) {
+            *out = (long)v;
+            return 1;
+        }
+    } else if (cJSON_IsString(it) && f->form) {
+        char *end;
+        errno = 0;
+        long v = strtol(it->valuestring, &end, 10);
+        if (!errno && end != it->valuestring && !*end && v >= lo && v <= hi) {
+            *out = v;
+            return 1;
+        }
+    }
+    snprintf(f->err, f->errlen, "%s must be an integer in %ld..%ld", name, lo, hi);
+    return -1;
+}
+
+static int get_int(fields *f, const char *name, int lo, int hi, int *out) {
+    long v;
+    int r = get_long(f, name, lo, hi, &v);
+    if (r == 1) *out = (int)v;
+    return r;
+}
+
+static int get_float(fields *f, const char *name, float *out) {
+    cJSON *it = field(f, name);
+    if (!it) return 0;
+    if (cJSON_IsNumber(it) && isfinite(it->valuedouble)) {
+        *out = (float)it->valuedouble;
+        return 1;
+    }
+    if (cJSON_IsString(it) && f->form) {
+        char *end;
+        double v = strtod(it->valuestring, &end);
+        if (end != it->valuestring && !*end && isfinite(v)) {
+            *out = (float)v;
+            return 1;
+        }
+    }
+    snprintf(f->err, f->errlen, "%s must be a number", name);
+    return -1;
+}
+
+static int get_bool(fields *f, const char *name, int *out) {
+    cJSON *it = field(f, name);
+    if (!it) return 0;
+    if (cJSON_IsBool(it)) {
+        *out = cJSON_IsTrue(it);
+        return 1;
+    }
+    if (cJSON_IsNumber(it) && (it->valuedouble == 0 || it->valuedouble == 1)) {
+        *out = it->valuedouble == 1;
+        return 1;
+    }
+    if (cJSON_IsString(it) && f->form) {
+        const char *s = it->valuestring;
+        if (!strcasecmp(s, "true") || !strcmp(s, "1") || !strcasecmp(s, "yes") ||
+            !strcasecmp(s, "on")) {
+            *out = 1;
+            return 1;
+        }
+        if (!strcasecmp(s, "false") || !strcmp(s, "0") || !strcasecmp(s, "no") ||
+            !strcasecmp(s, "off") || !*s) {
+            *out = 0;
+            return 1;
+        }
+    }
+    snprintf(f->err, f->errlen, "%s must be true or false", name);
+    return -1;
+}
+
+static int get_seed(fields *f, uint64_t *out) {
+    cJSON *it = field(f, "seed");
+    if (!it) return 0;
+    if (cJSON_IsNumber(it) && it->valuedouble >= 0 && it->valuedouble <= 9.2233720368547758e18 &&
+        it->valuedouble == floor(it->valuedouble)) {
+        *out = (uint64_t)it->valuedouble;
+        return 1;
+    }
+    if (cJSON_IsString(it) && isdigit((unsigned char)it->valuestring[0])) {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(it->valuestring, &end, 10);
+        if (!errno && !*end && v <= SEED_MAX) {
+            *out = v;
+            return 1;
+        }
+    }
+    snprintf(f->err, f->errlen, "seed must be an integer in 0..2^63");
+    return -1;
+}
+
+static int get_string(fields *f, const char *name, const char **out) {
+    cJSON *it = field(f, name);
+    if (!it) return 0;
+    if (cJSON_IsString(it)) {
+        *out = it->valuestring;
+        return 1;
+    }
+    snprintf(f->err, f->errlen, "%s must be a string", name);
+    return -1;
+}
+
+// --- languages -------------------------------------------------------------------------------
+
+static const char *lang_name(const char *code) {
+    static const char *const names[][2] = {
+        {"en", "English"}, {"de", "German"}, {"fr", "French"}, {"es", "Spanish"},
+        {"it", "Italian"}, {"pt", "Portuguese"}, {"nl", "Dutch"}, {"ru", "Russian"},
+        {"zh", "Chinese"}, {"ja", "Japanese"}, {"ko", "Korean"}, {"ar", "Arabic"},
+        {"pl", "Polish"}, {"cs", "Czech"}, {"ro", "Romanian"}, {"tr", "Turkish"},
+        {"sv", "Swedish"}, {"fi", "Finnish"}, {"da", "Danish"}, {"uk", "Ukrainian"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcasecmp(code, names[i][0])) return names[i][1];
+    return code;
+}
+
+// "EN", "en-US", "en_GB" all match "en".
+static int lang_match(const char *given, const char *model_lang) {
+    size_t n = strlen(model_lang), g = strcspn(given, "-_");
+    if (!strcasecmp(given, model_lang)) return 1;
+    return g == n && !strncasecmp(given, model_lang, n);
+}
+
+cJSON *moa_api_languages(moa_server *srv) {
+    cJSON *arr = cJSON_CreateArray();
+    if (!arr || !srv->cfg) return arr;
+    const char *src = srv->cfg->source_lang, *tgt = srv->cfg->target_lang;
+    cJSON *a = cJSON_CreateObject(), *b = cJSON_CreateObject();
+    cJSON_AddItemToArray(arr, a);
+    cJSON_AddItemToArray(arr, b);
+    cJSON_AddStringToObject(a, "code", src);
+    cJSON_AddStringToObject(a, "name", lang_name(src));
+    cJSON *t = cJSON_AddArrayToObject(a, "targets");
+    cJSON_AddItemToArray(t, cJSON_CreateString(tgt));
+    cJSON_AddStringToObject(b, "code", tgt);
+    cJSON_AddStringToObject(b, "name", lang_name(tgt));
+    cJSON_AddArrayToObject(b, "targets");
+    return arr;
+}
+
+// --- building units --------------------------------------------------------------------------
+
+typedef struct fits_ctx {
+    const moa_tokenizer *tok;
+    int limit;                  // source tokens (eos excluded) a unit may have
+} fits_ctx;
+
+static int fits(void *p, const char *s, size_t n) {
+    fits_ctx *c = p;
+    int *ids = NULL, len = 0;
+    if (moa_tokenizer_encode(c->tok, s, n, 0, &ids, &len, NULL, 0) != 0) return 1;
+    free(ids);
+    return len <= c->limit;
+}
+
+// Cache key: model, options, then the source ids (a function of the text).
+static size_t cache_key(const moa_tr *tr, const moa_unit *u, char *buf, size_t cap,
+                        char **heap) {
+    size_t head = strlen(tr->srv->model_key) + 1 + strlen(tr->optkey) + 1 + 24;
+    size_t need = head + (size_t)u->src_len * sizeof(int);
+    char *k = need <= cap ? buf : (*heap = malloc(need));
+    if (!k) return 0;
+    int w = snprintf(k, head, "%s\x1f%s\x1f%llu", tr->srv->model_key, tr->optkey,
+                     tr->sampling ? (unsigned long long)u->opts.seed : 0ull);
+    size_t off = (size_t)w + 1;
+    k[off - 1] = '\x1f';
+    if (u->src_len) memcpy(k + off, u->src, (size_t)u->src_len * sizeof(int));
+    return off + (size_t)u->src_len * sizeof(int);
+}
+
+static int add_unit(moa_tr *tr, int *cap) {
+    if (tr->n_units == *cap) {
+        int nc = *cap ? 2 * *cap : 8;
+        moa_unit *u = realloc(tr->units, (size_t)nc * sizeof *u);
+        if (!u) return -1;
+        tr->units = u;
+        *cap = nc;
+    }
+    memset(&tr->units[tr->n_units++], 0, sizeof tr->units[0]);
+    return 0;
+}
+
+// Segments every text, splits long lines, tokenizes, looks units up in the
+// cache. Returns 0 or an HTTP status with err.
+static int build_units(moa_tr *tr, char *err, size_t errlen) {
+    moa_server *srv = tr->srv;
+    const moa_config *cfg = srv->cfg;
+    fits_ctx fc = {srv->tok, srv->conf.split_tokens};
+    if (fc.limit > cfg->max_positions - 1) fc.limit = cfg->max_positions - 1;
+    int cap = 0;
+    for (int t = 0; t < tr->n_texts; t++) {
+        const char *text = tr->texts[t];
+        moa_segs raw = {0};
+        if (moa_text_segment(text, tr->lens[t], tr->html, &raw) != 0) goto fail_oom;
+        moa_segs *segs = &tr->segs[t];
+        for (int i = 0; i < raw.n; i++) {
+            moa_seg g = raw.v[i];
+            int rc = g.translate ? moa_text_split_long(text, g.off, g.len, fits, &fc, segs)
+                                 : moa_segs_push(segs, g.off, g.len, 0);
+            if (rc) {
+                moa_segs_free(&raw);
+                goto fail_oom;
+            }
+        }
+        moa_segs_free(&raw);
+        tr->first_unit[t] = tr->n_units;
+        for (int i = 0; i < segs->n; i++) {
+            moa_seg *g = &segs->v[i];
+            if (!g->translate) continue;
+            int *ids = NULL, n = 0;
+            char terr[256];
+            int rc = moa_tokenizer_encode(srv->tok, text + g->off, g->len, 0, &ids, &n, terr,
+                                          sizeof terr);
+            if (rc == MOA_ENOMEM) goto fail_oom;
+            if (rc != 0) {
+                snprintf(err, errlen, "text %d: %s", t, terr);
+                return 400;
+            }
+            if (n == 0) {  // nothing the model would see: keep it as it is
+                free(ids);
+                g->translate = 0;
+                continue;
+            }
+            if (n + 1 > cfg->max_positions) {
+                free(ids);
+                snprintf(err, errlen, "text %d: a piece of %d tokens could not be split "
+                         "below the model's limit of %d", t, n + 1, cfg->max_positions);
+                return 400;
+            }
+            if (add_unit(tr, &cap)) {
+                free(ids);
+                goto fail_oom;
+            }
+            moa_unit *u = &tr->units[tr->n_units - 1];
+            u->src = ids;
+            u->src_len = n;
+            u->opts = tr->opts;
+            // spec §6: sentence i of a request samples with seed + i
+            if (tr->sampling) u->opts.seed = tr->opts.seed + (uint64_t)(tr->n_units - 1);
+            u->opts.trace = tr->want_trace || srv->heads != NULL;
+            u->state = MOA_UNIT_WAITING;
+        }
+    }
+    // Cache look-ups (after the units array stopped moving).
+    for (int i = 0; i < tr->n_units; i++) {
+        moa_unit *u = &tr->units[i];
+        char kb[1024], *heap = NULL;
+        size_t kn = tr->use_cache ? cache_key(tr, u, kb, sizeof kb, &heap) : 0;
+        if (kn && moa_cache_get(srv->cache, heap ? heap : kb, kn, &u->res)) {
+            u->state = MOA_UNIT_DONE;
+            u->from_cache = 1;
+        } else {
+            tr->n_waiting++;
+        }
+        free(heap);
+    }
+    tr->job.units = tr->units;
+    tr->job.n_units = tr->n_units;
+    tr->job.fd = -1;
+    return 0;
+fail_oom:
+    snprintf(err, errlen, "out of memory");
+    return 500;
+}
+
+// --- parsing --------------------------------------------------------------------------------
+
+static int ctype_is(const char *ct, const char *want) {
+    size_t n = strlen(want);
+    while (ct && isspace((unsigned char)*ct)) ct++;
+    return ct && !strncasecmp(ct, want, n) &&
+           (ct[n] == 0 || ct[n] == ';' || isspace((unsigned char)ct[n]));
+}
+
+// Options of spec §6 and LibreTranslate's, checked against the model.
+static int parse_options(moa_tr *tr, fields *f, char *err, size_t errlen) {
+    moa_server *srv = tr->srv;
+    const moa_config *cfg = srv->cfg;
+    moa_search_opts *o = &tr->opts;
+    moa_search_opts_default(o);
+    int beam_given, nhyp_given, topk_given, topp_given, seed_given, r;
+    if ((beam_given = get_int(f, "beam_size", 1, 16, &o->beam_size)) < 0) return 400;
+    if ((nhyp_given = get_int(f, "num_hypotheses", 1, 16, &o->num_hypotheses)) < 0) return 400;
+    if (get_float(f, "length_penalty", &o->length_penalty) < 0) return 400;
+    if (get_int(f, "max_length", 0, 1 << 30, &o->max_length) < 0) return 400;
+    if (get_int(f, "min_length", 0, 1 << 30, &o->min_length) < 0) return 400;
+    if (get_bool(f, "no_unk", &o->no_unk) < 0) return 400;
+    if ((topk_given = get_int(f, "sampling_topk", 0, 1 << 30, &o->sampling_topk)) < 0)
+        return 400;
+    if ((topp_given = get_float(f, "sampling_topp", &o->sampling_topp)) < 0) return 400;
+    if (get_float(f, "sampling_temperature", &o->sampling_temperature) < 0) return 400;
+    if ((seed_given = get_seed(f, &o->seed)) < 0) return 400;
+    if (get_bool(f, "return_scores", &tr->want_scores) < 0) return 400;
+    if (get_bool(f, "trace", &tr->want_trace) < 0) return 400;
+    if ((r = get_int(f, "alternatives", 0, 15, &tr->alternatives)) < 0) return 400;
+
+    // topp alone samples from the whole vocabulary (as the CLI does)
+    if (topp_given && o->sampling_topk == 0 && o->sampling_topp < 1)
+        o->sampling_topk = cfg->vocab_size;
+    tr->sampling = o->sampling_topk > 0;
+    if (tr->sampling && !beam_given) o->beam_size = 1;
+    if (tr->alternatives > 0) {
+        int want = tr->alternatives + 1;
+        if (!nhyp_given || o->num_hypotheses < want) o->num_hypotheses = want;
+        if (!beam_given && o->beam_size < want) o->beam_size = want;
+        if (o->num_hypotheses > o->beam_size) {
+            snprintf(err, errlen, "alternatives %d needs beam_size >= %d, got %d",
+                     tr->alternatives, want, o->beam_size);
+            return 400;
+        }
+    }
+    if (tr->sampling && !seed_given) {
+        uint64_t s = 0;
+        if (getrandom(&s, sizeof s, 0) != (ssize_t)sizeof s) s = (uint64_t)moa_sched_now() * 1000003u;
+        o->seed = s & (SEED_MAX - 1);
+    }
+    if (o->max_length > 0 && o->min_length > o->max_length) {
+        snprintf(err, errlen, "min_length %d must not exceed max_length %d", o->min_length,
+                 o->max_length);
+        return 400;
+    }
+    char eerr[256];
+    if (moa_search_opts_check(o, cfg, eerr, sizeof eerr) != 0) {
+        snprintf(err, errlen, "%s", eerr);
+        return 400;
+    }
+    // Traces and unseeded samples are never served from the cache.
+    tr->use_cache = srv->cache && !tr->want_trace && !(tr->sampling && !seed_given);
+    snprintf(tr->optkey, sizeof tr->optkey, "%d,%d,%.9g,%d,%d,%d,%d,%.9g,%.9g", o->beam_size,
+             o->num_hypotheses, (double)o->length_penalty, o->max_length, o->min_length,
+             o->no_unk, o->sampling_topk, (double)o->sampling_topp,
+             (double)o->sampling_temperature);
+    return 0;
+}
+
+int moa_api_translate_parse(moa_server *srv, const char *ctype, const char *auth,
+                            const char *body, size_t n, moa_tr **out, char *err,
+                            size_t errlen) {
+    *out = NULL;
+    int form = ctype_is(ctype, "application/x-www-form-urlencoded");
+    int json = !ctype || !*ctype || ctype_is(ctype, "application/json") ||
+               (ctype && strstr(ctype, "+json"));
+    if (!form && !json) {
+        snprintf(err, errlen, "unsupported Content-Type '%.100s': send application/json or "
+                 "application/x-www-form-urlencoded", ctype);
+        return 415;
+    }
+    cJSON *root = NULL;
+    if (form) {
+        root = parse_form(body, n, err, errlen);
+        if (!root) return strcmp(err, "out of memory") ? 400 : 500;
+    } else {
+        const char *end = NULL;
+        root = cJSON_ParseWithLengthOpts(body, n, &end, 0);
+        if (!root) {
+            snprintf(err, errlen, "malformed JSON near byte %ld",
+                     end ? (long)(end - body) : 0L);
+            return 400;
+        }
+        if (!cJSON_IsObject(root)) {
+            cJSON_Delete(root);
+            snprintf(err, errlen, "the body must be a JSON object");
+            return 400;
+        }
+    }
+    int status = 400;
+    moa_tr *tr = calloc(1, sizeof *tr);
+    if (!tr) {
+        snprintf(err, errlen, "out of memory");
+        status = 500;
+        goto done;
+    }
+    tr->srv = srv;
+    fields f = {root, form, err, errlen};
+
+    // API key: header or field
+    const char *key = NULL;
+    if (get_string(&f, "api_key", &key) < 0) goto done;
+    if (!key && auth && !strncasecmp(auth, "Bearer ", 7)) key = auth + 7;
+    if (!moa_api_key_ok(srv, key)) {
+        snprintf(err, errlen, key && *key ? "invalid API key" : "an API key is required "
+                 "(api_key field or Authorization: Bearer)");
+        status = 403;
+        goto done;
+    }
+
+    // texts
+    cJSON *txt = field(&f, "text");
+    if (!txt) txt = field(&f, "q");
+    if (!txt) {
+        snprintf(err, errlen, "missing text (or q): a string or an array of strings");
+        goto done;
+    }
+    if (cJSON_IsString(txt)) {
+        tr->n_texts = 1;
+    } else if (cJSON_IsArray(txt)) {
+        tr->is_array = 1;
+        tr->n_texts = cJSON_GetArraySize(txt);
+        if (tr->n_texts == 0) {
+            snprintf(err, errlen, "text is an empty array");
+            goto done;
+        }
+    } else {
+        snprintf(err, errlen, "text must be a string or an array of strings");
+        goto done;
+    }
+    if (tr->n_texts > srv->conf.max_texts) {
+        snprintf(err, errlen, "too many texts: %d (max_texts is %d)", tr->n_texts,
+                 srv->conf.max_texts);
+        goto done;
+    }
+    tr->texts = calloc((size_t)tr->n_texts, sizeof *tr->texts);
+    tr->lens = calloc((size_t)tr->n_texts, sizeof *tr->lens);
+    tr->segs = calloc((size_t)tr->n_texts, sizeof *tr->segs);
+    tr->first_unit = calloc((size_t)tr->n_texts, sizeof *tr->first_unit);
+    if (!tr->texts || !tr->lens || !tr->segs || !tr->first_unit) {
+        snprintf(err, errlen, "out of memory");
+        status = 500;
+        goto done;
+    }
+    for (int i = 0; i < tr->n_texts; i++) {
+        cJSON *it = tr->is_array ? cJSON_GetArrayItem(txt, i) : txt;
+        if (!cJSON_IsString(it)) {
+            snprintf(err, errlen, "text[%d] must be a string", i);
+            goto done;
+        }
+        size_t len = strlen(it->valuestring), bad = 0;
+        if (len == 0) {
+            snprintf(err, errlen, tr->is_array ? "text[%d] is empty" : "text is empty", i);
+            goto done;
+        }
+        long chars = moa_text_utf8_count(it->valuestring, len, &bad);
+        if (chars < 0) {
+            if (tr->is_array) snprintf(err, errlen, "text[%d] is not valid UTF-8 (byte %zu)", i, bad);
+            else snprintf(err, errlen, "text is not valid UTF-8 (byte %zu)", bad);
+            goto done;
+        }
+        if (chars > srv->conf.max_chars) {
+            if (tr->is_array)
+                snprintf(err, errlen, "text[%d] has %ld characters (max_chars is %d)", i,
+                         chars, srv->conf.max_chars);
+            else
+                snprintf(err, errlen, "text has %ld characters (max_chars is %d)", chars,
+                         srv->conf.max_chars);
+            goto done;
+        }
+        if (!(tr->texts[i] = strdup(it->valuestring))) {
+            snprintf(err, errlen, "out of memory");
+            status = 500;
+            goto done;
+        }
+        tr->lens[i] = len;
+    }
+
+    // languages and format
+    const char *src = NULL, *tgt = NULL, *fmt = NULL;
+    if (get_string(&f, "source", &src) < 0 || get_string(&f, "target", &tgt) < 0 ||
+        get_string(&f, "format", &fmt) < 0)
+        goto done;
+    if (src && !strcasecmp(src, "auto")) tr->auto_source = 1;
+    else if (src && !lang_match(src, srv->cfg->source_lang)) {
+        snprintf(err, errlen, "unsupported source language '%.40s': this model translates "
+                 "%s to %s", src, srv->cfg->source_lang, srv->cfg->target_lang);
+        goto done;
+    }
+    if (tgt && !lang_match(tgt, srv->cfg->target_lang)) {
+        snprintf(err, errlen, "unsupported target language '%.40s': this model translates "
+                 "%s to %s", tgt, srv->cfg->source_lang, srv->cfg->target_lang);
+        goto done;
+    }
+    if (fmt && !strcmp(fmt, "html")) tr->html = 1;
+    else if (fmt && strcmp(fmt, "text")) {
+        snprintf(err, errlen, "format must be \"text\" or \"html\"");
+        goto done;
+    }
+    if ((status = parse_options(tr, &f, err, errlen)) != 0) goto done;
+    status = build_units(tr, err, errlen);
+done:
+    cJSON_Delete(root);
+    if (status) moa_tr_free(tr);
+    else *out = tr;
+    return status;
+}
+
+// --- the answer -------------------------------------------------------------------------------
+
+static cJSON *num_or_null(double v) {
+    return isfinite(v) ? cJSON_CreateNumber(v) : cJSON_CreateNull();
+}
+
+static cJSON *trace_part(int layers, int n_pos, int k, const int *experts, const float *gates,
+                         const float *margin) {
+    cJSON *arr = cJSON_CreateArray();
+    for (int l = 0; arr && l < layers; l++) {
+        cJSON *la = cJSON_CreateArray();
+        cJSON_AddItemToArray(arr, la);
+        for (int p = 0; la && p < n_pos; p++) {
+            size_t row = (size_t)l * (size_t)n_pos + (size_t)p;
+            cJSON *e = cJSON_CreateObject();
+            cJSON_AddItemToArray(la, e);
+            cJSON_AddItemToObject(e, "experts", cJSON_CreateIntArray(experts + row * (size_t)k, k));
+            cJSON *g = cJSON_AddArrayToObject(e, "gates");
+            for (int j = 0; g && j < k; j++)
+                cJSON_AddItemToArray(g, num_or_null(gates[row * (size_t)k + (size_t)j]));
+            cJSON_AddItemToObject(e, "margin", num_or_null(margin[row]));
+        }
+    }
+    return arr;
+}
+
+static cJSON *pieces(const moa_tokenizer *tok, const int *ids, int n, int eos) {
+    cJSON *arr = cJSON_CreateArray();
+    for (int i = 0; arr && i < n; i++) {
+        const char *p = moa_tokenizer_piece(tok, ids[i]);
+        cJSON_AddItemToArray(arr, cJSON_CreateString(p ? p : "?"));
+    }
+    if (arr && eos >= 0) {
+        const char *p = moa_tokenizer_piece(tok, eos);
+        cJSON_AddItemToArray(arr, cJSON_CreateString(p ? p : "</s>"));
+    }
+    return arr;
+}
+
+static cJSON *unit_trace(moa_server *srv, const moa_unit *u) {
+    const moa_hypothesis *h = &u->res.hyps[0];
+    const moa_trace *t = h->trace;
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return NULL;
+    cJSON_AddItemToObject(o, "source_pieces", pieces(srv->tok, u->src, u->src_len, srv->cfg->eos_id));
+    cJSON_AddItemToObject(o, "target_pieces", pieces(srv->tok, h->tokens, h->n_tokens, -1));
+    if (!t) return o;
+    cJSON_AddItemToObject(o, "encoder", trace_part(t->layers_enc, t->src_len, t->k, t->enc_experts,
+                                                   t->enc_gates, t->enc_margin));
+    cJSON_AddItemToObject(o, "decoder_self", trace_part(t->layers_dec, t->tgt_len, t->k,
+                                                        t->dself_experts, t->dself_gates,
+                                                        t->dself_margin));
+    cJSON_AddItemToObject(o, "decoder_cross", trace_part(t->layers_dec, t->tgt_len, t->k,
+                                                         t->dcross_experts, t->dcross_gates,
+                                                         t->dcross_margin));
+    return o;
+}
+
+static int decode_into(moa_server *srv, const moa_hypothesis *h, moa_buf *b, char *err,
+                       size_t errlen) {
+    char *s = NULL;
+    if (moa_tokenizer_decode(srv->tok, h->tokens, h->n_tokens, &s, err, errlen) != 0) return -1;
+    moa_buf_puts(b, s);
+    free(s);
+    return 0;
+}
+
+cJSON *moa_api_translate_answer(moa_server *srv, moa_tr *tr, double t_start, char *err,
+                                size_t errlen) {
+    int n_alt = tr->opts.num_hypotheses - 1;
+    cJSON *root = cJSON_CreateObject();
+    moa_buf *alts = calloc((size_t)(n_alt > 0 ? n_alt : 1), sizeof *alts);
+    moa_buf out = {0};
+    if (!root || !alts) goto fail_oom;
+    cJSON *trs = cJSON_AddArrayToObject(root, "translations");
+    // Created now, attached to root in their place below: cJSON keeps the
+    // order of insertion, and a failure frees them with root.
+    cJSON *tt = tr->is_array ? cJSON_CreateArray() : NULL;
+    cJSON *top_alts = tr->alternatives > 0 && tr->is_array ? cJSON_CreateArray() : NULL;
+    cJSON *detected = tr->auto_source && tr->is_array ? cJSON_CreateArray() : NULL;
+    cJSON *pending = cJSON_CreateArray();  // owns the three until they are attached
+    if (!pending) goto fail_oom;
+    if (tt) cJSON_AddItemToArray(pending, tt);
+    if (top_alts) cJSON_AddItemToArray(pending, top_alts);
+    if (detected) cJSON_AddItemToArray(pending, detected);
+    cJSON_AddItemToObject(root, "_pending", pending);
+    memset(&tr->counts, 0, sizeof tr->counts);
+    tr->counts.texts = tr->n_texts;
+    for (int t = 0; t < tr->n_texts; t++) {
+        const char *text = tr->texts[t];
+        const moa_segs *segs = &tr->segs[t];
+        out.n = 0;
+        moa_buf_puts(&out, "");
+        for (int a = 0; a < n_alt; a++) {
+            alts[a].n = 0;
+            moa_buf_puts(&alts[a], "");
+        }
+        double lp = 0;
+        long ntok = 0;
+        cJSON *traces = tr->want_trace ? cJSON_CreateArray() : NULL;
+        int u = tr->first_unit[t];
+        for (int i = 0; i < segs->n; i++) {
+            const moa_seg *g = &segs->v[i];
+            if (!g->translate) {
+                moa_buf_put(&out, text + g->off, g->len);
+                for (int a = 0; a < n_alt; a++) moa_buf_put(&alts[a], text + g->off, g->len);
+                continue;
+            }
+            moa_unit *un = &tr->units[u++];
+            if (un->state != MOA_UNIT_DONE || un->res.n_hyps < 1) {
+                snprintf(err, errlen, "a sentence came back without a translation");
+                goto fail;
+            }
+            const moa_hypothesis *h = &un->res.hyps[0];
+            if (decode_into(srv, h, &out, err, errlen)) goto fail;
+            for (int a = 0; a < n_alt; a++) {
+                int hi = a + 1 < un->res.n_hyps ? a + 1 : 0;
+                if (decode_into(srv, &un->res.hyps[hi], &alts[a], err, errlen)) goto fail;
+            }
+            lp += h->log_prob;
+            ntok += h->n_tokens;
+            tr->counts.sentences++;
+            tr->counts.src_tokens += un->src_len + 1;
+            tr->counts.tgt_tokens += h->n_tokens;
+            if (traces) cJSON_AddItemToArray(traces, unit_trace(srv, un));
+            if (!un->from_cache && tr->use_cache) {
+                char kb[1024], *heap = NULL;
+                size_t kn = cache_key(tr, un, kb, sizeof kb, &heap);
+                if (kn) moa_cache_put(srv->cache, heap ? heap : kb, kn, &un->res);
+                free(heap);
+            }
+        }
+        if (out.oom) goto fail_oom;
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddItemToArray(trs, o);
+        cJSON_AddStringToObject(o, "text", out.s);
+        if (tr->want_scores)
+            cJSON_AddItemToObject(o, "score", num_or_null(ntok ? lp / pow((double)ntok,
+                                                          tr->opts.length_penalty) : 0.0));
+        cJSON *ta = NULL;
+        if (n_alt > 0) {
+            ta = cJSON_AddArrayToObject(o, "alternatives");
+            for (int a = 0; a < n_alt; a++) {
+                if (alts[a].oom) goto fail_oom;
+                cJSON_AddItemToArray(ta, cJSON_CreateString(alts[a].s));
+            }
+        }
+        if (traces) cJSON_AddItemToObject(o, "trace", traces);
+        if (tt) cJSON_AddItemToArray(tt, cJSON_CreateString(out.s));
+        else cJSON_AddStringToObject(root, "translatedText", out.s);
+        if (tr->alternatives > 0) {
+            cJSON *copy = ta ? cJSON_Duplicate(ta, 1) : cJSON_CreateArray();
+            if (top_alts) cJSON_AddItemToArray(top_alts, copy);
+            else cJSON_AddItemToObject(root, "alternatives", copy);
+        }
+        if (tr->auto_source) {
+            cJSON *d = cJSON_CreateObject();
+            cJSON_AddNumberToObject(d, "confidence", 100.0);
+            cJSON_AddStringToObject(d, "language", srv->cfg->source_lang);
+            if (detected) cJSON_AddItemToArray(detected, d);
+            else cJSON_AddItemToObject(root, "detectedLanguage", d);
+        }
+    }
+    if (tt) cJSON_AddItemToObject(root, "translatedText", cJSON_DetachItemViaPointer(pending, tt));
+    if (top_alts)
+        cJSON_AddItemToObject(root, "alternatives", cJSON_DetachItemViaPointer(pending, top_alts));
+    if (detected)
+        cJSON_AddItemToObject(root, "detectedLanguage", cJSON_DetachItemViaPointer(pending, detected));
+    cJSON_DeleteItemFromObjectCaseSensitive(root, "_pending");
+    cJSON_AddStringToObject(root, "model", srv->model_name);
+    if (tr->sampling) cJSON_AddNumberToObject(root, "seed", (double)tr->opts.seed);
+    cJSON *tm = cJSON_AddObjectToObject(root, "timing");
+    const moa_job *j = &tr->job;
+    double q = j->t_first_admit > j->t_submit ? j->t_first_admit - j->t_submit : 0;
+    double c = j->t_done > j->t_first_admit ? j->t_done - j->t_first_admit : 0;
+    cJSON_AddNumberToObject(tm, "queue_ms", round(q * 1e4) / 10);
+    cJSON_AddNumberToObject(tm, "compute_ms", round(c * 1e4) / 10);
+    cJSON_AddNumberToObject(tm, "total_ms", round((moa_sched_now() - t_start) * 1e4) / 10);
+    moa_metrics_translate(srv->metrics, q, c, tr->counts.sentences, tr->counts.src_tokens,
+                          tr->counts.tgt_tokens);
+    for (int a = 0; a < n_alt; a++) free(alts[a].s);
+    free(alts);
+    free(out.s);
+    return root;
+fail_oom:
+    snprintf(err, errlen, "out of memory");
+fail:
+    for (int a = 0; alts && a < n_alt; a++) free(alts[a].s);
+    free(alts);
+    free(out.s);
+    cJSON_Delete(root);
+    return NULL;
+}

@@ -1,0 +1,577 @@
+// moa_http.c — libmicrohttpd callbacks and the endpoints other than
+// /translate's body work (moa_api.c).
+#include "moa_http.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <math.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+
+#include "moa_api.h"
+#include "moa_buf.h"
+#include "moa_log.h"
+
+struct moa_http {
+    moa_server *srv;
+    struct MHD_Daemon *d;
+    uint64_t id_prefix;         // random per process: ids differ across restarts
+};
+
+typedef enum {
+    EP_TRANSLATE, EP_LANGUAGES, EP_HEADS, EP_HEADS_RESET, EP_HEALTH, EP_READY, EP_METRICS,
+    EP_OTHER,
+} endpoint;
+
+static const struct {
+    const char *path;
+    const char *methods;        // for 405's Allow
+} routes[] = {
+    [EP_TRANSLATE] = {"/translate", "POST, OPTIONS"},
+    [EP_LANGUAGES] = {"/languages", "GET, HEAD, OPTIONS"},
+    [EP_HEADS] = {"/heads", "GET, HEAD, OPTIONS"},
+    [EP_HEADS_RESET] = {"/heads/reset", "POST, OPTIONS"},
+    [EP_HEALTH] = {"/health", "GET, HEAD, OPTIONS"},
+    [EP_READY] = {"/ready", "GET, HEAD, OPTIONS"},
+    [EP_METRICS] = {"/metrics", "GET, HEAD, OPTIONS"},
+    [EP_OTHER] = {"other", ""},
+};
+
+// One HTTP request from its first byte to the access-log line.
+typedef struct req {
+    moa_http *http;
+    char id[136];
+    char method[16];
+    char path[256];
+    endpoint ep;
+    double t0;
+    int started;                // first handler call done
+    int counted;                // counted in srv->inflight
+    moa_buf body;
+    size_t body_seen;           // bytes received (also beyond the limit)
+    int too_large;
+    moa_tr *tr;
+    int submitted;              // tr's job went to the scheduler
+    int forced_status;          // submit refused after suspending: answer this
+    int status;                 // sent, 0 if none yet
+    char err[512];
+} req;
+
+// --- answers ------------------------------------------------------------------------------
+
+static enum MHD_Result send_body(req *r, struct MHD_Connection *c, int status, const char *ctype,
+                                 char *body, size_t n, const char *h1, const char *v1) {
+    struct MHD_Response *resp = MHD_create_response_from_buffer(n, body, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", ctype);
+    MHD_add_response_header(resp, "X-Request-Id", r->id);
+    MHD_add_response_header(resp, "Access-Control-Allow-Origin", "*");
+    MHD_add_response_header(resp, "Access-Control-Expose-Headers", "X-Request-Id, Retry-After");
+    if (h1) MHD_add_response_header(resp, h1, v1);
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    r->status = status;
+    return ret;
+}
+
+static enum MHD_Result send_json(req *r, struct MHD_Connection *c, int status, cJSON *j,
+                                 const char *h1, const char *v1) {
+    char *s = j ? cJSON_PrintUnformatted(j) : NULL;
+    cJSON_Delete(j);
+    if (!s) {
+        static const char oom[] = "{\"error\":\"out of memory\"}";
+        char *b = strdup(oom);
+        if (!b) return MHD_NO;
+        snprintf(r->err, sizeof r->err, "out of memory");
+        return send_body(r, c, 500, "application/json", b, strlen(b), NULL, NULL);
+    }
+    size_t n = strlen(s);
+    // a newline, as curl users expect
+    char *t = realloc(s, n + 2);
+    if (t) {
+        t[n++] = '\n';
+        t[n] = 0;
+        s = t;
+    }
+    return send_body(r, c, status, "application/json", s, n, h1, v1);
+}
+
+__attribute__((format(printf, 6, 7)))
+static enum MHD_Result send_error(req *r, struct MHD_Connection *c, int status, const char *h1,
+                                  const char *v1, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->err, sizeof r->err, fmt, ap);
+    va_end(ap);
+    if (status == 500)
+        moa_log(MOA_LOG_ERROR, "request %s %s %s: 500: %s", r->id, r->method, r->path, r->err);
+    cJSON *j = cJSON_CreateObject();
+    if (j) cJSON_AddStringToObject(j, "error", r->err);
+    return send_json(r, c, status, j, h1, v1);
+}
+
+static enum MHD_Result send_text(req *r, struct MHD_Connection *c, int status, const char *ctype,
+                                 moa_buf *b) {
+    if (b->oom) {
+        free(b->s);
+        return send_error(r, c, 500, NULL, NULL, "out of memory");
+    }
+    if (!b->s) moa_buf_puts(b, "");
+    return send_body(r, c, status, ctype, b->s, b->n, NULL, NULL);
+}
+
+// --- request ids and keys ---------------------------------------------------------------------
+
+static int valid_request_id(const char *s) {
+    size_t n = 0;
+    for (; s[n]; n++)
+        if (!(isalnum((unsigned char)s[n]) || strchr("-_.:/+=@", s[n]))) return 0;
+    return n >= 1 && n <= 128;
+}
+
+static void set_request_id(req *r, struct MHD_Connection *c) {
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Request-Id");
+    if (h && valid_request_id(h)) {
+        snprintf(r->id, sizeof r->id, "%s", h);
+        return;
+    }
+    long n = atomic_fetch_add(&r->http->srv->next_id, 1);
+    snprintf(r->id, sizeof r->id, "%08llx%08lx",
+             (unsigned long long)(r->http->id_prefix & 0xffffffffu), (unsigned long)n);
+}
+
+// For endpoints without a body: Authorization: Bearer or ?api_key=.
+static int header_key_ok(moa_server *srv, struct MHD_Connection *c) {
+    const char *key = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "api_key");
+    const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    if (!key && auth && !strncasecmp(auth, "Bearer ", 7)) key = auth + 7;
+    return moa_api_key_ok(srv, key);
+}
+
+// --- small endpoints ------------------------------------------------------------------------------
+
+static enum MHD_Result do_health(req *r, struct MHD_Connection *c) {
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "status", "ok");
+    return send_json(r, c, 200, j, NULL, NULL);
+}
+
+static enum MHD_Result do_ready(req *r, struct MHD_Connection *c) {
+    moa_server *srv = r->http->srv;
+    if (atomic_load(&srv->draining))
+        return send_error(r, c, 503, NULL, NULL, "draining: the server is shutting down");
+    if (!atomic_load(&srv->ready))
+        return send_error(r, c, 503, NULL, NULL, "not ready: the model is loading");
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddBoolToObject(j, "ready", 1);
+    cJSON_AddStringToObject(j, "model", srv->model_name);
+    return send_json(r, c, 200, j, NULL, NULL);
+}
+
+static enum MHD_Result do_languages(req *r, struct MHD_Connection *c) {
+    moa_server *srv = r->http->srv;
+    if (!atomic_load(&srv->ready))
+        return send_error(r, c, 503, NULL, NULL, "not ready: the model is loading");
+    return send_json(r, c, 200, moa_api_languages(srv), NULL, NULL);
+}
+
+static int wants_text(struct MHD_Connection *c, int *bad) {
+    const char *f = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "format");
+    *bad = 0;
+    if (f) {
+        if (!strcmp(f, "text")) return 1;
+        if (!strcmp(f, "json")) return 0;
+        *bad = 1;
+        return 0;
+    }
+    const char *acc = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Accept");
+    return acc && strstr(acc, "text/plain") && !strstr(acc, "application/json");
+}
+
+static enum MHD_Result do_heads(req *r, struct MHD_Connection *c) {
+    moa_server *srv = r->http->srv;
+    if (!atomic_load(&srv->ready))
+        return send_error(r, c, 503, NULL, NULL, "not ready: the model is loading");
+    if (!srv->heads)
+        return send_error(r, c, 404, NULL, NULL, "routing statistics are off (heads = false)");
+    int bad, text = wants_text(c, &bad);
+    if (bad) return send_error(r, c, 400, NULL, NULL, "format must be json or text");
+    int top = srv->conf.heads_top;
+    const char *ts = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "top");
+    if (ts) {
+        char *end;
+        long v = strtol(ts, &end, 10);
+        if (end == ts || *end || v < 0 || v > 1000)
+            return send_error(r, c, 400, NULL, NULL, "top must be an integer in 0..1000");
+        top = (int)v;
+    }
+    if (text) {
+        moa_buf b = {0};
+        moa_heads_text(srv->heads, srv->tok, top, &b);
+        return send_text(r, c, 200, "text/plain; charset=utf-8", &b);
+    }
+    cJSON *j = moa_heads_json(srv->heads, srv->tok, top);
+    if (!j) return send_error(r, c, 500, NULL, NULL, "out of memory");
+    return send_json(r, c, 200, j, NULL, NULL);
+}
+
+static enum MHD_Result do_heads_reset(req *r, struct MHD_Connection *c) {
+    moa_server *srv = r->http->srv;
+    if (!header_key_ok(srv, c))
+        return send_error(r, c, 403, NULL, NULL, "an API key is required (Authorization: "
+                          "Bearer or ?api_key=)");
+    if (!atomic_load(&srv->ready))
+        return send_error(r, c, 503, NULL, NULL, "not ready: the model is loading");
+    if (!srv->heads)
+        return send_error(r, c, 404, NULL, NULL, "routing statistics are off (heads = false)");
+    moa_heads_reset(srv->heads);
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddBoolToObject(j, "reset", 1);
+    return send_json(r, c, 200, j, NULL, NULL);
+}
+
+static enum MHD_Result do_metrics(req *r, struct MHD_Connection *c) {
+    moa_server *srv = r->http->srv;
+    moa_buf b = {0};
+    moa_metrics_render(srv->metrics, &b);
+    moa_sched_stats st;
+    moa_sched_get_stats(srv->sched, &st);
+    moa_cache_stats cs;
+    moa_cache_get_stats(srv->cache, &cs);
+    moa_buf_printf(&b,
+                   "# HELP moa_queue_sentences Sentences waiting to join the batch.\n"
+                   "# TYPE moa_queue_sentences gauge\nmoa_queue_sentences %d\n"
+                   "# HELP moa_live_sentences Sentences in the batch.\n"
+                   "# TYPE moa_live_sentences gauge\nmoa_live_sentences %d\n"
+                   "# HELP moa_live_rows Beam rows the live sentences hold.\n"
+                   "# TYPE moa_live_rows gauge\nmoa_live_rows %d\n"
+                   "# HELP moa_requests_in_flight /translate requests accepted and not yet "
+                   "answered.\n# TYPE moa_requests_in_flight gauge\nmoa_requests_in_flight %ld\n"
+                   "# HELP moa_cache_hits_total Sentences answered from the translation cache.\n"
+                   "# TYPE moa_cache_hits_total counter\nmoa_cache_hits_total %llu\n"
+                   "# HELP moa_cache_misses_total Cache look-ups that missed.\n"
+                   "# TYPE moa_cache_misses_total counter\nmoa_cache_misses_total %llu\n"
+                   "# HELP moa_cache_entries Sentences in the cache.\n"
+                   "# TYPE moa_cache_entries gauge\nmoa_cache_entries %d\n"
+                   "# HELP moa_ready 1 when the model is loaded and the server is not draining.\n"
+                   "# TYPE moa_ready gauge\nmoa_ready %d\n"
+                   "# HELP moa_draining 1 after SIGTERM/SIGINT.\n"
+                   "# TYPE moa_draining gauge\nmoa_draining %d\n"
+                   "# HELP moa_info The model served and the BLAS core.\n"
+                   "# TYPE moa_info gauge\nmoa_info{model=\"%s\",blas=\"%s\",compute_threads="
+                   "\"%d\",http_threads=\"%d\"} 1\n",
+                   st.queued_units, st.live_units, st.rows, atomic_load(&srv->inflight),
+                   (unsigned long long)cs.hits, (unsigned long long)cs.misses, cs.entries,
+                   atomic_load(&srv->ready) && !atomic_load(&srv->draining),
+                   atomic_load(&srv->draining), srv->model_name, moa_blas_corename(),
+                   moa_get_num_threads(), srv->conf.http_threads);
+    moa_heads_metrics(srv->heads, &b);
+    return send_text(r, c, 200, "text/plain; version=0.0.4; charset=utf-8", &b);
+}
+
+// --- /translate -----------------------------------------------------------------------------------
+
+static enum MHD_Result translate_answer(req *r, struct MHD_Connection *c) {
+    moa_server *srv = r->http->srv;
+    char err[512];
+    cJSON *j = moa_api_translate_answer(srv, r->tr, r->t0, err, sizeof err);
+    if (!j) return send_error(r, c, 500, NULL, NULL, "%s", err);
+    return send_json(r, c, 200, j, NULL, NULL);
+}
+
+static enum MHD_Result retry_429(req *r, struct MHD_Connection *c) {
+    moa_sched_stats st;
+    moa_sched_get_stats(r->http->srv->sched, &st);
+    // Seconds until the queue ahead should have drained, 1..60.
+    double s = st.sentences_per_s > 0 ? st.queued_units / st.sentences_per_s : 1;
+    int secs = s < 1 ? 1 : s > 60 ? 60 : (int)ceil(s);
+    char v[16];
+    snprintf(v, sizeof v, "%d", secs);
+    return send_error(r, c, 429, "Retry-After", v, "too many sentences queued (max_queue is "
+                      "%d); retry in %d s", r->http->srv->conf.max_queue, secs);
+}
+
+// The last handler call of a /translate request: body complete, or the
+// scheduler gave the job back.
+static enum MHD_Result translate_final(req *r, struct MHD_Connection *c) {
+    moa_server *srv = r->http->srv;
+    if (r->submitted) {
+        if (r->forced_status == 429) return retry_429(r, c);
+        if (r->forced_status)
+            return send_error(r, c, r->forced_status, NULL, NULL, "the server is shutting down");
+        moa_job *j = moa_tr_job(r->tr);
+        int st = atomic_load(&j->status);
+        if (st == 200) return translate_answer(r, c);
+        if (st == 499) {
+            r->status = 499;
+            return MHD_NO;  // nobody to answer: close
+        }
+        return send_error(r, c, st ? st : 500, NULL, NULL, "%s", j->err[0] ? j->err : "failed");
+    }
+    if (r->too_large)
+        return send_error(r, c, 413, NULL, NULL, "request body larger than %ld bytes "
+                          "(max_body)", srv->conf.max_body);
+    const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
+    const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    char err[512];
+    int st = moa_api_translate_parse(srv, ct, auth, r->body.s ? r->body.s : "", r->body.n,
+                                     &r->tr, err, sizeof err);
+    free(r->body.s);
+    memset(&r->body, 0, sizeof r->body);
+    if (st) return send_error(r, c, st, NULL, NULL, "%s", err);
+    if (moa_tr_waiting(r->tr) == 0) return translate_answer(r, c);
+
+    moa_job *j = moa_tr_job(r->tr);
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    j->fd = ci ? ci->connect_fd : -1;
+    j->conn = c;
+    j->deadline = r->t0 + srv->conf.timeout;
+    // Suspend BEFORE the scheduler can see the job, so its resume can never
+    // come first. A refused submit resumes at once and answers on re-entry.
+    r->submitted = 1;
+    MHD_suspend_connection(c);
+    int rc = moa_sched_submit(srv->sched, j);
+    if (rc) {
+        r->forced_status = rc;
+        MHD_resume_connection(c);
+    }
+    return MHD_YES;
+}
+
+// --- libmicrohttpd callbacks ----------------------------------------------------------------------
+
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c) {
+    (void)c;
+    moa_http *h = cls;
+    req *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->http = h;
+    r->t0 = moa_sched_now();
+    size_t n = strcspn(uri, "?");
+    if (n >= sizeof r->path) n = sizeof r->path - 1;
+    memcpy(r->path, uri, n);
+    r->path[n] = 0;
+    return r;
+}
+
+static endpoint route(const char *path) {
+    for (int e = 0; e < EP_OTHER; e++)
+        if (!strcmp(path, routes[e].path)) return (endpoint)e;
+    return EP_OTHER;
+}
+
+static int method_ok(endpoint ep, const char *m) {
+    if (ep == EP_TRANSLATE || ep == EP_HEADS_RESET) return !strcmp(m, "POST");
+    return !strcmp(m, "GET") || !strcmp(m, "HEAD");
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls) {
+    (void)version;
+    moa_http *h = cls;
+    moa_server *srv = h->srv;
+    req *r = *con_cls;
+    if (!r) {  // the URI callback could not allocate
+        if (!(r = on_uri(h, url, c))) return MHD_NO;
+        *con_cls = r;
+    }
+    if (!r->started) {
+        r->started = 1;
+        snprintf(r->method, sizeof r->method, "%s", method);
+        set_request_id(r, c);
+        r->ep = route(r->path);
+        if (!strcmp(method, "OPTIONS")) {
+            char *b = strdup("");
+            struct MHD_Response *resp = b ? MHD_create_response_from_buffer(0, b, MHD_RESPMEM_MUST_FREE) : NULL;
+            if (!resp) {
+                free(b);
+                return MHD_NO;
+            }
+            MHD_add_response_header(resp, "X-Request-Id", r->id);
+            MHD_add_response_header(resp, "Access-Control-Allow-Origin", "*");
+            MHD_add_response_header(resp, "Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+            MHD_add_response_header(resp, "Access-Control-Allow-Headers",
+                                    "Content-Type, Authorization, X-Request-Id");
+            MHD_add_response_header(resp, "Access-Control-Max-Age", "86400");
+            enum MHD_Result ret = MHD_queue_response(c, 204, resp);
+            MHD_destroy_response(resp);
+            r->status = 204;
+            return ret;
+        }
+        if (r->ep == EP_OTHER)
+            return send_error(r, c, 404, NULL, NULL, "no such endpoint: %s %.200s", method,
+                              r->path);
+        if (!method_ok(r->ep, method))
+            return send_error(r, c, 405, "Allow", routes[r->ep].methods,
+                              "method %s not allowed on %s (allowed: %s)", method, r->path,
+                              routes[r->ep].methods);
+        switch (r->ep) {
+        case EP_HEALTH: return do_health(r, c);
+        case EP_READY: return do_ready(r, c);
+        case EP_LANGUAGES: return do_languages(r, c);
+        case EP_HEADS: return do_heads(r, c);
+        case EP_HEADS_RESET: return do_heads_reset(r, c);
+        case EP_METRICS: return do_metrics(r, c);
+        default: break;
+        }
+        // POST /translate: what the headers alone decide
+        if (atomic_load(&srv->draining))
+            return send_error(r, c, 503, NULL, NULL, "draining: the server is shutting down");
+        if (!atomic_load(&srv->ready))
+            return send_error(r, c, 503, NULL, NULL, "not ready: the model is loading");
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
+        if (cl) {
+            char *end;
+            unsigned long long v = strtoull(cl, &end, 10);
+            if (end != cl && !*end && v > (unsigned long long)srv->conf.max_body)
+                return send_error(r, c, 413, NULL, NULL, "request body of %llu bytes is larger "
+                                  "than %ld (max_body)", v, srv->conf.max_body);
+        }
+        atomic_fetch_add(&srv->inflight, 1);
+        r->counted = 1;
+        return MHD_YES;
+    }
+    if (*upload_data_size) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        r->body_seen += n;
+        if (r->body_seen > (size_t)srv->conf.max_body) {
+            // chunked bodies have no Content-Length: stop buffering, and stop
+            // reading altogether when the client keeps sending far beyond
+            r->too_large = 1;
+            free(r->body.s);
+            memset(&r->body, 0, sizeof r->body);
+            return r->body_seen > 4 * (size_t)srv->conf.max_body ? MHD_NO : MHD_YES;
+        }
+        moa_buf_put(&r->body, upload_data, n);
+        if (r->body.oom) return MHD_NO;
+        return MHD_YES;
+    }
+    if (r->status) return MHD_YES;  // answered already
+    return translate_final(r, c);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                         enum MHD_RequestTerminationCode toe) {
+    (void)c;
+    moa_http *h = cls;
+    moa_server *srv = h->srv;
+    req *r = *con_cls;
+    if (!r) return;
+    *con_cls = NULL;
+    if (!r->started) {  // a malformed request MHD answered itself
+        free(r->body.s);
+        free(r);
+        return;
+    }
+    int status = r->status;
+    if (!status || (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && status == 499)) status = 499;
+    else if (toe == MHD_REQUEST_TERMINATED_CLIENT_ABORT || toe == MHD_REQUEST_TERMINATED_READ_ERROR)
+        status = 499;
+    double secs = moa_sched_now() - r->t0;
+    moa_metrics_request(srv->metrics, routes[r->ep].path, status, secs);
+    moa_tr_counts cnt = {0, 0, 0, 0};
+    if (r->tr) moa_tr_get_counts(r->tr, &cnt);
+    moa_access_rec rec = {
+        .request_id = r->id, .method = r->method, .path = r->path, .status = status,
+        .texts = cnt.texts, .sentences = cnt.sentences, .src_tokens = cnt.src_tokens,
+        .tgt_tokens = cnt.tgt_tokens, .ms = secs * 1e3,
+        .error = status >= 400 && r->err[0] ? r->err : NULL,
+        .text = srv->conf.log_text && r->tr ? moa_tr_first_text(r->tr) : NULL,
+    };
+    moa_log_access(&rec);
+    // A job the scheduler still holds (only when MHD closes a suspended
+    // connection at stop) must outlive this request: leak it rather than
+    // free memory another thread uses.
+    int held = r->submitted && !r->forced_status && atomic_load(&moa_tr_job(r->tr)->status) == 0;
+    if (!held) moa_tr_free(r->tr);
+    if (r->counted) atomic_fetch_sub(&srv->inflight, 1);
+    free(r->body.s);
+    free(r);
+}
+
+__attribute__((format(printf, 2, 0)))
+static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
+    (void)cls;
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = 0;
+    moa_log(MOA_LOG_WARN, "libmicrohttpd: %s", msg);
+}
+
+// --- start / stop -----------------------------------------------------------------------------------
+
+moa_http *moa_http_start(moa_server *srv, char *err, size_t errlen) {
+    const moa_conf *cf = &srv->conf;
+    moa_http *h = calloc(1, sizeof *h);
+    if (!h) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    h->srv = srv;
+    if (getrandom(&h->id_prefix, sizeof h->id_prefix, 0) != (ssize_t)sizeof h->id_prefix)
+        h->id_prefix = (uint64_t)(moa_sched_now() * 1e6);
+
+    struct sockaddr_in6 a6;
+    struct sockaddr_in a4;
+    struct sockaddr *sa;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG | MHD_USE_AUTO;
+    memset(&a4, 0, sizeof a4);
+    memset(&a6, 0, sizeof a6);
+    if (inet_pton(AF_INET, cf->listen, &a4.sin_addr) == 1) {
+        a4.sin_family = AF_INET;
+        a4.sin_port = htons((uint16_t)cf->port);
+        sa = (struct sockaddr *)&a4;
+    } else if (inet_pton(AF_INET6, cf->listen, &a6.sin6_addr) == 1) {
+        a6.sin6_family = AF_INET6;
+        a6.sin6_port = htons((uint16_t)cf->port);
+        sa = (struct sockaddr *)&a6;
+        flags |= MHD_USE_IPv6;
+        if (IN6_IS_ADDR_UNSPECIFIED(&a6.sin6_addr)) flags |= MHD_USE_DUAL_STACK;
+    } else {
+        snprintf(err, errlen, "listen '%s': not an IPv4 or IPv6 address", cf->listen);
+        free(h);
+        return NULL;
+    }
+    struct MHD_OptionItem pool[] = {
+        {cf->http_threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END,
+         cf->http_threads, NULL},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    h->d = MHD_start_daemon(flags, (uint16_t)cf->port, NULL, NULL, on_request, h,
+                            MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h,
+                            MHD_OPTION_SOCK_ADDR, sa,
+                            MHD_OPTION_URI_LOG_CALLBACK, on_uri, h,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)cf->max_connections,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)ceil(cf->idle_timeout),
+                            MHD_OPTION_ARRAY, pool,
+                            MHD_OPTION_END);
+    if (!h->d) {
+        snprintf(err, errlen, "cannot listen on %s port %d (in use, or not allowed?)",
+                 cf->listen, cf->port);
+        free(h);
+        return NULL;
+    }
+    return h;
+}
+
+void moa_http_stop(moa_http *h) {
+    if (!h) return;
+    MHD_stop_daemon(h->d);
+    free(h);
+}

@@ -1,0 +1,231 @@
+// moa_server.c — main: settings, start-up, signals, drain, shut-down; and
+// the --probe healthcheck client.
+//
+// Start-up order: HTTP first (so /health answers and /ready says 503 while
+// the model loads), then model (mmap), tokenizer, cache, routing statistics
+// and the scheduler thread, then ready. Signals are blocked in every thread
+// and taken here with sigtimedwait, so no handler runs in a random thread:
+// SIGHUP re-reads the API keys; SIGTERM/SIGINT drain (keep listening, 503
+// on /ready and new /translate, finish what is in flight for up to
+// drain_timeout s) and exit 0; a second SIGTERM/SIGINT stops at once.
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "moa_api.h"
+#include "moa_http.h"
+#include "moa_log.h"
+#include "moa_server.h"
+
+// --- --probe ---------------------------------------------------------------------------------
+
+// GET http://127.0.0.1:PORT/PATH (the configured address when it is a
+// specific one); 0 on a 2xx answer. For container healthchecks: the slim
+// image has no curl.
+static int probe(const moa_conf *c) {
+    const char *host = c->listen;
+    int v6 = strchr(host, ':') != NULL;
+    if (!strcmp(host, "0.0.0.0")) host = "127.0.0.1";
+    if (!strcmp(host, "::")) host = "::1";
+    int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return 1;
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    int ok = 0;
+    if (v6) {
+        struct sockaddr_in6 a = {0};
+        a.sin6_family = AF_INET6;
+        a.sin6_port = htons((uint16_t)c->port);
+        ok = inet_pton(AF_INET6, host, &a.sin6_addr) == 1 &&
+             connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    } else {
+        struct sockaddr_in a = {0};
+        a.sin_family = AF_INET;
+        a.sin_port = htons((uint16_t)c->port);
+        ok = inet_pton(AF_INET, host, &a.sin_addr) == 1 &&
+             connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    }
+    if (!ok) {
+        fprintf(stderr, "moa-server: probe: cannot connect to %s port %d: %s\n", host, c->port,
+                strerror(errno));
+        close(fd);
+        return 1;
+    }
+    char reqbuf[700], resp[256];
+    int n = snprintf(reqbuf, sizeof reqbuf, "GET %s%s HTTP/1.0\r\nHost: localhost\r\n"
+                     "User-Agent: moa-server-probe\r\n\r\n", c->probe[0] == '/' ? "" : "/",
+                     c->probe);
+    if (write(fd, reqbuf, (size_t)n) != n) {
+        close(fd);
+        return 1;
+    }
+    ssize_t got = read(fd, resp, sizeof resp - 1);
+    close(fd);
+    if (got < 12) {
+        fprintf(stderr, "moa-server: probe: no answer\n");
+        return 1;
+    }
+    resp[got] = 0;
+    int status = atoi(resp + 9);
+    printf("%d\n", status);
+    return status >= 200 && status < 300 ? 0 : 1;
+}
+
+// --- model --------------------------------------------------------------------------------------
+
+static int load_model(moa_server *srv, char *err, size_t errlen) {
+    const moa_conf *c = &srv->conf;
+    srv->model = moa_model_load(c->model, err, errlen);
+    if (!srv->model) return -1;
+    srv->cfg = moa_model_config(srv->model);
+    srv->tok = moa_tokenizer_load(c->model, err, errlen);
+    if (!srv->tok) return -1;
+    if (moa_tokenizer_vocab_size(srv->tok) != srv->cfg->vocab_size) {
+        snprintf(err, errlen, "%.500s: vocab.txt has %d lines, config.json says vocab_size %d",
+                 c->model, moa_tokenizer_vocab_size(srv->tok), srv->cfg->vocab_size);
+        return -1;
+    }
+    if (srv->cfg->name[0]) snprintf(srv->model_name, sizeof srv->model_name, "%s", srv->cfg->name);
+    else {
+        const char *b = strrchr(c->model, '/');
+        snprintf(srv->model_name, sizeof srv->model_name, "%.150s", b && b[1] ? b + 1 : c->model);
+    }
+    // The cache lives as long as the process, and the process serves one
+    // model: name + directory + size of the weights is identification enough.
+    snprintf(srv->model_key, sizeof srv->model_key, "%.150s|%.300s|%zu", srv->model_name, c->model,
+             moa_model_f32_bytes(srv->model));
+    if (c->cache_size > 0 && !(srv->cache = moa_cache_create(c->cache_size))) {
+        snprintf(err, errlen, "out of memory for the cache");
+        return -1;
+    }
+    if (c->heads && !(srv->heads = moa_heads_create(srv->cfg))) {
+        snprintf(err, errlen, "out of memory for routing statistics");
+        return -1;
+    }
+    srv->sched = moa_sched_create(srv->model, c, srv->metrics, srv->heads, err, errlen);
+    return srv->sched ? 0 : -1;
+}
+
+static void log_start(const moa_server *srv, double load_s) {
+    const moa_config *g = srv->cfg;
+    const moa_conf *c = &srv->conf;
+    moa_log(MOA_LOG_INFO, "model %s (%s): %s -> %s, d_model %d, layers %d+%d, experts %d "
+            "(top %d), vocab %d, max_positions %d; loaded in %.3f s",
+            srv->model_name, c->model, g->source_lang, g->target_lang, g->d_model,
+            g->encoder_layers, g->decoder_layers, g->num_experts, g->top_k, g->vocab_size,
+            g->max_positions, load_s);
+    moa_log(MOA_LOG_INFO, "threads: compute (OpenBLAS %s) %d, http %d, scheduler 1, "
+            "libuv pool unused (UV_THREADPOOL_SIZE=%s)", moa_blas_corename(),
+            moa_get_num_threads(), c->http_threads, getenv("UV_THREADPOOL_SIZE"));
+    moa_log(MOA_LOG_INFO, "limits: max_inflight %d sentences, max_batch_rows %d, max_queue %d, "
+            "max_body %ld, max_texts %d, max_chars %d, timeout %g s, cache %d, heads %s",
+            c->max_inflight, c->max_batch_rows, c->max_queue, c->max_body, c->max_texts,
+            c->max_chars, c->timeout, c->cache_size, c->heads ? "on" : "off");
+}
+
+// --- main -----------------------------------------------------------------------------------------
+
+int main(int argc, char **argv) {
+    static moa_server srv;  // static: zeroed, and outlives every thread
+    int rc = moa_conf_load(&srv.conf, argc, argv);
+    if (rc) return rc > 0 ? 0 : 2;
+    if (srv.conf.probe[0]) return probe(&srv.conf);
+    moa_log_init((moa_log_level)srv.conf.log_level, srv.conf.log_json);
+
+    // Every thread created from here on inherits the blocked set.
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    // libuv's thread pool serves file and DNS work we never ask for: keep it minimal.
+    setenv("UV_THREADPOOL_SIZE", "1", 0);
+    int threads = srv.conf.compute_threads;
+    if (threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? (int)n : 1;
+    }
+    moa_set_num_threads(threads);
+
+    int status = 1;
+    char err[1024];
+    moa_http *http = NULL;
+    pthread_rwlock_init(&srv.keys_lock, NULL);
+    if (!(srv.metrics = moa_metrics_create())) {
+        moa_log(MOA_LOG_ERROR, "out of memory");
+        goto done;
+    }
+    if (moa_api_keys_load(&srv) != 0) goto done;
+    if (!(http = moa_http_start(&srv, err, sizeof err))) {
+        moa_log(MOA_LOG_ERROR, "%s", err);
+        goto done;
+    }
+    moa_log(MOA_LOG_INFO, "moa-server %s listening on %s port %d%s%s", MOA_SERVER_VERSION,
+            srv.conf.listen, srv.conf.port, srv.conf.config_file[0] ? "; config " : "",
+            srv.conf.config_file);
+    double t0 = moa_sched_now();
+    if (load_model(&srv, err, sizeof err) != 0) {
+        moa_log(MOA_LOG_ERROR, "%s", err);
+        goto done;
+    }
+    log_start(&srv, moa_sched_now() - t0);
+    atomic_store(&srv.ready, 1);
+    moa_log(MOA_LOG_INFO, "ready");
+
+    double drain_until = 0;
+    for (;;) {
+        struct timespec ts = {0, 20 * 1000 * 1000};
+        int sig = sigtimedwait(&sigs, NULL, &ts);
+        if (sig == SIGHUP) {
+            moa_log(MOA_LOG_INFO, "SIGHUP: re-reading the API keys");
+            moa_api_keys_load(&srv);
+        } else if (sig == SIGTERM || sig == SIGINT) {
+            if (atomic_load(&srv.draining)) {
+                moa_log(MOA_LOG_WARN, "second %s: stopping now", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+                break;
+            }
+            atomic_store(&srv.draining, 1);
+            drain_until = moa_sched_now() + srv.conf.drain_timeout;
+            moa_log(MOA_LOG_INFO, "%s: draining %ld request(s) in flight (up to %g s)",
+                    sig == SIGTERM ? "SIGTERM" : "SIGINT", atomic_load(&srv.inflight),
+                    srv.conf.drain_timeout);
+        }
+        if (atomic_load(&srv.draining)) {
+            if (atomic_load(&srv.inflight) == 0) break;
+            if (moa_sched_now() >= drain_until) {
+                moa_log(MOA_LOG_WARN, "drain deadline: %ld request(s) still in flight get 503",
+                        atomic_load(&srv.inflight));
+                break;
+            }
+        }
+    }
+    status = 0;
+done:
+    atomic_store(&srv.ready, 0);
+    // Hand every held job back (503), let those answers go out, then close.
+    moa_sched_stop(srv.sched);
+    for (int i = 0; i < 100 && atomic_load(&srv.inflight) > 0; i++) usleep(10000);
+    moa_http_stop(http);
+    moa_sched_free(srv.sched);
+    moa_heads_free(srv.heads);
+    moa_cache_free(srv.cache);
+    moa_tokenizer_free(srv.tok);
+    moa_model_free(srv.model);
+    moa_metrics_free(srv.metrics);
+    for (int i = 0; i < srv.n_keys; i++) free(srv.keys[i]);
+    free(srv.keys);
+    pthread_rwlock_destroy(&srv.keys_lock);
+    if (status == 0) moa_log(MOA_LOG_INFO, "stopped");
+    return status;
+}

@@ -1,0 +1,789 @@
+#!/usr/bin/python3
+"""End-to-end tests of moa-server: real server processes on free ports.
+
+    /usr/bin/python3 tests/e2e/run_e2e.py --server build/release/moa-server
+    /usr/bin/python3 tests/e2e/run_e2e.py --server build/asan/moa-server --sanitizer
+    /usr/bin/python3 tests/e2e/run_e2e.py --server ... -k heads      # only names containing "heads"
+
+Each test starts (or shares) a moa-server on tests/fixtures/models/tiny-trained
+with the settings it needs, talks HTTP to it with the standard library only,
+and checks answers, logs and exit codes. Prints one line per test and ends with
+`N passed, M failed`; exits 1 on any failure. See tests/e2e/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import urllib.parse
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODEL = os.path.join(REPO, "tests", "fixtures", "models", "tiny-trained")
+SAMPLE = os.path.join(REPO, "tests", "fixtures", "sample.en-de.tsv")
+SCORE_TOL = 1e-3
+
+ARGS: argparse.Namespace
+TMP = tempfile.mkdtemp(prefix="moa-e2e-")
+
+
+def sentences(n: int, offset: int = 0) -> List[str]:
+    with open(SAMPLE, encoding="utf-8") as f:
+        src = [line.split("\t")[0].strip() for line in f if line.strip()]
+    src = [s for s in src if s]
+    return [src[(offset + i) % len(src)] for i in range(n)]
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Server:
+    """A moa-server process; stderr goes to a file that tests may read."""
+
+    def __init__(self, name: str, *flags: str, env: Optional[Dict[str, str]] = None,
+                 config: Optional[str] = None) -> None:
+        self.name = name
+        self.port = free_port()
+        self.log_path = os.path.join(TMP, f"{name}.log")
+        cmd = [ARGS.server, "--model", MODEL, "--port", str(self.port), "--listen", "127.0.0.1",
+               "--compute-threads", "1"]
+        if config:
+            cmd += ["--config", config]
+        else:
+            cmd += ["--config", os.devnull]
+        cmd += list(flags)
+        e = dict(os.environ)
+        e.update(env or {})
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, env=e)
+        deadline = time.time() + (60 if ARGS.sanitizer else 20)
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{name}: server exited with {self.proc.returncode}:\n"
+                                   + self.read_log())
+            try:
+                if request(self, "GET", "/ready")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{name}: not ready in time:\n{self.read_log()}")
+
+    def read_log(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise RuntimeError(f"{self.name}: did not exit after signal {sig}")
+        self.log.close()
+        return self.proc.returncode
+
+
+def request(srv: Server, method: str, path: str, body: Any = None,
+            headers: Optional[Dict[str, str]] = None, timeout: float = 120
+            ) -> Tuple[int, Dict[str, str], bytes]:
+    h = dict(headers or {})
+    data: Optional[bytes] = None
+    if body is not None:
+        if isinstance(body, (bytes, bytearray)):
+            data = bytes(body)
+        elif isinstance(body, str):
+            data = body.encode("utf-8")
+        else:
+            data = json.dumps(body).encode("utf-8")
+            h.setdefault("Content-Type", "application/json")
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=timeout)
+    try:
+        conn.request(method, path, body=data, headers=h)
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def translate(srv: Server, body: Any, headers: Optional[Dict[str, str]] = None,
+              expect: int = 200) -> Dict[str, Any]:
+    st, hd, data = request(srv, "POST", "/translate", body, headers)
+    j = json.loads(data)
+    if st != expect:
+        raise AssertionError(f"expected {expect}, got {st}: {data[:300]!r}")
+    assert "x-request-id" in hd, "no X-Request-Id"
+    return j
+
+
+def check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise AssertionError(msg)
+
+
+# --- registry ---------------------------------------------------------------------------
+
+TESTS: List[Tuple[str, Callable[[], None]]] = []
+SERVERS: Dict[str, Server] = {}
+
+
+def test(fn: Callable[[], None]) -> Callable[[], None]:
+    TESTS.append((fn.__name__, fn))
+    return fn
+
+
+def main_server() -> Server:
+    """Cache off, room for ≥ 64 concurrent sentences: the reference server."""
+    if "main" not in SERVERS:
+        SERVERS["main"] = Server("main", "--cache-size", "0", "--max-inflight", "128",
+                                 "--max-batch-rows", "1024")
+    return SERVERS["main"]
+
+
+def limits_server() -> Server:
+    if "limits" not in SERVERS:
+        keys = os.path.join(TMP, "keys.txt")
+        with open(keys, "w") as f:
+            f.write("# test keys\nsecret-one\n")
+        SERVERS["limits"] = Server(
+            "limits", "--api-keys-file", keys, "--max-texts", "3", "--max-chars", "200",
+            "--max-body", "4096", "--split-tokens", "12", "--cache-size", "100",
+            "--log-format", "json", env={"MOA_MAX_TEXTS": "4"})
+    return SERVERS["limits"]
+
+
+KEY = {"Authorization": "Bearer secret-one"}
+
+
+# --- the small endpoints ------------------------------------------------------------------
+
+@test
+def test_health_ready_languages():
+    s = main_server()
+    st, hd, b = request(s, "GET", "/health")
+    check(st == 200 and json.loads(b)["status"] == "ok", f"/health {st} {b!r}")
+    st, hd, b = request(s, "GET", "/ready")
+    check(st == 200 and json.loads(b)["ready"] is True, f"/ready {st}")
+    st, hd, b = request(s, "GET", "/languages")
+    langs = json.loads(b)
+    check(st == 200 and langs[0]["code"] == "en" and langs[0]["targets"] == ["de"], f"{langs}")
+    check(any(l["code"] == "de" for l in langs), "target language listed")
+    check(hd.get("x-request-id"), "request id on GET")
+
+
+@test
+def test_request_id_echo_and_generated():
+    s = main_server()
+    st, hd, _ = request(s, "GET", "/health", headers={"X-Request-Id": "abc-123"})
+    check(hd["x-request-id"] == "abc-123", "client's id echoed")
+    st, hd1, _ = request(s, "GET", "/health")
+    st, hd2, _ = request(s, "GET", "/health")
+    check(hd1["x-request-id"] != hd2["x-request-id"], "generated ids differ")
+    st, hd, _ = request(s, "GET", "/health", headers={"X-Request-Id": "bad id with spaces"})
+    check(hd["x-request-id"] != "bad id with spaces", "invalid client id replaced")
+
+
+@test
+def test_404_405_options():
+    s = main_server()
+    st, hd, b = request(s, "GET", "/nope")
+    check(st == 404 and "error" in json.loads(b), f"404: {st}")
+    st, hd, b = request(s, "GET", "/translate")
+    check(st == 405 and "POST" in hd.get("allow", "") and "error" in json.loads(b), f"405: {st}")
+    st, hd, b = request(s, "DELETE", "/heads")
+    check(st == 405 and "error" in json.loads(b), f"405 on /heads: {st}")
+    st, hd, b = request(s, "GET", "/heads/reset")
+    check(st == 405, f"GET /heads/reset: {st}")
+    st, hd, b = request(s, "OPTIONS", "/translate")
+    check(st == 204 and "access-control-allow-origin" in hd, f"OPTIONS: {st}")
+
+
+# --- /translate ------------------------------------------------------------------------------
+
+def cli_translate(lines: List[str], beam: int) -> List[str]:
+    cli = os.path.join(os.path.dirname(ARGS.server), "moa-translate")
+    if not os.path.exists(cli):
+        cli = os.path.join(REPO, "build", "release", "moa-translate")
+    r = subprocess.run([cli, "--model", MODEL, "--beam", str(beam)], input="\n".join(lines) + "\n",
+                       capture_output=True, text=True, check=True)
+    return r.stdout.split("\n")[:len(lines)]
+
+
+@test
+def test_translate_matches_cli():
+    s = main_server()
+    src = sentences(12)
+    for beam in (1, 4):
+        want = cli_translate(src, beam)
+        got = translate(s, {"text": src, "beam_size": beam})
+        check(got["translatedText"] == want, f"beam {beam}: server {got['translatedText']} "
+              f"!= CLI {want}")
+        check([t["text"] for t in got["translations"]] == want, "translations[].text")
+
+
+@test
+def test_translate_shapes_and_fields():
+    s = main_server()
+    j = translate(s, {"text": "Delete unused", "return_scores": True})
+    check(isinstance(j["translatedText"], str), "string in, string out")
+    check(j["model"] == "moa-en-de-tiny", f"model {j['model']}")
+    check(set(j["timing"]) == {"queue_ms", "compute_ms", "total_ms"}, f"timing {j['timing']}")
+    check(isinstance(j["translations"][0]["score"], float) and j["translations"][0]["score"] < 0,
+          "score")
+    check("detectedLanguage" not in j, "no detectedLanguage without auto")
+    j = translate(s, {"q": ["Delete unused", "Search R Help"], "source": "auto", "target": "de"})
+    check(isinstance(j["translatedText"], list) and len(j["translatedText"]) == 2, "array out")
+    check(j["detectedLanguage"][0]["language"] == "en", f"{j.get('detectedLanguage')}")
+    j = translate(s, {"text": "Delete unused", "source": "EN", "target": "de-DE",
+                      "unknown_field": [1, 2]})
+    check(j["translatedText"], "language tags and unknown fields accepted")
+
+
+@test
+def test_lines_whitespace_kept():
+    s = main_server()
+    text = "  Delete unused\n\nSearch R Help  \n\t\nOpen file"
+    j = translate(s, {"text": text, "beam_size": 1})
+    out = j["translatedText"]
+    lines_in, lines_out = text.split("\n"), out.split("\n")
+    check(len(lines_in) == len(lines_out), f"{len(lines_in)} lines in, {len(lines_out)} out")
+    check(lines_out[1] == "" and lines_out[3] == "\t", f"blank lines kept: {lines_out}")
+    check(lines_out[0].startswith("  ") and lines_out[2].endswith("  "), "whitespace kept")
+    alone = [translate(s, {"text": t.strip(), "beam_size": 1})["translatedText"]
+             for t in ("Delete unused", "Search R Help", "Open file")]
+    check([lines_out[0].strip(), lines_out[2].strip(), lines_out[4]] == alone,
+          "each line translated as its own unit")
+
+
+@test
+def test_long_line_split_and_joined():
+    s = limits_server()  # split_tokens 12
+    parts = ["Delete unused files from the current folder.", "Search the R Help pages now!",
+             "Set the faintest magnitude for drawing asteroids?"]
+    line = "  " + "  ".join(parts) + " "
+    j = translate(s, {"text": line, "beam_size": 1}, headers=KEY)
+    out = j["translatedText"]
+    check("\n" not in out and out.startswith("  ") and out.endswith(" "), f"one line: {out!r}")
+    alone = [translate(s, {"text": p, "beam_size": 1}, headers=KEY)["translatedText"] for p in parts]
+    check(out == "  " + "  ".join(alone) + " ", f"{out!r} != pieces {alone}")
+
+
+@test
+def test_html_format():
+    s = main_server()
+    html = '<p class="x">Delete unused</p> &amp; <b>Search R Help</b><br/><script>var a = "Open file";</script>&#169;'
+    j = translate(s, {"text": html, "format": "html", "beam_size": 1})
+    out = j["translatedText"]
+    tags = re.findall(r"<[^>]*>|&[#a-z0-9]+;", html)
+    check(re.findall(r"<[^>]*>|&[#a-z0-9]+;", out) == tags, f"markup intact: {out}")
+    check('<script>var a = "Open file";</script>' in out, "script body untouched")
+    d = translate(s, {"text": "Delete unused", "beam_size": 1})["translatedText"]
+    check(f'<p class="x">{d}</p>' in out, f"text between tags translated: {out}")
+
+
+@test
+def test_libretranslate_form():
+    s = main_server()
+    body = urllib.parse.urlencode({"q": "Delete unused", "source": "en", "target": "de",
+                                   "format": "text", "api_key": "", "alternatives": "2"})
+    st, hd, b = request(s, "POST", "/translate", body,
+                        {"Content-Type": "application/x-www-form-urlencoded"})
+    j = json.loads(b)
+    check(st == 200, f"{st} {b!r}")
+    check(isinstance(j["translatedText"], str), "translatedText string")
+    check(isinstance(j["alternatives"], list) and len(j["alternatives"]) == 2, f"{j}")
+    check(j["translations"][0]["alternatives"] == j["alternatives"], "same alternatives")
+    body = urllib.parse.urlencode({"q": "Delete unused", "source": "auto", "target": "de"})
+    st, hd, b = request(s, "POST", "/translate", body,
+                        {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+    j = json.loads(b)
+    check(st == 200 and j["detectedLanguage"]["language"] == "en", f"auto: {j}")
+
+
+@test
+def test_libretranslate_json_alternatives_array():
+    s = main_server()
+    j = translate(s, {"q": ["Delete unused", "Search R Help"], "source": "en", "target": "de",
+                      "alternatives": 1})
+    check(len(j["alternatives"]) == 2 and all(len(a) == 1 for a in j["alternatives"]), f"{j}")
+
+
+@test
+def test_sampling_seeded_reproducible():
+    s = main_server()
+    body = {"text": ["Delete unused", "Search R Help"], "sampling_topk": 20, "seed": 42}
+    a, b = translate(s, body), translate(s, body)
+    check(a["translatedText"] == b["translatedText"] and a["seed"] == 42, "same seed, same text")
+    j = translate(s, {"text": "Delete unused", "sampling_topp": 0.9})
+    check(isinstance(j["seed"], (int, float)), "random seed reported")
+
+
+@test
+def test_traces():
+    s = main_server()
+    j = translate(s, {"text": "Delete unused files\nSearch R Help", "trace": True, "beam_size": 2})
+    tr = j["translations"][0]["trace"]
+    check(len(tr) == 2, f"one trace per line, got {len(tr)}")
+    for seg in tr:
+        n_src, n_tgt = len(seg["source_pieces"]), len(seg["target_pieces"])
+        check(seg["source_pieces"][-1] == "</s>" and seg["target_pieces"][-1] == "</s>", "eos")
+        check(len(seg["encoder"]) == 2 and all(len(l) == n_src for l in seg["encoder"]), "enc")
+        for mod in ("decoder_self", "decoder_cross"):
+            check(len(seg[mod]) == 2 and all(len(l) == n_tgt for l in seg[mod]), mod)
+        e = seg["encoder"][0][0]
+        check(len(e["experts"]) == 2 and len(e["gates"]) == 2 and "margin" in e, f"{e}")
+        check(all(0 <= x < 4 for l in seg["decoder_cross"] for p in l for x in p["experts"]),
+              "expert ids")
+
+
+# --- /heads and /metrics ----------------------------------------------------------------------
+
+@test
+def test_heads_counts_add_up():
+    s = main_server()
+    st, _, b = request(s, "POST", "/heads/reset")
+    check(st == 200, f"reset {st}")
+    h = json.loads(request(s, "GET", "/heads")[2])
+    check(h["source_tokens"] == 0 and h["sentences"] == 0, "reset zeroes")
+    n_src = n_tgt = 0
+    for beam in (1, 4):
+        j = translate(s, {"text": sentences(6, 3 * beam), "trace": True, "beam_size": beam})
+        for t in j["translations"]:
+            for seg in t["trace"]:
+                n_src += len(seg["source_pieces"])
+                n_tgt += len(seg["target_pieces"])
+    h = json.loads(request(s, "GET", "/heads")[2])
+    k = h["top_k"]
+    check(h["source_tokens"] == n_src and h["target_tokens"] == n_tgt,
+          f"heads {h['source_tokens']}/{h['target_tokens']} vs responses {n_src}/{n_tgt}")
+    for mod, toks in (("encoder", n_src), ("decoder_self", n_tgt), ("decoder_cross", n_tgt)):
+        for layer in h["modules"][mod]["layers"]:
+            total = sum(e["tokens"] for e in layer["experts"])
+            check(total == toks * k and layer["tokens"] == toks * k,
+                  f"{mod} layer {layer['layer']}: {total} != {toks} x {k}")
+            check(abs(sum(e["share"] for e in layer["experts"]) - 1) < 1e-9, "shares sum to 1")
+            check(0 <= layer["entropy"] <= 1 and layer["cv"] >= 0, "cv/entropy")
+            for e in layer["experts"]:
+                check(0 < e["mean_gate"] <= 1 or e["tokens"] == 0, "mean gate")
+                check(sum(p["count"] for p in e["top_pieces"]) <= e["tokens"], "pieces")
+    st, hd, b = request(s, "GET", "/heads?format=text")
+    check(st == 200 and hd["content-type"].startswith("text/plain") and b"encoder layer 0" in b,
+          "text format")
+    st, hd, b = request(s, "GET", "/heads", headers={"Accept": "text/plain"})
+    check(hd["content-type"].startswith("text/plain"), "Accept: text/plain")
+    st, hd, b = request(s, "GET", "/heads?format=xml")
+    check(st == 400, "bad format")
+
+
+PROM_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*"'
+                       r'(?:,[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*")*)?\})? '
+                       r'(-?[0-9.eE+-]+|NaN|\+Inf|-Inf)$')
+
+
+def parse_prometheus(text: str) -> Dict[str, Dict[str, float]]:
+    """Checks the exposition format; returns {name: {labels: value}}."""
+    types: Dict[str, str] = {}
+    out: Dict[str, Dict[str, float]] = {}
+    for line in text.splitlines():
+        if not line:
+            continue
+        if line.startswith("# TYPE "):
+            _, _, name, typ = line.split(" ", 3)
+            check(typ in ("counter", "gauge", "histogram", "summary", "untyped"), line)
+            check(name not in types, f"TYPE twice: {name}")
+            types[name] = typ
+            continue
+        if line.startswith("#"):
+            check(line.startswith("# HELP "), f"comment: {line}")
+            continue
+        m = PROM_LINE.match(line)
+        check(m is not None, f"not a sample line: {line!r}")
+        name, labels, value = m.group(1), m.group(3) or "", float(m.group(4))
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        check(name in types or base in types, f"sample before its TYPE: {name}")
+        out.setdefault(name, {})[labels] = value
+    for name, typ in types.items():
+        if typ == "histogram":
+            buckets = out.get(name + "_bucket", {})
+            vals = [v for _, v in sorted(((float(re.search(r'le="([^"]+)"', l).group(1)
+                                                  .replace("+Inf", "inf")), v)
+                                          for l, v in buckets.items()))]
+            check(vals == sorted(vals), f"{name}: buckets not cumulative")
+            check(vals[-1] == out[name + "_count"][""], f"{name}: +Inf != count")
+    return out
+
+
+@test
+def test_metrics_prometheus():
+    s = main_server()
+    translate(s, {"text": "Delete unused"})
+    st, hd, b = request(s, "GET", "/metrics")
+    check(st == 200 and hd["content-type"].startswith("text/plain"), f"{st}")
+    m = parse_prometheus(b.decode())
+    for name in ("moa_http_requests_total", "moa_request_duration_seconds_bucket",
+                 "moa_queue_duration_seconds_count", "moa_compute_duration_seconds_sum",
+                 "moa_sentences_translated_total", "moa_target_tokens_total",
+                 "moa_queue_sentences", "moa_batch_rows_bucket", "moa_live_sentences",
+                 "moa_expert_tokens_total", "moa_cache_hits_total", "moa_cache_misses_total"):
+        check(name in m, f"missing {name}")
+    check(m["moa_http_requests_total"]['endpoint="/translate",status="200"'] >= 1, "counted")
+
+
+@test
+def test_cache_hits():
+    s = limits_server()
+    def hits() -> float:
+        return parse_prometheus(request(s, "GET", "/metrics")[2].decode())["moa_cache_hits_total"][""]
+    body = {"text": "Open the file manager", "beam_size": 2}
+    h0 = hits()
+    a = translate(s, body, headers=KEY)
+    b = translate(s, body, headers=KEY)
+    check(a["translatedText"] == b["translatedText"], "cached answer identical")
+    check(hits() == h0 + 1, "one hit")
+    translate(s, dict(body, beam_size=3), headers=KEY)
+    check(hits() == h0 + 1, "other options: no hit")
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+def expect_error(srv: Server, status: int, body: Any, headers: Optional[Dict[str, str]] = None,
+                 contains: str = "") -> Dict[str, str]:
+    st, hd, b = request(srv, "POST", "/translate", body, headers)
+    check(st == status, f"expected {status}, got {st}: {b[:200]!r}")
+    j = json.loads(b)
+    check(list(j) == ["error"] and isinstance(j["error"], str), f"error body: {j}")
+    check(contains in j["error"], f"{j['error']!r} lacks {contains!r}")
+    check("x-request-id" in hd, "X-Request-Id on errors")
+    return hd
+
+
+@test
+def test_errors_400():
+    s = main_server()
+    ct = {"Content-Type": "application/json"}
+    expect_error(s, 400, b'{"text": "a"', ct, "malformed JSON")
+    expect_error(s, 400, b'[1, 2]', ct, "object")
+    expect_error(s, 400, {"text": 5}, contains="string")
+    expect_error(s, 400, {"text": ["a", 3]}, contains="text[1]")
+    expect_error(s, 400, {"beam_size": 2}, contains="missing text")
+    expect_error(s, 400, b'{"text": "caf\xff"}', ct, "UTF-8")
+    expect_error(s, 400, {"text": ""}, contains="empty")
+    expect_error(s, 400, {"text": []}, contains="empty")
+    expect_error(s, 400, {"text": "a", "beam_size": 0}, contains="beam_size")
+    expect_error(s, 400, {"text": "a", "beam_size": "4"}, contains="beam_size")
+    expect_error(s, 400, {"text": "a", "sampling_topp": 1.5}, contains="sampling_topp")
+    expect_error(s, 400, {"text": "a", "max_length": 5000}, contains="max_length")
+    expect_error(s, 400, {"text": "a", "trace": "yes"}, contains="trace")
+    expect_error(s, 400, {"text": "a", "source": "fr"}, contains="unsupported source")
+    expect_error(s, 400, {"text": "a", "target": "fr"}, contains="unsupported target")
+    expect_error(s, 400, {"text": "a", "format": "pdf"}, contains="format")
+    expect_error(s, 400, {"text": "a", "alternatives": 3, "beam_size": 2}, contains="alternatives")
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    expect_error(s, 400, "q=%zz", form, "escape")
+
+
+@test
+def test_errors_limits_400_413_415():
+    s = limits_server()  # max_texts 3 (file/flag) overridden to 4 by MOA_MAX_TEXTS, max_chars 200
+    translate(s, {"text": ["a", "b", "c", "d"]}, headers=KEY)
+    expect_error(s, 400, {"text": ["a"] * 5}, KEY, "max_texts is 4")
+    expect_error(s, 400, {"text": "x" * 201}, KEY, "max_chars is 200")
+    translate(s, {"text": "é" * 200}, headers=KEY)  # characters, not bytes
+    hd = expect_error(s, 413, {"text": "y" * 5000}, KEY, "max_body")
+    expect_error(s, 415, b"text=hi", dict(KEY, **{"Content-Type": "text/plain"}), "Content-Type")
+    # a chunked body has no Content-Length: refused after reading
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+    def chunks():
+        yield b'{"text": "'
+        for _ in range(10):
+            yield b"z" * 1000
+        yield b'"}'
+    conn.request("POST", "/translate", body=chunks(), headers=dict(KEY, **{
+        "Content-Type": "application/json", "Transfer-Encoding": "chunked"}), encode_chunked=True)
+    r = conn.getresponse()
+    check(r.status == 413 and "error" in json.loads(r.read()), f"chunked: {r.status}")
+    conn.close()
+
+
+@test
+def test_errors_403_keys_and_sighup():
+    s = limits_server()
+    expect_error(s, 403, {"text": "a"}, contains="API key")
+    expect_error(s, 403, {"text": "a", "api_key": "wrong"}, contains="invalid")
+    translate(s, {"text": "a", "api_key": "secret-one"})
+    translate(s, {"text": "a"}, headers=KEY)
+    form = urllib.parse.urlencode({"q": "a", "api_key": "secret-one"})
+    st, _, _ = request(s, "POST", "/translate", form,
+                       {"Content-Type": "application/x-www-form-urlencoded"})
+    check(st == 200, f"form key: {st}")
+    st, _, _ = request(s, "POST", "/heads/reset")
+    check(st == 403, f"/heads/reset without key: {st}")
+    with open(os.path.join(TMP, "keys.txt"), "a") as f:
+        f.write("secret-two\n")
+    expect_error(s, 403, {"text": "a", "api_key": "secret-two"})
+    s.proc.send_signal(signal.SIGHUP)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if request(s, "POST", "/translate", {"text": "a", "api_key": "secret-two"})[0] == 200:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("SIGHUP did not reload the keys")
+
+
+@test
+def test_errors_429_and_504():
+    s = Server("queue", "--max-inflight", "1", "--max-queue", "5", "--timeout", "1.5",
+               "--cache-size", "0")
+    try:
+        long_text = "\n".join(sentences(60))
+        res: Dict[str, Any] = {}
+        def big() -> None:
+            res["big"] = request(s, "POST", "/translate", {"text": long_text, "beam_size": 4})
+        t = threading.Thread(target=big)
+        t.start()
+        time.sleep(0.3)
+        hd = expect_error(s, 429, {"text": "\n".join(sentences(6))}, contains="max_queue")
+        check(int(hd.get("retry-after", "0")) >= 1, f"Retry-After: {hd.get('retry-after')}")
+        t.join()
+        st, _, b = res["big"]
+        check(st in (200, 504), f"big: {st}")
+        # 504: a request that cannot finish in 1.5 s with one sentence in flight
+        st, _, b = request(s, "POST", "/translate", {"text": "\n".join(sentences(400)),
+                                                     "beam_size": 8})
+        check(st == 504 and "timed out" in json.loads(b)["error"], f"504: {st} {b[:100]!r}")
+        time.sleep(0.2)
+        m = parse_prometheus(request(s, "GET", "/metrics")[2].decode())
+        check(m["moa_live_sentences"][""] == 0 and m["moa_queue_sentences"][""] == 0,
+              "timed-out sentences left the batch")
+        translate(s, {"text": "Delete unused"})  # still serving
+    finally:
+        check(s.stop() == 0, "exit 0")
+
+
+@test
+def test_client_disconnect_cancels():
+    s = main_server()
+    body = json.dumps({"text": "\n".join(sentences(300)), "beam_size": 8}).encode()
+    sock = socket.create_connection(("127.0.0.1", s.port))
+    sock.sendall(b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"X-Request-Id: gone-client\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    time.sleep(0.2)
+    sock.close()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if "gone-client POST /translate 499" in s.read_log():
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("no 499 access-log line for the abandoned request")
+    m = parse_prometheus(request(s, "GET", "/metrics")[2].decode())
+    check(m["moa_live_sentences"][""] == 0, "its sentences left the batch")
+
+
+# --- batching and fairness -------------------------------------------------------------------
+
+@test
+def test_batching_identity_64_concurrent():
+    s = main_server()
+    src = sentences(40, 7)
+    opts = [{"beam_size": 1}, {"beam_size": 4}, {"beam_size": 4, "num_hypotheses": 2}]
+    alone: Dict[Tuple[int, int], Dict[str, Any]] = {}
+    for i, sent in enumerate(src):
+        for o in range(len(opts)):
+            alone[(i, o)] = translate(s, dict(opts[o], text=sent, return_scores=True))
+    jobs = [(i, o) for i in range(len(src)) for o in range(len(opts))]  # 120 requests
+    def one(key: Tuple[int, int]) -> Tuple[Tuple[int, int], Dict[str, Any]]:
+        i, o = key
+        return key, translate(s, dict(opts[o], text=src[i], return_scores=True))
+    peak = 0
+    with cf.ThreadPoolExecutor(max_workers=len(jobs)) as ex:
+        futs = [ex.submit(one, k) for k in jobs]
+        # the batch really is shared: watch the live-sentence gauge meanwhile
+        while not all(f.done() for f in futs):
+            m = parse_prometheus(request(s, "GET", "/metrics")[2].decode())
+            peak = max(peak, m["moa_live_sentences"][""])
+            time.sleep(0.005)
+        together = dict(f.result() for f in futs)
+    bad = 0
+    for k in jobs:
+        a, b = alone[k]["translations"][0], together[k]["translations"][0]
+        if a["text"] != b["text"] or a.get("alternatives") != b.get("alternatives") or \
+                abs(a["score"] - b["score"]) > SCORE_TOL:
+            bad += 1
+            print(f"    differs {k}: {a} vs {b}")
+    check(bad == 0, f"{bad} of {len(jobs)} results changed under batching")
+    h = parse_prometheus(request(s, "GET", "/metrics")[2].decode())
+    rows = h["moa_batch_rows_bucket"]
+    check(rows['le="64"'] < rows['le="+Inf"'] or peak >= 8,
+          f"concurrent requests were batched (peak live {peak})")
+
+
+@test
+def test_fairness_short_request_not_stuck():
+    s = Server("fair", "--max-inflight", "8", "--cache-size", "0")
+    try:
+        done: Dict[str, float] = {}
+        def run(name: str, text: str) -> None:
+            st, _, _ = request(s, "POST", "/translate", {"text": text, "beam_size": 4})
+            check(st == 200, f"{name}: {st}")
+            done[name] = time.time()
+        big = threading.Thread(target=run, args=("big", "\n".join(sentences(300))))
+        big.start()
+        time.sleep(0.15)
+        t0 = time.time()
+        small = threading.Thread(target=run, args=("small", "Delete unused"))
+        small.start()
+        small.join()
+        big.join()
+        check(done["small"] < done["big"], "the 1-line request finished after the 300-line one")
+        print(f"    1-line request: {1e3 * (done['small'] - t0):.0f} ms; 300-line request "
+              f"finished {1e3 * (done['big'] - done['small']):.0f} ms later")
+    finally:
+        s.stop()
+
+
+# --- running it -------------------------------------------------------------------------------
+
+@test
+def test_sigterm_drains():
+    s = Server("drain", "--cache-size", "0", "--max-inflight", "1", "--drain-timeout", "60")
+    lines = sentences(300)
+    res: Dict[str, Any] = {}
+    def big() -> None:
+        res["big"] = request(s, "POST", "/translate", {"text": "\n".join(lines)})
+    t = threading.Thread(target=big)
+    t.start()
+    time.sleep(0.2)
+    s.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    check(s.proc.poll() is None, "still running while a request is in flight")
+    st, _, b = request(s, "GET", "/ready")
+    check(st == 503 and "drain" in json.loads(b)["error"], f"/ready while draining: {st}")
+    expect_error(s, 503, {"text": "Delete unused"}, contains="shutting down")
+    st, _, _ = request(s, "GET", "/health")
+    check(st == 200, "alive while draining")
+    t.join()
+    st, _, b = res["big"]
+    check(st == 200, f"in-flight request: {st}")
+    out = json.loads(b)["translatedText"].split("\n")
+    check(len(out) == len(lines) and all(out), "every line answered")
+    rc = s.proc.wait(60)
+    s.log.close()
+    check(rc == 0, f"exit status {rc}:\n{s.read_log()[-2000:]}")
+    check("draining" in s.read_log(), "drain logged")
+
+
+@test
+def test_access_log_and_startup_log():
+    s = main_server()
+    translate(s, {"text": "Secret user sentence"}, headers={"X-Request-Id": "log-check-1"})
+    time.sleep(0.1)
+    log = s.read_log()
+    line = [l for l in log.splitlines() if "log-check-1" in l]
+    check(len(line) == 1, f"one access line: {line}")
+    check(re.search(r"log-check-1 POST /translate 200 texts=1 sentences=1 tokens=\d+/\d+ ms=",
+                    line[0]) is not None, line[0])
+    check("Secret user sentence" not in log, "no user text in the log")
+    check("OpenBLAS" in log and "compute" in log and "http" in log, "threads and BLAS logged")
+    ls = limits_server()
+    translate(ls, {"text": "a"}, headers=dict(KEY, **{"X-Request-Id": "json-line"}))
+    time.sleep(0.1)
+    rec = [json.loads(l) for l in ls.read_log().splitlines() if "json-line" in l]
+    check(len(rec) == 1 and rec[0]["status"] == 200 and rec[0]["type"] == "access", f"{rec}")
+
+
+@test
+def test_probe_help_config():
+    s = main_server()
+    r = subprocess.run([ARGS.server, "--probe", "/ready", "--port", str(s.port),
+                        "--listen", "127.0.0.1"], capture_output=True, text=True)
+    check(r.returncode == 0, f"probe: {r.returncode} {r.stderr}")
+    r = subprocess.run([ARGS.server, "--probe", "/ready", "--port", str(free_port())],
+                       capture_output=True, text=True)
+    check(r.returncode == 1, "probe of a closed port fails")
+    r = subprocess.run([ARGS.server, "--help"], capture_output=True, text=True)
+    check(r.returncode == 0, "--help")
+    conf = os.path.join(REPO, "conf", "moa-server.conf")
+    keys = re.findall(r"^#?\s*([a-z_]+)\s*=", open(conf).read(), re.M)
+    for k in keys:
+        check(f"--{k.replace('_', '-')}" in r.stdout and f"MOA_{k.upper()}" in r.stdout,
+              f"--help lacks {k}")
+    check(len(set(keys)) >= 20, f"conf file documents {len(set(keys))} options")
+    r = subprocess.run([ARGS.server, "--config", conf, "--print-config", "--port", "9999"],
+                       capture_output=True, text=True, env=dict(os.environ, MOA_HTTP_THREADS="3"))
+    check(r.returncode == 0 and "port = 9999" in r.stdout and "http_threads = 3" in r.stdout,
+          f"flags and env override: {r.stdout} {r.stderr}")
+    r = subprocess.run([ARGS.server, "--max-queue", "zero"], capture_output=True, text=True)
+    check(r.returncode == 2 and "max_queue" in r.stderr, "bad value refused")
+    r = subprocess.run([ARGS.server, "--model", "/nonexistent", "--port", str(free_port()),
+                        "--config", os.devnull], capture_output=True, text=True, timeout=60)
+    check(r.returncode == 1 and "nonexistent" in r.stderr, f"missing model: {r.returncode}")
+
+
+def main() -> int:
+    global ARGS
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--server", default=os.path.join(REPO, "build", "release", "moa-server"),
+                   help="the moa-server binary to test")
+    p.add_argument("--sanitizer", action="store_true",
+                   help="an ASan/UBSan build: longer start-up waits, and its log is checked for "
+                        "sanitizer reports")
+    p.add_argument("-k", default="", help="run only tests whose name contains this")
+    ARGS = p.parse_args()
+    passed = failed = 0
+    for name, fn in TESTS:
+        if ARGS.k not in name:
+            continue
+        t0 = time.time()
+        try:
+            fn()
+            passed += 1
+            print(f"ok   {name} ({time.time() - t0:.1f} s)", flush=True)
+        except Exception as e:  # one failure must not stop the suite
+            failed += 1
+            print(f"FAIL {name}: {e}", flush=True)
+            if not isinstance(e, AssertionError):
+                traceback.print_exc()
+    for name, s in SERVERS.items():
+        try:
+            rc = s.stop()
+            if rc != 0:
+                failed += 1
+                print(f"FAIL server {name} exited with {rc}:\n{s.read_log()[-3000:]}")
+        except Exception as e:
+            failed += 1
+            print(f"FAIL server {name}: {e}")
+    if ARGS.sanitizer:
+        for f in sorted(os.listdir(TMP)):
+            if f.endswith(".log"):
+                text = open(os.path.join(TMP, f), errors="replace").read()
+                if "ERROR: AddressSanitizer" in text or "runtime error:" in text or \
+                        "ERROR: LeakSanitizer" in text:
+                    failed += 1
+                    print(f"FAIL sanitizer report in {f}:\n{text[-4000:]}")
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
