@@ -13,6 +13,7 @@
 #include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -615,19 +616,35 @@ static int is_line_error(int rc) { return rc == MOA_ETOOLONG || rc == MOA_EINVAL
 // Translates the batch through the session: every sentence is queued, then
 // stepped until all are taken. Per-sentence options carry seed + line index.
 // 0, or -1 on an engine failure that ends the run.
-static int translate_batch(cli_ctx *c, int n) {
+// The lines of one round, shared by all workers: each worker pulls the next
+// line when its session has room, so all of them finish the round together.
+typedef struct cli_round {
+    cli_item **items;           // in input order
+    int n;
+    atomic_int next;
+} cli_round;
+
+static int translate_batch(cli_ctx *c, cli_round *rd) {
     static const int dummy_src = 0;  // a valid pointer for empty sources
-    int next = 0, pending = 0;
+    int n = rd->n, pending = 0;
     // A sentence needs at most max_positions steps; even one sentence at a
     // time, n of them cannot take longer than this, so a longer loop means
     // the engine is stuck (better an error than a hang).
     long steps = 0, max_steps = ((long)c->cfg->max_positions + 8) * (n + 1);
     moa_result r;
     memset(&r, 0, sizeof r);
-    while (next < n || pending > 0) {
-        // keep --batch sentences in the session
-        for (; next < n && pending < c->args->batch; next++) {
-            cli_item *it = &c->items[next];
+    int more = 1;
+    while (more || pending > 0) {
+        // Keep --batch sentences in the session; refill in groups of a
+        // quarter batch so newcomers are encoded together, not one by one.
+        int refill = pending <= c->args->batch - (c->args->batch + 3) / 4 || !more;
+        while (refill && more && pending < c->args->batch) {
+            int next = atomic_fetch_add(&rd->next, 1);
+            if (next >= n) {
+                more = 0;
+                break;
+            }
+            cli_item *it = rd->items[next];
             if (it->failed) continue;
             moa_search_opts o = c->args->opts;
             o.seed += (uint64_t)it->index;
@@ -662,13 +679,7 @@ static int translate_batch(cli_ctx *c, int n) {
             memset(&r, 0, sizeof r);
         }
     }
-    for (int i = 0; i < n; i++) {
-        cli_item *it = &c->items[i];
-        if (it->failed) continue;
-        if (!it->done || it->res.n_hyps < 1)
-            item_fail(it, "", "the engine returned no hypothesis");
-    }
-    return 0;
+    return 0;  // main checks every item once all workers are done
 }
 
 // Forced decoding of the batch's pairs with one moa_score call. When that
@@ -941,12 +952,13 @@ static void ctx_free(cli_ctx *c) {
 typedef struct cli_job {
     cli_ctx *c;
     int n;
+    cli_round *round;
     int rc;
 } cli_job;
 
 static void *run_job(void *p) {
     cli_job *j = p;
-    j->rc = j->c->args->score ? score_batch(j->c, j->n) : translate_batch(j->c, j->n);
+    j->rc = j->c->args->score ? score_batch(j->c, j->n) : translate_batch(j->c, j->round);
     return NULL;
 }
 
@@ -1016,6 +1028,13 @@ int main(int argc, char **argv) {
     // Rounds: read up to W batches in input order, translate them in
     // parallel, write them in input order.
     double t1 = now_s();
+    cli_round round;
+    memset(&round, 0, sizeof round);
+    round.items = calloc((size_t)W * cs[0].chunk, sizeof *round.items);
+    if (!round.items) {
+        fprintf(stderr, CLI_NAME ": out of memory\n");
+        goto done;
+    }
     long next_index = 0;
     int failed = 0, eof = 0;
     while (!failed && !eof) {
@@ -1026,9 +1045,13 @@ int main(int argc, char **argv) {
             next_index = cs[w].next_index;
             if (n < 0) { failed = 1; break; }
             if (n == 0) { eof = 1; break; }
-            jobs[nw++] = (cli_job){&cs[w], n, 0};
+            jobs[nw++] = (cli_job){&cs[w], n, &round, 0};
         }
         if (failed || nw == 0) break;
+        round.n = 0;
+        atomic_store(&round.next, 0);
+        for (int w = 0; w < nw; w++)
+            for (int i = 0; i < jobs[w].n; i++) round.items[round.n++] = &jobs[w].c->items[i];
         int started = 1;
         for (int w = 1; w < nw; w++, started++)
             if (pthread_create(&th[w], NULL, run_job, &jobs[w]) != 0) {
@@ -1038,6 +1061,11 @@ int main(int argc, char **argv) {
             }
         run_job(&jobs[0]);
         for (int w = 1; w < started; w++) pthread_join(th[w], NULL);
+        for (int i = 0; !args.score && i < round.n; i++) {
+            cli_item *it = round.items[i];
+            if (!it->failed && (!it->done || it->res.n_hyps < 1))
+                item_fail(it, "", "the engine returned no hypothesis");
+        }
         for (int w = 0; w < nw && !failed; w++)
             if (jobs[w].rc != 0 || write_batch(jobs[w].c, jobs[w].n) != 0) failed = 1;
     }
@@ -1067,6 +1095,7 @@ int main(int argc, char **argv) {
         status = 1;
     }
     out = NULL;
+    free(round.items);
 done:
     if (out && out != stdout) fclose(out);
     if (in && in != stdin) fclose(in);

@@ -558,54 +558,60 @@ static int finish(const moa_config *c, sent *st, int slot, int token, float lp,
     return 0;
 }
 
-// Copies slot histories so that new slot j continues old slot parent[j].
+// For every slot j with parent[j] != j, copies the first `used` elements of
+// each of its `groups` runs (runs `run` elements apart, slots `slot_stride`
+// apart) from slot parent[j]. Staged through scratch: a parent may itself be
+// overwritten. Only the positions filled so far move, not the capacity.
+static void reorder_array(void *base, size_t elem, size_t slot_stride, int groups,
+                          size_t run, size_t used, const int *parent, int n,
+                          char *scratch) {
+    char *b = base;
+    size_t bytes = used * elem;
+    for (int j = 0; j < n; j++) {
+        if (parent[j] == j) continue;
+        for (int g = 0; g < groups; g++)
+            memcpy(scratch + ((size_t)j * groups + g) * bytes,
+                   b + ((size_t)parent[j] * slot_stride + g * run) * elem, bytes);
+    }
+    for (int j = 0; j < n; j++) {
+        if (parent[j] == j) continue;
+        for (int g = 0; g < groups; g++)
+            memcpy(b + ((size_t)j * slot_stride + g * run) * elem,
+                   scratch + ((size_t)j * groups + g) * bytes, bytes);
+    }
+}
+
+// Makes new slot j continue old slot parent[j]: its tokens, log-probs,
+// score, KV cache and traces.
 static int reorder(moa_session *s, sent *st, const int *parent, int n) {
     const moa_config *c = s->c;
     int identity = 1;
     for (int j = 0; j < n; j++) identity &= parent[j] == j;
     if (identity) return 0;
     int Ld = c->decoder_layers, h = c->head_dim, k = c->top_k;
-    size_t cap = (size_t)st->cap;
-    // one slot's worth of everything, per parent, into scratch first
-    size_t kv = (size_t)Ld * cap * h;
-    size_t tr = st->o.trace ? (size_t)Ld * cap * k : 0, trm = st->o.trace ? (size_t)Ld * cap : 0;
-    size_t per = 2 * kv + cap * 2 + 4 * tr + 2 * trm;  // floats (ints are the same size)
-    int rc = grow((void **)&s->reorder, &s->reorder_cap, per * n, sizeof(float));
+    size_t cap = (size_t)st->cap, pos = (size_t)st->step + 1, toks = (size_t)st->step;
+    // the largest array staged: KV, n slots × Ld layers × pos × h floats
+    size_t need = (size_t)n * Ld * pos * (h > k ? h : k) + (size_t)n * pos;
+    int rc = grow((void **)&s->reorder, &s->reorder_cap, need, sizeof(float));
     if (rc) return rc;
+    char *scr = (char *)s->reorder;
+    size_t kv_slot = (size_t)Ld * cap * h;
+    reorder_array(st->kc, sizeof(float), kv_slot, Ld, cap * h, pos * h, parent, n, scr);
+    reorder_array(st->vc, sizeof(float), kv_slot, Ld, cap * h, pos * h, parent, n, scr);
+    reorder_array(st->tokens, sizeof(int), cap, 1, cap, toks, parent, n, scr);
+    reorder_array(st->lps, sizeof(float), cap, 1, cap, toks, parent, n, scr);
+    if (st->o.trace) {
+        size_t tr_slot = (size_t)Ld * cap * k, trm_slot = (size_t)Ld * cap;
+        reorder_array(st->ds_e, sizeof(int), tr_slot, Ld, cap * k, pos * k, parent, n, scr);
+        reorder_array(st->ds_g, sizeof(float), tr_slot, Ld, cap * k, pos * k, parent, n, scr);
+        reorder_array(st->dc_e, sizeof(int), tr_slot, Ld, cap * k, pos * k, parent, n, scr);
+        reorder_array(st->dc_g, sizeof(float), tr_slot, Ld, cap * k, pos * k, parent, n, scr);
+        reorder_array(st->ds_m, sizeof(float), trm_slot, Ld, cap, pos, parent, n, scr);
+        reorder_array(st->dc_m, sizeof(float), trm_slot, Ld, cap, pos, parent, n, scr);
+    }
     double sc[MOA_MAX_BEAM];
-    for (int j = 0; j < n; j++) {
-        int p = parent[j];
-        float *o = s->reorder + per * j;
-        memcpy(o, st->kc + p * kv, kv * sizeof(float)); o += kv;
-        memcpy(o, st->vc + p * kv, kv * sizeof(float)); o += kv;
-        memcpy(o, st->tokens + p * cap, cap * sizeof(int)); o += cap;
-        memcpy(o, st->lps + p * cap, cap * sizeof(float)); o += cap;
-        if (tr) {
-            memcpy(o, st->ds_e + p * tr, tr * sizeof(int)); o += tr;
-            memcpy(o, st->ds_g + p * tr, tr * sizeof(float)); o += tr;
-            memcpy(o, st->dc_e + p * tr, tr * sizeof(int)); o += tr;
-            memcpy(o, st->dc_g + p * tr, tr * sizeof(float)); o += tr;
-            memcpy(o, st->ds_m + p * trm, trm * sizeof(float)); o += trm;
-            memcpy(o, st->dc_m + p * trm, trm * sizeof(float)); o += trm;
-        }
-        sc[j] = st->scores[p];
-    }
-    for (int j = 0; j < n; j++) {
-        const float *o = s->reorder + per * j;
-        memcpy(st->kc + j * kv, o, kv * sizeof(float)); o += kv;
-        memcpy(st->vc + j * kv, o, kv * sizeof(float)); o += kv;
-        memcpy(st->tokens + j * cap, o, cap * sizeof(int)); o += cap;
-        memcpy(st->lps + j * cap, o, cap * sizeof(float)); o += cap;
-        if (tr) {
-            memcpy(st->ds_e + j * tr, o, tr * sizeof(int)); o += tr;
-            memcpy(st->ds_g + j * tr, o, tr * sizeof(float)); o += tr;
-            memcpy(st->dc_e + j * tr, o, tr * sizeof(int)); o += tr;
-            memcpy(st->dc_g + j * tr, o, tr * sizeof(float)); o += tr;
-            memcpy(st->ds_m + j * trm, o, trm * sizeof(float)); o += trm;
-            memcpy(st->dc_m + j * trm, o, trm * sizeof(float)); o += trm;
-        }
-        st->scores[j] = sc[j];
-    }
+    for (int j = 0; j < n; j++) sc[j] = st->scores[parent[j]];
+    memcpy(st->scores, sc, (size_t)n * sizeof(double));
     return 0;
 }
 
