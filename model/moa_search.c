@@ -7,6 +7,10 @@
 
 #include "moa_impl.h"
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 // --- options -----------------------------------------------------------------
 
 void moa_search_opts_default(moa_search_opts *o) {
@@ -102,6 +106,23 @@ static void cand_insert(moa_cand *top, int *n, int want, const moa_cand *c) {
     top[i] = *c;
 }
 
+// A float at or below x, so that `lp < bound` implies hyp + lp < worst.
+static float lower_bound(double x) { return nextafterf((float)x, -INFINITY); }
+
+// Whether any of x[0..16) is >= bound.
+static int any_at_least(const float *x, float bound) {
+#if defined(__AVX2__)
+    __m256 b = _mm256_set1_ps(bound);
+    __m256 a0 = _mm256_cmp_ps(_mm256_loadu_ps(x), b, _CMP_GE_OQ);
+    __m256 a1 = _mm256_cmp_ps(_mm256_loadu_ps(x + 8), b, _CMP_GE_OQ);
+    return _mm256_movemask_ps(_mm256_or_ps(a0, a1)) != 0;
+#else
+    for (int j = 0; j < 16; j++)
+        if (x[j] >= bound) return 1;
+    return 0;
+#endif
+}
+
 int moa_beam_candidates(const float *lp, int n_hyp, int v,
                         const double *hyp_score, int want, moa_cand *out) {
     int n = 0;
@@ -111,15 +132,20 @@ int moa_beam_candidates(const float *lp, int n_hyp, int v,
         // enter. `floor` is a float bound at or below (worst - hyp score), so
         // the scan is one float comparison per token; the exact test in
         // double follows for the few that pass.
-        float floor = -INFINITY;
-        for (int t = 0; t < v; t++) {
-            if (row[t] < floor || row[t] == -INFINITY) continue;
-            double s = hyp_score[h] + (double)row[t];
-            if (n == want && s < out[want - 1].score) continue;
-            moa_cand c = {s, h, t, row[t]};
-            cand_insert(out, &n, want, &c);
-            if (n == want)
-                floor = nextafterf((float)(out[want - 1].score - hyp_score[h]), -INFINITY);
+        // Blocks of 16 tokens none of which reaches the bound are skipped
+        // with one vector comparison.
+        float floor = n == want ? lower_bound(out[want - 1].score - hyp_score[h]) : -INFINITY;
+        for (int t0 = 0; t0 < v; t0 += 16) {
+            int end = t0 + 16 < v ? t0 + 16 : v;
+            if (end - t0 == 16 && !any_at_least(row + t0, floor)) continue;
+            for (int t = t0; t < end; t++) {
+                if (row[t] < floor || row[t] == -INFINITY) continue;
+                double s = hyp_score[h] + (double)row[t];
+                if (n == want && s < out[want - 1].score) continue;
+                moa_cand c = {s, h, t, row[t]};
+                cand_insert(out, &n, want, &c);
+                if (n == want) floor = lower_bound(out[want - 1].score - hyp_score[h]);
+            }
         }
     }
     return n;
