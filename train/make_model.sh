@@ -11,7 +11,7 @@
 #      training corpus -> WORK/spm.model, WORK/vocab.txt (pieces in id order)
 #   2. token cache of train/valid/test -> WORK/data/
 #   3. training (train/train.py) -> WORK/run/checkpoint_last.pt, WORK/run/done.json
-#   4. export (F16 for the default model; plus the F16-vs-F32 score check)
+#   4. export (F32; for the default model also the F16-vs-F32 score check)
 #   5. evaluation with the C CLI (beam 4) -> config.json `metrics`, train/RESULTS.md
 #
 # Environment:
@@ -48,7 +48,9 @@ case "$MODE" in
     MINUTES=${MOA_TRAIN_MINUTES:-120}
     SPM_PAIRS=300000
     TRAIN_PAIRS=0
-    DTYPE=f16
+    # F32 (31.5 MB): F16 storage moves some tokens' scores by more than the
+    # 1e-3 the issue allows (routing flips; see the f16check in RESULTS.md).
+    DTYPE=f32
     ARCH="--d-model 256 --encoder-layers 3 --decoder-layers 3 --experts 8 --top-k 2 --head-dim 64 --ffn-dim 1024"
     OPTIM="--max-tokens 3072 --lr 1.5e-3 --warmup 800 --dropout 0.1 --valid-minutes 10 --bleu-minutes 20"
     RESULTS=train/RESULTS.md
@@ -140,7 +142,7 @@ if [ ! -f "$WORK/export.done" ] || [ "$WORK/run/done.json" -nt "$WORK/export.don
   $PY train/export_model.py export --checkpoint "$WORK/run/checkpoint_last.pt" \
     --spm "$WORK/spm.model" --vocab "$WORK/vocab.txt" --out "$OUT" --dtype "$DTYPE" --name "$NAME" \
     --description "$DESC"
-  if [ "$DTYPE" = f16 ]; then
+  if [ "$MODE" = default ]; then  # measure what F16 storage would cost
     $PY train/export_model.py f16check --checkpoint "$WORK/run/checkpoint_last.pt" \
       --spm "$WORK/spm.model" --vocab "$WORK/vocab.txt" --work "$WORK/f16check" \
       --pairs 200 --corpus "$CORPUS" --threads "$THREADS"
