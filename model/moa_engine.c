@@ -85,7 +85,8 @@ struct moa_session {
     int done_head, n_done, cap_done;
 
     work w;                 // grows to the largest batch seen
-    float *logits;          // max_rows × V
+    float *logits;          // max_rows × V, raw (unnormalised) after a step
+    float *lse;             // max_rows: log-sum-exp of each logits row
     float *att;             // attention scores, max over keys
     size_t att_cap;
     int *row_sent;          // row → index into sents
@@ -414,7 +415,8 @@ static int encode(moa_session *s, sent **list, int nl) {
 // --- decoder step --------------------------------------------------------------------
 
 // Runs the decoder for R rows (described by s->row_sent / row_slot) at each
-// sentence's current step and leaves log-probs in s->logits (R × V).
+// sentence's current step and leaves logits in s->logits (R × V) and their
+// log-sum-exp in s->lse.
 static int decode_rows(moa_session *s, int R) {
     const moa_model *m = s->m;
     const moa_config *c = s->c;
@@ -482,7 +484,7 @@ static int decode_rows(moa_session *s, int R) {
                       c->layernorm_eps);
     // logits (R×V) = x (R×d) @ out_projᵀ
     moa_gemm(0, 1, R, V, d, 1.0f, w->x, d, m->out_proj, d, 0.0f, s->logits, V);
-    moa_log_softmax(s->logits, R, V);
+    moa_logsumexp_rows(s->logits, R, V, s->lse);
     return 0;
 }
 
@@ -615,16 +617,17 @@ static int reorder(moa_session *s, sent *st, const int *parent, int n) {
     return 0;
 }
 
-// Advances one sentence given its rows' log-probs (n_live rows of V).
+// Advances one sentence given its rows' logits (n_live rows of V) and their
+// log-sum-exp: a token's log-prob is logit - lse, in float.
 // Returns 1 when the sentence is finished, 0 if it goes on, <0 on error.
-static int advance(moa_session *s, sent *st, float *lp) {
+static int advance(moa_session *s, sent *st, float *lp, const float *lse) {
     const moa_config *c = s->c;
     int V = c->vocab_size, t = st->step, rc;
     size_t cap = (size_t)st->cap;
 
     if (st->forced) {
         int tok = st->tgt[t];
-        float l = lp[tok];
+        float l = lp[tok] - lse[0];
         double total = st->scores[0] + (double)l;
         if (t == st->tgt_len - 1) {
             if ((rc = finish(c, st, 0, tok, l, total))) return rc;
@@ -642,7 +645,7 @@ static int advance(moa_session *s, sent *st, float *lp) {
     if (st->sampling) {
         int tok = moa_sample_token(lp, V, &st->o, &st->rng, s->sample_f, s->sample_i);
         if (tok < 0) return 1;  // nothing allowed: cannot happen with a sane config
-        float l = lp[tok];
+        float l = lp[tok] - lse[0];
         double total = st->scores[0] + (double)l;
         if (tok == c->eos_id) {
             if ((rc = finish(c, st, 0, tok, l, total))) return rc;
@@ -656,7 +659,7 @@ static int advance(moa_session *s, sent *st, float *lp) {
     }
 
     int B = st->beam;
-    int nc = moa_beam_candidates(lp, st->n_live, V, st->scores, 2 * B, s->cand);
+    int nc = moa_beam_candidates(lp, st->n_live, V, lse, st->scores, 2 * B, s->cand);
     int parent[MOA_MAX_BEAM], ntok[MOA_MAX_BEAM];
     float nlp[MOA_MAX_BEAM];
     double nscore[MOA_MAX_BEAM];
@@ -756,11 +759,12 @@ moa_session *moa_session_create(const moa_model *m, int max_rows, char *err,
     s->max_rows = max_rows;
     const moa_config *c = s->c;
     s->logits = malloc((size_t)max_rows * c->vocab_size * sizeof(float));
+    s->lse = malloc((size_t)max_rows * sizeof(float));
     s->row_sent = malloc((size_t)max_rows * sizeof(int));
     s->row_slot = malloc((size_t)max_rows * sizeof(int));
     s->sample_f = malloc((size_t)2 * c->vocab_size * sizeof(float));
     s->sample_i = malloc((size_t)c->vocab_size * sizeof(int));
-    if (!s->logits || !s->row_sent || !s->row_slot || !s->sample_f || !s->sample_i)
+    if (!s->logits || !s->lse || !s->row_sent || !s->row_slot || !s->sample_f || !s->sample_i)
         goto fail_alloc;
     if (work_reserve(&s->w, c, max_rows)) goto fail_alloc;
     if (ensure_att(s, (size_t)c->max_positions + 1)) goto fail_alloc;
@@ -778,7 +782,7 @@ void moa_session_free(moa_session *s) {
     for (int i = 0; i < s->n_done; i++) moa_result_clear(&s->done[s->done_head + i]);
     free(s->done);
     work_free(&s->w);
-    free(s->logits); free(s->att); free(s->row_sent); free(s->row_slot);
+    free(s->logits); free(s->lse); free(s->att); free(s->row_sent); free(s->row_slot);
     free(s->sample_f); free(s->sample_i); free(s->reorder);
     free(s);
 }
@@ -957,7 +961,7 @@ int moa_session_step(moa_session *s) {
         sent *st = s->sents[i];
         if (st->state != SENT_LIVE) { i++; continue; }
         int nl = st->n_live;
-        int fin = advance(s, st, s->logits + (size_t)r * c->vocab_size);
+        int fin = advance(s, st, s->logits + (size_t)r * c->vocab_size, s->lse + r);
         r += nl;
         if (fin < 0) return fin;
         if (fin) {

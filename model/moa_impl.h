@@ -114,6 +114,9 @@ void moa_layernorm(float *y, const float *x, int n, int d, const float *w,
                    const float *b, float eps);
 // In place: row := row - logsumexp(row), for n rows of width v.
 void moa_log_softmax(float *x, int n, int v);
+// lse[i] = logsumexp(row i) for n rows of width v; rows left as they are
+// (the decoder never needs the normalised row, only lse and a few entries).
+void moa_logsumexp_rows(const float *x, int n, int v, float *lse);
 // In place softmax of one row of width v.
 void moa_softmax(float *x, int v);
 float moa_dot(const float *a, const float *b, int n);
@@ -139,10 +142,12 @@ typedef struct moa_cand {
 void moa_mask_row(float *lp, const moa_config *cfg, const moa_search_opts *o,
                   int n_tokens, int max_len);
 
-// The best `want` candidates over n_hyp rows of v log-probs, ranked by score
-// (ties: lower hyp rank, then lower token id). Candidates with score -inf are
-// left out. Returns how many were written to out (<= want).
-int moa_beam_candidates(const float *lp, int n_hyp, int v,
+// The best `want` candidates over n_hyp rows of v logits, ranked by score
+// (ties: lower hyp rank, then lower token id). A token's log-prob is
+// logit - lse[row] computed in float (lse NULL: the rows are log-probs
+// already). Candidates with score -inf are left out. Returns how many were
+// written to out (<= want).
+int moa_beam_candidates(const float *logits, int n_hyp, int v, const float *lse,
                         const double *hyp_score, int want, moa_cand *out);
 
 // Whether these options sample (spec §6): beam 1 and top-k other than 1 with
@@ -158,8 +163,8 @@ void moa_rng_seed(moa_rng *r, uint64_t seed);
 uint64_t moa_rng_next(moa_rng *r);
 double moa_rng_uniform(moa_rng *r);  // [0, 1), 53 bits
 
-// Draws a token from one row of (masked) log-probs per spec §6: divide by the
-// temperature, keep top-k, then the smallest most-probable set reaching top-p
+// Draws a token from one row of (masked) logits or log-probs (the same
+// distribution) per spec §6: divide by the temperature, keep top-k, then the smallest most-probable set reaching top-p
 // (ties lower id first), renormalise, draw. scratch: 2·v floats + v ints.
 int moa_sample_token(const float *lp, int v, const moa_search_opts *o,
                      moa_rng *rng, float *scratch, int *scratch_idx);

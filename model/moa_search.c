@@ -123,28 +123,40 @@ static int any_at_least(const float *x, float bound) {
 #endif
 }
 
-int moa_beam_candidates(const float *lp, int n_hyp, int v,
+// The logit bound for a log-prob bound: a little lower than floor + lse, so
+// that rounding of logit - lse can never hide a token that qualifies.
+static float logit_bound(float floor_lp, float lse) {
+    if (floor_lp == -INFINITY) return -INFINITY;
+    float b = floor_lp + lse;
+    return b - 1e-5f * (fabsf(floor_lp) + fabsf(lse) + 1.0f);
+}
+
+int moa_beam_candidates(const float *logits, int n_hyp, int v, const float *lse,
                         const double *hyp_score, int want, moa_cand *out) {
     int n = 0;
     for (int h = 0; h < n_hyp; h++) {
-        const float *row = lp + (size_t)h * v;
+        const float *row = logits + (size_t)h * v;
+        float off = lse ? lse[h] : 0.0f;
         // Once the list is full only a token beating the current worst can
         // enter. `floor` is a float bound at or below (worst - hyp score), so
         // the scan is one float comparison per token; the exact test in
         // double follows for the few that pass.
         // Blocks of 16 tokens none of which reaches the bound are skipped
         // with one vector comparison.
-        float floor = n == want ? lower_bound(out[want - 1].score - hyp_score[h]) : -INFINITY;
+        float floor = n == want
+            ? logit_bound(lower_bound(out[want - 1].score - hyp_score[h]), off) : -INFINITY;
         for (int t0 = 0; t0 < v; t0 += 16) {
             int end = t0 + 16 < v ? t0 + 16 : v;
             if (end - t0 == 16 && !any_at_least(row + t0, floor)) continue;
             for (int t = t0; t < end; t++) {
                 if (row[t] < floor || row[t] == -INFINITY) continue;
-                double s = hyp_score[h] + (double)row[t];
+                float lp = row[t] - off;
+                double s = hyp_score[h] + (double)lp;
                 if (n == want && s < out[want - 1].score) continue;
-                moa_cand c = {s, h, t, row[t]};
+                moa_cand c = {s, h, t, lp};
                 cand_insert(out, &n, want, &c);
-                if (n == want) floor = lower_bound(out[want - 1].score - hyp_score[h]);
+                if (n == want)
+                    floor = logit_bound(lower_bound(out[want - 1].score - hyp_score[h]), off);
             }
         }
     }

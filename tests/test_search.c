@@ -90,7 +90,7 @@ static void test_beam_candidates_ties(void) {
                        -1.5f, -0.5f, -2, -3};   // hyp 1
     double hs[2] = {-1.0, -1.5};
     moa_cand out[5];
-    int n = moa_beam_candidates(lp, 2, 4, hs, 5, out);
+    int n = moa_beam_candidates(lp, 2, 4, NULL, hs, 5, out);
     ASSERT_EQ_INT(n, 5);
     // hyp0: -2 (t0), -3 (t1), -2 (t2); hyp1: -3 (t0), -2 (t1), -3.5, -4.5
     ASSERT_EQ_INT(out[0].hyp, 0); ASSERT_EQ_INT(out[0].token, 0);
@@ -106,7 +106,7 @@ static void test_beam_candidates_skip_masked(void) {
     float lp[4] = {-INFINITY, -INFINITY, -0.1f, -INFINITY};
     double hs[1] = {0};
     moa_cand out[8];
-    ASSERT_EQ_INT(moa_beam_candidates(lp, 1, 4, hs, 8, out), 1);
+    ASSERT_EQ_INT(moa_beam_candidates(lp, 1, 4, NULL, hs, 8, out), 1);
     ASSERT_EQ_INT(out[0].token, 2);
 }
 
@@ -131,7 +131,7 @@ static void test_beam_candidates_brute_force(void) {
             all[h * V + t] = (moa_cand){hs[h] + lp[h * V + t], h, t, lp[h * V + t]};
     qsort(all, H * V, sizeof *all, cmp_cand);
     moa_cand out[W];
-    ASSERT_EQ_INT(moa_beam_candidates(lp, H, V, hs, W, out), W);
+    ASSERT_EQ_INT(moa_beam_candidates(lp, H, V, NULL, hs, W, out), W);
     for (int i = 0; i < W; i++) {
         ASSERT_EQ_INT(out[i].hyp, all[i].hyp);
         ASSERT_EQ_INT(out[i].token, all[i].token);
