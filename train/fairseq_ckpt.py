@@ -145,7 +145,8 @@ def save_fairseq_checkpoint(model: torch.nn.Module, config: Mapping[str, Any], p
                             overrides: Optional[Mapping[str, Any]] = None,
                             drop: Iterable[str] = (),
                             wrap_cfg: Optional[Callable[[Dict[str, Any]], Any]] = None,
-                            state_dict: Optional[Dict[str, torch.Tensor]] = None) -> None:
+                            state_dict: Optional[Dict[str, torch.Tensor]] = None,
+                            training: Optional[Mapping[str, Any]] = None) -> None:
     """Writes `model` (a MoATransformer) and its config.json dict as a checkpoint
     of the paper's fairseq code.
 
@@ -155,7 +156,11 @@ def save_fairseq_checkpoint(model: torch.nn.Module, config: Mapping[str, Any], p
     TransformerConfig layout: model.encoder.embed_dim, ...). overrides/drop
     change or remove hyper-parameters (flat names) before nesting; wrap_cfg
     turns the cfg dict into any object (e.g. config classes to pickle);
-    state_dict replaces fairseq_state_dict(model, config)."""
+    state_dict replaces fairseq_state_dict(model, config); training gives the
+    run's progress (num_updates, epoch, train_seconds) instead of the example
+    values tests use."""
+    tr = {"num_updates": 1234, "epoch": 3, "train_seconds": 5321.7, "val_loss": 3.871}
+    tr.update(training or {})
     hp = config_to_fairseq_args(config)
     hp.update(overrides or {})
     for name in drop:
@@ -166,18 +171,18 @@ def save_fairseq_checkpoint(model: torch.nn.Module, config: Mapping[str, Any], p
         "optimizer_history": [{
             "criterion_name": "LabelSmoothedCrossEntropyCriterion",
             "optimizer_name": "FairseqAdam",
-            "lr_scheduler_state": {"best": 3.871},
-            "num_updates": 1234,
+            "lr_scheduler_state": {"best": tr["val_loss"]},
+            "num_updates": tr["num_updates"],
         }],
         "extra_state": {
-            "epoch": 3, "batch_offset": 0, "val_loss": 3.871,
-            "train_iterator": {"version": 2, "epoch": 3, "iterations_in_epoch": 0,
+            "epoch": tr["epoch"], "batch_offset": 0, "val_loss": tr["val_loss"],
+            "train_iterator": {"version": 2, "epoch": tr["epoch"], "iterations_in_epoch": 0,
                                "shuffle": True},
             "metrics": {},
-            "previous_training_time": 5321.7,
+            "previous_training_time": tr["train_seconds"],
         },
         "last_optimizer_state": {
-            "state": {0: {"step": 1234, "exp_avg": torch.zeros(2),
+            "state": {0: {"step": tr["num_updates"], "exp_avg": torch.zeros(2),
                           "exp_avg_sq": torch.zeros(2)}},
             "param_groups": [{"lr": 0.0007, "betas": (0.9, 0.98), "eps": 1e-08,
                               "weight_decay": 0.0, "params": [0]}],

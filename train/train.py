@@ -397,6 +397,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         train_secs = state["train_seconds"]
         next_valid, next_bleu = state["next_valid"], state["next_bleu"]
         set_rng_states(state["rng"])
+        # The batch order of an epoch is a function of seed and batch size: a
+        # resumed run must keep the checkpoint's, whatever the flags say.
+        for key in ("seed", "max_tokens", "max_sentences"):
+            if key in state["data"] and getattr(a, key) != state["data"][key]:
+                print(f"train: resuming with the checkpoint's {key} {state['data'][key]} "
+                      f"(--{key.replace('_', '-')} {getattr(a, key)} ignored)", file=sys.stderr)
+                setattr(a, key, state["data"][key])
         log("resume", step=step, epoch=epoch, position=pos, train_seconds=round(train_secs, 1))
     names = moa_modules(model)
     n_params = sum(p.numel() for p in model.parameters())
@@ -413,7 +420,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             "scheduler": {"step": step, "lr": a.lr, "warmup": a.warmup,
                           "kind": "inverse_sqrt"},
             "rng": rng_states(), "data": {"epoch": epoch, "position": pos, "seed": a.seed,
-                                          "max_tokens": a.max_tokens},
+                                          "max_tokens": a.max_tokens,
+                                          "max_sentences": a.max_sentences},
             "train_seconds": train_secs, "next_valid": next_valid, "next_bleu": next_bleu,
             "done": done, "args": vars(a)})
 
@@ -515,7 +523,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                   file=sys.stderr)
         else:
             model.eval()
-            fairseq_ckpt.save_fairseq_checkpoint(model, dict(cfg), a.save_fairseq)
+            # The run's real settings and progress, not the writer's examples.
+            fairseq_ckpt.save_fairseq_checkpoint(
+                model, dict(cfg), a.save_fairseq,
+                overrides={"dropout": a.dropout, "attention_dropout": a.attention_dropout,
+                           "activation_dropout": a.activation_dropout, "lr": [a.lr],
+                           "warmup_updates": a.warmup, "max_tokens": a.max_tokens,
+                           "clip_norm": a.clip_norm, "label_smoothing": a.label_smoothing,
+                           "switchloss": a.switch_loss, "zloss": a.z_loss,
+                           "seed": a.seed, "fp16": False},
+                training={"num_updates": step, "epoch": epoch,
+                          "train_seconds": train_secs})
             log("fairseq", path=a.save_fairseq)
     return 0
 

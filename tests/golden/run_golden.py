@@ -7,6 +7,11 @@ beam and n-best modes, and compares token ids, scores, per-token log-probs
 and routing traces. Near-ties (spec §5) found by the reference exempt what
 follows them; they are counted, and too many make the test fail.
 
+Then the same checks on trained models, as shipped: always
+tests/fixtures/models/tiny-trained (score, greedy, beam4), and
+weights/moa-en-de once it exists (score and greedy on 100 pairs), plus any
+--extra-model DIR (score and greedy on 100 pairs).
+
     /usr/bin/python3 tests/golden/run_golden.py --cli build/release/moa-translate
     /usr/bin/python3 tests/golden/run_golden.py --self-test   # harness check, no CLI
 
@@ -44,6 +49,27 @@ MODELS: List[Tuple[str, List[str]]] = [
                                     "--activation", "gelu"]),
     ("c-separate-out-f16", SIZE + ["--seed", "303", "--no-share-embeddings", "--dtype", "f16"]),
 ]
+# Trained model directories checked as they are: (name, directory relative to
+# the repository, modes, pairs; 0 pairs = --sentences, and a missing
+# directory is skipped when `optional`).
+@dataclass
+class TrainedModel:
+    name: str
+    path: str
+    modes: List[str]
+    sentences: int = 0
+    optional: bool = False
+
+
+TRAINED_MODELS: List[TrainedModel] = [
+    TrainedModel("tiny-trained", os.path.join("tests", "fixtures", "models", "tiny-trained"),
+                 ["score", "greedy", "beam4"]),
+    TrainedModel("moa-en-de", os.path.join("weights", "moa-en-de"), ["score", "greedy"], 100,
+                 optional=True),
+]
+EXTRA_MODES = ["score", "greedy"]   # --extra-model DIR
+EXTRA_SENTENCES = 100
+
 # mode name -> extra CLI arguments (all runs add --model DIR --json --trace)
 TRANSLATE_RUNS: List[Tuple[str, List[str]]] = [
     ("greedy", ["--beam", "1"]),
@@ -76,6 +102,7 @@ class Stats:
     """What one comparison covered."""
     sentences: int = 0
     exempt_sentences: int = 0
+    resolved: int = 0          # near-tie sentences the CLI decided the same way: compared in full
     compared: int = 0          # tokens / entries compared
     exempt_items: int = 0      # tokens / entries skipped for near-ties
     problems: List[str] = field(default_factory=list)
@@ -93,7 +120,8 @@ class Stats:
     def text(self, unit: str) -> str:
         return (f"{self.sentences} sentences, {self.compared} {unit} compared, "
                 f"max |diff| {self.max_diff:.2g}, {self.exempt_sentences} sentences "
-                f"near-tie-exempt ({self.exempt_items} {unit} skipped)")
+                f"near-tie-exempt ({self.exempt_items} {unit} skipped), {self.resolved} "
+                "with a near-tie decided the same way (compared in full)")
 
 
 # --- running ---------------------------------------------------------------------------
@@ -128,14 +156,15 @@ def run_jsonl(cmd: List[str], n_lines: int, label: str) -> Tuple[Optional[List[d
     return rows, secs, ""
 
 
-def make_inputs(work: str, n: int) -> Tuple[str, str, int, int]:
-    """n pairs from the sample plus edge cases (empty source / empty target)."""
+def make_inputs(work: str, n: int, tag: str = "") -> Tuple[str, str, int, int]:
+    """n pairs from the sample plus edge cases (empty source / empty target),
+    written to input{tag}.txt and pairs{tag}.tsv."""
     with open(SAMPLE, encoding="utf-8") as f:
         pairs = [ln.rstrip("\n").split("\t", 1) for ln in f][:n]
     srcs = [s for s, _ in pairs] + [""]
     score = [f"{s}\t{t}" for s, t in pairs] + ["\tLeer", "Empty\t"]
-    src_path = os.path.join(work, "input.txt")
-    tsv_path = os.path.join(work, "pairs.tsv")
+    src_path = os.path.join(work, f"input{tag}.txt")
+    tsv_path = os.path.join(work, f"pairs{tag}.tsv")
     with open(src_path, "w", encoding="utf-8") as f:
         f.write("\n".join(srcs) + "\n")
     with open(tsv_path, "w", encoding="utf-8") as f:
@@ -222,11 +251,47 @@ def compare_trace(where: str, ref: dict, cli: Any, src_len: int, tgt_len: int,
         compare_trace_part(f"{where} {part}", ref[part], cli.get(part), tgt_len, dec_upto, st)
 
 
+def same_routing(ref: Optional[dict], cli: Any) -> bool:
+    """True when the CLI's trace picked the same experts (as sets) as the
+    reference's at every layer and position: a router near-tie was then
+    decided the same way and changes nothing."""
+    if not isinstance(ref, dict) or not isinstance(cli, dict):
+        return False
+    for part in ("encoder", "decoder_self", "decoder_cross"):
+        rl, cl = ref.get(part), cli.get(part)
+        if not isinstance(cl, list) or len(cl) != len(rl):
+            return False
+        for r_layer, c_layer in zip(rl, cl):
+            if not isinstance(c_layer, list) or len(c_layer) != len(r_layer):
+                return False
+            for re_, ce in zip(r_layer, c_layer):
+                if not isinstance(ce, dict) or not isinstance(ce.get("experts"), list) \
+                        or sorted(ce["experts"]) != sorted(re_["experts"]):
+                    return False
+    return True
+
+
+def same_decisions(r: dict, c: dict) -> bool:
+    """Translation: the CLI returned the same hypotheses (ids, in rank order)
+    with the same routing as the reference, so a near-tie on the way was
+    decided the same way."""
+    chyps = c.get("hypotheses")
+    if not isinstance(chyps, list) or len(chyps) != len(r["hypotheses"]):
+        return False
+    return all(isinstance(ch, dict) and rh["ids"] == ch.get("ids")
+               and ("trace" not in rh or same_routing(rh["trace"], ch.get("trace")))
+               for rh, ch in zip(r["hypotheses"], chyps))
+
+
 def compare_scores(ref: List[dict], cli: List[dict]) -> Tuple[Stats, Stats]:
     lp, tr = Stats(sentences=len(ref)), Stats(sentences=len(ref))
     for i, (r, c) in enumerate(zip(ref, cli)):
         n = len(r["target_ids"])
         pos = r["router_near_tie_pos"]
+        if pos is not None and "trace" in r and same_routing(r["trace"], c.get("trace")):
+            lp.resolved += 1
+            tr.resolved += 1
+            pos = None
         upto = n if pos is None else pos
         if pos is not None:
             lp.exempt_sentences += 1
@@ -268,9 +333,10 @@ def _same_hyp(where: str, rh: dict, ch: dict, st: Stats) -> None:
 
 def compare_translations(ref: List[dict], cli: List[dict], greedy: bool) -> Tuple[Stats, Stats]:
     """Non-exempt sentences: identical hypothesis lists (ids, text), scores
-    within TOL. Greedy exempt sentences: ids before the near-tie step.
-    Beam exempt sentences are skipped (after a near-tie any hypothesis of the
-    final list may differ)."""
+    within TOL. A sentence with a near-tie is exempt only when the CLI
+    decided differently (other hypotheses or other experts); then greedy
+    compares the ids before the near-tie step, and beam skips the sentence
+    (after a near-tie any hypothesis of the final list may differ)."""
     ids, tr = Stats(sentences=len(ref)), Stats(sentences=len(ref))
     for i, (r, c) in enumerate(zip(ref, cli)):
         step, kind = r["near_tie"]["step"], r["near_tie"]["kind"]
@@ -278,6 +344,10 @@ def compare_translations(ref: List[dict], cli: List[dict], greedy: bool) -> Tupl
         if not isinstance(chyps, list) or not chyps:
             ids.problems.append(f"line {i + 1}: no hypotheses")
             continue
+        if step is not None and same_decisions(r, c):
+            ids.resolved += 1
+            tr.resolved += 1
+            step = None
         if step is not None:
             ids.exempt_sentences += 1
             tr.exempt_sentences += 1
@@ -320,12 +390,16 @@ class ModelRuns:
 
 
 def run_model(name: str, model_dir: str, cli_cmd: List[str], src_path: str, tsv_path: str,
-              n_src: int, n_tsv: int, ref_extra: List[str]) -> ModelRuns:
+              n_src: int, n_tsv: int, ref_extra: List[str],
+              modes: Optional[List[str]] = None) -> ModelRuns:
+    """Runs the reference and the CLI in every mode (or only `modes`)."""
     runs = ModelRuns(name)
     ref_cmd = [PYTHON, REFERENCE] + ref_extra
     jobs = [("score", ["--score", tsv_path, "--trace"], n_tsv)] + [
         (mode, ["--input", src_path, "--trace"] + extra, n_src) for mode, extra in TRANSLATE_RUNS]
     for mode, args, n in jobs:
+        if modes is not None and mode not in modes:
+            continue
         base = ["--model", model_dir, "--json"] + args
         ref, t_ref, err = run_jsonl(ref_cmd + base, n, f"reference {mode}")
         if ref is None:
@@ -359,7 +433,8 @@ def check_model(runs: ModelRuns, rep: Report) -> None:
         rep.check(f"{label} near-tie budget",
                   [f"{lp.exempt_sentences} of {lp.sentences} sentences exempt"]
                   if exempt > MAX_EXEMPT else [],
-                  f"{lp.exempt_sentences}/{lp.sentences} exempt (limit {MAX_EXEMPT:.0%})")
+                  f"{lp.exempt_sentences}/{lp.sentences} exempt (limit {MAX_EXEMPT:.0%}); "
+                  f"{lp.resolved} more had a near-tie decided the same way")
 
 
 # --- self-test: the harness must catch deliberate errors ---------------------------------------
@@ -369,11 +444,14 @@ def _first_clean(ref: List[dict], key: Callable[[dict], bool]) -> int:
 
 
 def _perturbations(runs: ModelRuns) -> Dict[str, Callable[[Dict[str, List[dict]]], None]]:
+    """The perturbations that apply to the modes `runs` has."""
     sr = runs.ref["score"]
     si = _first_clean(sr, lambda r: r["router_near_tie_pos"] is None and len(r["target_ids"]) > 2)
-    gi = _first_clean(runs.ref["greedy"], lambda r: r["near_tie"]["step"] is None)
-    bi = _first_clean(runs.ref["beam4"], lambda r: r["near_tie"]["step"] is None)
-    ni = _first_clean(runs.ref["nbest4"], lambda r: r["near_tie"]["step"] is None)
+
+    def clean(mode: str) -> int:
+        return _first_clean(runs.ref[mode], lambda r: r["near_tie"]["step"] is None) \
+            if mode in runs.ref else -1
+    gi, bi, ni = clean("greedy"), clean("beam4"), clean("nbest4")
 
     def logprob(c):
         c["score"][si]["token_logprobs"][1] += 3 * TOL
@@ -397,18 +475,33 @@ def _perturbations(runs: ModelRuns) -> Dict[str, Callable[[Dict[str, List[dict]]
         e["experts"] = e["experts"][::-1]
 
     def expert_set(c):
-        e = c["greedy"][gi]["hypotheses"][0]["trace"]["decoder_self"][1][0]
-        e["experts"][-1] = next(x for x in range(8) if x not in e["experts"])
+        layers = c["greedy"][gi]["hypotheses"][0]["trace"]["decoder_self"]
+        e = layers[min(1, len(layers) - 1)][0]
+        e["experts"][-1] = next(x for x in range(64) if x not in e["experts"])
 
     def gate(c):
-        c["greedy"][gi]["hypotheses"][0]["trace"]["encoder"][1][0]["gates"][0] += 3 * TOL
+        layers = c["greedy"][gi]["hypotheses"][0]["trace"]["encoder"]
+        layers[min(1, len(layers) - 1)][0]["gates"][0] += 3 * TOL
 
     def missing_trace(c):
         del c["beam4"][bi]["hypotheses"][0]["trace"]
 
-    return {"logprob": logprob, "source": source, "ids": ids, "beam-score": beam_score,
-            "nbest-order": nbest_order, "expert": expert, "expert-set": expert_set, "gate": gate,
-            "missing-trace": missing_trace}
+    # A near-tie sentence that the CLI decides the same way is compared in
+    # full: an error there must be caught too.
+    ti = next((i for i, r in enumerate(sr) if r["router_near_tie_pos"] is not None
+               and same_routing(r.get("trace"), runs.cli["score"][i].get("trace"))), None)
+
+    def tie_logprob(c):
+        c["score"][ti]["token_logprobs"][-1] += 3 * TOL
+
+    all_kinds = {"logprob": ("score", logprob), "source": ("greedy", source),
+                 "ids": ("greedy", ids), "beam-score": ("beam4", beam_score),
+                 "nbest-order": ("nbest4", nbest_order), "expert": ("score", expert),
+                 "expert-set": ("greedy", expert_set), "gate": ("greedy", gate),
+                 "missing-trace": ("beam4", missing_trace)}
+    if ti is not None:
+        all_kinds["tie-logprob"] = ("score", tie_logprob)
+    return {kind: fn for kind, (mode, fn) in all_kinds.items() if mode in runs.ref}
 
 
 def self_test(runs: ModelRuns, rep: Report) -> None:
@@ -433,7 +526,8 @@ def self_test(runs: ModelRuns, rep: Report) -> None:
 
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Golden test: compare the C CLI with the "
-                                "PyTorch reference on three random models.")
+                                "PyTorch reference on three random models and the "
+                                "trained ones.")
     p.add_argument("--cli", help="path of the moa-translate binary under test")
     p.add_argument("--cli-is-reference", action="store_true",
                    help="run the reference (with another batch size) in place of the CLI: "
@@ -446,8 +540,41 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default=os.path.join(REPO, "build", "golden"),
                    help="where models, inputs and outputs go (default build/golden)")
     p.add_argument("--models", default="",
-                   help="comma-separated subset of model names to run (default: all)")
+                   help="comma-separated subset of model names to run (default: all): "
+                        + ", ".join([m for m, _ in MODELS] + [t.name for t in TRAINED_MODELS])
+                        + ", or an --extra-model's name")
+    p.add_argument("--extra-model", action="append", default=[], metavar="DIR",
+                   help="also check this model directory as it is (score and greedy on "
+                        f"{EXTRA_SENTENCES} pairs; named after the directory); repeatable")
     return p
+
+
+def trained_models(a: argparse.Namespace, wanted: List[str]) -> List[Tuple[TrainedModel, str]]:
+    """(model, absolute directory) of the trained models to check, in order
+    (only `wanted` ones when given); prints a line for an optional one that
+    does not exist yet."""
+    out: List[Tuple[TrainedModel, str]] = []
+    for t in TRAINED_MODELS:
+        path = os.path.join(REPO, t.path)
+        if wanted and t.name not in wanted:
+            continue
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            if t.optional:
+                print(f"--     {t.name}: {t.path}/config.json not found: skipped "
+                      "(not trained/exported yet)")
+                continue
+        out.append((t, path))
+    names = {t.name for t in TRAINED_MODELS} | {m for m, _ in MODELS}
+    for d in a.extra_model:
+        name = base = "extra-" + os.path.basename(os.path.normpath(d))
+        n = 2
+        while name in names:
+            name, n = f"{base}-{n}", n + 1
+        names.add(name)
+        if not wanted or name in wanted:
+            out.append((TrainedModel(name, d, list(EXTRA_MODES), EXTRA_SENTENCES),
+                        os.path.abspath(d)))
+    return out
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -470,17 +597,29 @@ def main(argv: Optional[List[str]] = None) -> int:
     wanted = [m for m in a.models.split(",") if m]
     rep = Report()
     t_start = time.time()
-    for name, args in MODELS:
-        if wanted and name not in wanted:
-            continue
-        model_dir = os.path.join(a.work, name)
-        make_model(model_dir, args)
-        runs = run_model(name, model_dir, cli_cmd, src_path, tsv_path, n_src, n_tsv, [])
+
+    def one(name: str, model_dir: str, inputs: Tuple[str, str, int, int],
+            modes: Optional[List[str]]) -> None:
+        runs = run_model(name, model_dir, cli_cmd, *inputs, [], modes)
         times = ", ".join(f"{m} {r:.1f}/{c:.1f}" for m, (r, c) in runs.times.items())
         print(f"--     {name}: seconds reference/cli: {times}")
         check_model(runs, rep)
         if a.self_test:
             self_test(runs, rep)
+
+    for name, args in MODELS:
+        if wanted and name not in wanted:
+            continue
+        model_dir = os.path.join(a.work, name)
+        make_model(model_dir, args)
+        one(name, model_dir, (src_path, tsv_path, n_src, n_tsv), None)
+    for t, model_dir in trained_models(a, wanted):
+        n = min(t.sentences or a.sentences, a.sentences)
+        inputs = (src_path, tsv_path, n_src, n_tsv) if n == a.sentences \
+            else make_inputs(a.work, n, f"-{n}")
+        print(f"--     {t.name}: trained model {model_dir}, {n} pairs, "
+              f"modes {' '.join(t.modes)}")
+        one(t.name, model_dir, inputs, t.modes)
     print(f"--     total {time.time() - t_start:.1f} s")
     print(f"{rep.passed} passed, {rep.failed} failed")
     return 1 if rep.failed else 0
