@@ -38,7 +38,7 @@
 // session full while translating them: a sentence that finishes makes room
 // for the next at once (continuous batching), so long sentences do not hold
 // a whole batch back. Output still follows input order.
-#define CLI_CHUNK 8
+#define CLI_CHUNK 32
 #define CLI_MAX_BATCH 4096
 #define CLI_SEED_MAX (UINT64_C(1) << 63)
 
