@@ -34,8 +34,16 @@ static const opt_def opts[] = {
     {"port", T_INT, F(port), 1, 65535, "8080", "TCP port"},
     {"model", T_STR, F(model), 0, 0, "weights/moa-en-de",
      "model directory (config.json, model.safetensors, sentencepiece.model, vocab.txt)"},
+    {"compute_workers", T_INT, F(compute_workers), 0, 256, "0",
+     "engine sessions stepped in parallel, each by its own thread with "
+     "single-threaded OpenBLAS (0 = one per online core); the scheduler spreads "
+     "sentences over them and max_inflight and max_batch_rows are split evenly "
+     "between them. 1 = one session (compute_threads then sets its OpenBLAS "
+     "threads)"},
     {"compute_threads", T_INT, F(compute_threads), 0, 256, "0",
-     "OpenBLAS threads that run the model (0 = one per online core)"},
+     "OpenBLAS threads inside each product: 0 = one per online core when "
+     "compute_workers is 1, else 1; above 1 only with compute_workers = 1 "
+     "(several workers each own one core; refused otherwise)"},
     {"http_threads", T_INT, F(http_threads), 1, 64, "2",
      "libmicrohttpd threads: parse requests, tokenize, build responses; they "
      "never run the model"},
@@ -44,10 +52,11 @@ static const opt_def opts[] = {
     {"idle_timeout", T_DBL, F(idle_timeout), 1, 3600, "30",
      "seconds an idle keep-alive connection is kept open"},
     {"max_inflight", T_INT, F(max_inflight), 1, 4096, "64",
-     "sentences decoded at once (in the batch); 1 turns batching off"},
+     "sentences decoded at once (in the batch, all workers together); 1 turns "
+     "batching off"},
     {"max_batch_rows", T_INT, F(max_batch_rows), 1, 65536, "256",
-     "beam rows one decoder step may hold (a sentence takes beam_size rows); "
-     "at least 16 so any beam fits"},
+     "beam rows one decoder step may hold, all workers together (a sentence "
+     "takes beam_size rows); at least 16 per worker so any beam fits"},
     {"max_queue", T_INT, F(max_queue), 1, 10000000, "4096",
      "sentences waiting for the batch; a request that would exceed it gets 429 "
      "(a request arriving at an empty queue is always taken)"},
@@ -237,6 +246,20 @@ static int load_file(moa_conf *c, const char *path, int must_exist) {
 
 // --- public -----------------------------------------------------------------------
 
+static int online_cores(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+int moa_conf_compute_workers(const moa_conf *c) {
+    return c->compute_workers > 0 ? c->compute_workers : online_cores();
+}
+
+int moa_conf_blas_threads(const moa_conf *c) {
+    if (moa_conf_compute_workers(c) > 1) return 1;
+    return c->compute_threads > 0 ? c->compute_threads : online_cores();
+}
+
 void moa_conf_help(FILE *f) {
     fputs("Usage: moa-server [--config FILE] [--OPTION VALUE ...]\n"
           "       moa-server --probe PATH [--port N]   (GET http://127.0.0.1:PORT/PATH,\n"
@@ -373,6 +396,22 @@ int moa_conf_load(moa_conf *c, int argc, char **argv) {
     if (c->max_batch_rows < 16) {
         fprintf(stderr, "moa-server: max_batch_rows %d: must be at least 16 "
                 "(the largest beam)\n", c->max_batch_rows);
+        return -1;
+    }
+    int workers = moa_conf_compute_workers(c);
+    if (workers > 1 && c->compute_threads > 1) {
+        fprintf(stderr, "moa-server: compute_threads %d: must be 1 (or 0) when "
+                "compute_workers is above 1 (%d workers: each owns a core and runs "
+                "single-threaded OpenBLAS); set compute_workers = 1 for %d OpenBLAS "
+                "threads in one session\n", c->compute_threads, workers, c->compute_threads);
+        return -1;
+    }
+    // Each session gets an even share of the rows and must still fit the
+    // largest beam.
+    if (c->max_batch_rows / workers < 16) {
+        fprintf(stderr, "moa-server: max_batch_rows %d: must be at least 16 per compute "
+                "worker (%d workers: at least %d), or lower compute_workers\n",
+                c->max_batch_rows, workers, 16 * workers);
         return -1;
     }
     if (print) {

@@ -21,7 +21,8 @@ typedef struct moa_conf {
     char listen[128];           // IPv4/IPv6 address to bind
     int port;
     char model[MOA_CONF_PATH_MAX];
-    int compute_threads;        // OpenBLAS threads; 0 = one per core
+    int compute_workers;        // engine sessions stepped in parallel; 0 = one per core
+    int compute_threads;        // OpenBLAS threads; 0 = one per core (1 with workers > 1)
     int http_threads;           // libmicrohttpd polling threads
     int max_connections;
     double idle_timeout;        // s an idle keep-alive connection stays open
@@ -50,6 +51,13 @@ typedef struct moa_conf {
 // then MOA_* variables. Returns 0, 1 when --help/--version was handled (exit
 // 0), or -1 after printing the problem to stderr (exit 2).
 int moa_conf_load(moa_conf *c, int argc, char **argv);
+
+// The compute workers in effect (compute_workers, 0 resolved to the online
+// cores), and the OpenBLAS threads each uses: 1 when there are several
+// workers (moa_conf_load refused compute_threads > 1 then), else
+// compute_threads (0 resolved to the online cores). Thread-safe.
+int moa_conf_compute_workers(const moa_conf *c);
+int moa_conf_blas_threads(const moa_conf *c);
 
 // Writes the --help text (every option with its default, flag and variable).
 void moa_conf_help(FILE *f);

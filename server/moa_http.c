@@ -267,13 +267,14 @@ static enum MHD_Result do_metrics(req *r, struct MHD_Connection *c) {
                    "# HELP moa_draining 1 after SIGTERM/SIGINT.\n"
                    "# TYPE moa_draining gauge\nmoa_draining %d\n"
                    "# HELP moa_info The model served and the BLAS core.\n"
-                   "# TYPE moa_info gauge\nmoa_info{model=\"%s\",blas=\"%s\",compute_threads="
-                   "\"%d\",http_threads=\"%d\"} 1\n",
+                   "# TYPE moa_info gauge\nmoa_info{model=\"%s\",blas=\"%s\",compute_workers="
+                   "\"%d\",compute_threads=\"%d\",http_threads=\"%d\"} 1\n",
                    st.queued_units, st.live_units, st.rows, atomic_load(&srv->inflight),
                    (unsigned long long)cs.hits, (unsigned long long)cs.misses, cs.entries,
                    atomic_load(&srv->ready) && !atomic_load(&srv->draining),
                    atomic_load(&srv->draining), srv->model_name, moa_blas_corename(),
-                   moa_get_num_threads(), srv->conf.http_threads);
+                   moa_conf_compute_workers(&srv->conf), moa_get_num_threads(),
+                   srv->conf.http_threads);
     moa_heads_metrics(srv->heads, &b);
     return send_text(r, c, 200, "text/plain; version=0.0.4; charset=utf-8", &b);
 }

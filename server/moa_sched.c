@@ -18,12 +18,37 @@
 #define CHECK_INTERVAL_S 0.02
 #define CHECK_INTERVAL_MS 20
 
+// One engine session and what the loop knows of it. Worker 0's session is
+// stepped by the scheduler thread itself (it would only wait otherwise);
+// each other worker has a thread that steps its session when told to.
+typedef struct moa_worker {
+    moa_sched *s;
+    moa_session *sess;
+    pthread_t thread;
+    int started;
+    int units, rows;            // live units and their beam rows (loop thread only)
+    int todo;                   // a step is asked for this round (s->wmu)
+    int rc;                     // what its last moa_session_step returned
+} moa_worker;
+
 struct moa_sched {
     const moa_model *model;
     const moa_conf *conf;
     moa_metrics *metrics;
     moa_heads *heads;
-    moa_session *sess;
+
+    // compute workers (conf's compute_workers); the limits are per worker
+    moa_worker *workers;
+    int n_workers;
+    int inflight_per, rows_per;
+    // one round of parallel steps: the loop sets todo and pending, bumps
+    // round and broadcasts go; each worker steps, and the last one to finish
+    // signals done (wmu)
+    pthread_mutex_t wmu;
+    pthread_cond_t go, done;
+    long round;
+    int pending;
+    int wstop;
 
     uv_loop_t loop;
     uv_async_t wake;
@@ -74,7 +99,10 @@ static void job_cancel_units(moa_sched *s, moa_job *j) {
     for (int i = 0; i < j->n_units; i++) {
         moa_unit *u = &j->units[i];
         if (u->state == MOA_UNIT_LIVE) {
-            moa_session_cancel(s->sess, u->eng_id);
+            moa_worker *w = &s->workers[u->worker];
+            moa_session_cancel(w->sess, u->eng_id);
+            w->units--;
+            w->rows -= unit_rows(u);
             s->rows_used -= unit_rows(u);
             s->units_live--;
             u->state = MOA_UNIT_CANCELLED;
@@ -188,6 +216,20 @@ static int pick_job(moa_sched *s) {
     return best;
 }
 
+// The worker that should take a unit of `rows` rows: the one with the
+// fewest rows among those below their share of max_inflight, so the
+// workers' steps take about as long; -1 when the unit fits nowhere now.
+static int pick_worker(moa_sched *s, int rows) {
+    int best = -1;
+    for (int i = 0; i < s->n_workers; i++) {
+        const moa_worker *w = &s->workers[i];
+        if (w->units >= s->inflight_per) continue;
+        if (best < 0 || w->rows < s->workers[best].rows) best = i;
+    }
+    if (best >= 0 && s->workers[best].rows + rows > s->rows_per) return -1;
+    return best;
+}
+
 static void admit(moa_sched *s) {
     const moa_conf *c = s->conf;
     while (s->units_live < c->max_inflight) {
@@ -202,10 +244,12 @@ static void admit(moa_sched *s) {
         }
         moa_unit *u = &j->units[j->next_waiting];
         int rows = unit_rows(u);
-        if (s->rows_used + rows > c->max_batch_rows) return;
+        int wi = pick_worker(s, rows);
+        if (wi < 0) return;
+        moa_worker *w = &s->workers[wi];
         char err[256];
         static const int empty_src = 0;
-        int id = moa_session_add(s->sess, u->src ? u->src : &empty_src, u->src_len, &u->opts,
+        int id = moa_session_add(w->sess, u->src ? u->src : &empty_src, u->src_len, &u->opts,
                                  u, err, sizeof err);
         j->next_waiting++;
         j->n_waiting--;
@@ -223,29 +267,70 @@ static void admit(moa_sched *s) {
             continue;
         }
         u->eng_id = id;
+        u->worker = wi;
         u->state = MOA_UNIT_LIVE;
         j->n_live++;
         if (!j->t_first_admit) j->t_first_admit = moa_sched_now();
+        w->units++;
+        w->rows += rows;
         s->rows_used += rows;
         s->units_live++;
     }
 }
 
-// One engine step and its finished units.
-static void step(moa_sched *s) {
-    int rc = moa_session_step(s->sess);
-    if (rc < 0) {
-        moa_log(MOA_LOG_ERROR, "scheduler: moa_session_step failed: %s; failing the %d "
-                "request(s) in the batch", moa_strerror(rc), s->n_held);
-        for (int i = s->n_held - 1; i >= 0; i--)
-            if (s->held[i]->n_live > 0) job_release(s, i, 500, "the engine failed");
-        moa_result r;
-        while (moa_session_take(s->sess, &r) == 1) moa_result_clear(&r);
+// --- parallel steps ---------------------------------------------------------------------
+
+static void *worker_main(void *arg) {
+    moa_worker *w = arg;
+    moa_sched *s = w->s;
+    long seen = 0;
+    pthread_mutex_lock(&s->wmu);
+    for (;;) {
+        while (!s->wstop && s->round == seen) pthread_cond_wait(&s->go, &s->wmu);
+        if (s->wstop) break;
+        seen = s->round;
+        if (!w->todo) continue;  // nothing live in its session this round
+        w->todo = 0;
+        pthread_mutex_unlock(&s->wmu);
+        int rc = moa_session_step(w->sess);
+        pthread_mutex_lock(&s->wmu);
+        w->rc = rc;
+        if (--s->pending == 0) pthread_cond_signal(&s->done);
+    }
+    pthread_mutex_unlock(&s->wmu);
+    return NULL;
+}
+
+// ONE moa_session_step in every session that holds units, all at once, and
+// back when the slowest is done. One worker: a plain call, as without workers.
+static void step_all(moa_sched *s) {
+    moa_worker *w0 = &s->workers[0];
+    if (s->n_workers == 1) {
+        w0->rc = moa_session_step(w0->sess);
         return;
     }
-    if (rc > 0) moa_metrics_step(s->metrics, rc);
+    pthread_mutex_lock(&s->wmu);
+    for (int i = 1; i < s->n_workers; i++) {
+        moa_worker *w = &s->workers[i];
+        w->todo = w->units > 0;
+        s->pending += w->todo;
+    }
+    if (s->pending) {
+        s->round++;
+        pthread_cond_broadcast(&s->go);
+    }
+    pthread_mutex_unlock(&s->wmu);
+    if (w0->units > 0) w0->rc = moa_session_step(w0->sess);
+    pthread_mutex_lock(&s->wmu);
+    while (s->pending > 0) pthread_cond_wait(&s->done, &s->wmu);
+    pthread_mutex_unlock(&s->wmu);
+}
+
+// A worker's finished units. Only 200s are released here, so no unit of
+// another session is cancelled while its result may still wait to be taken.
+static void take_finished(moa_sched *s, moa_worker *w) {
     moa_result r;
-    while (moa_session_take(s->sess, &r) == 1) {
+    while (moa_session_take(w->sess, &r) == 1) {
         moa_unit *u = r.user;
         moa_job *j = u ? u->job : NULL;
         if (!u || u->state != MOA_UNIT_LIVE) {  // cancelled in between: drop
@@ -254,6 +339,8 @@ static void step(moa_sched *s) {
         }
         u->res = r;
         u->state = MOA_UNIT_DONE;
+        w->units--;
+        w->rows -= unit_rows(u);
         s->rows_used -= unit_rows(u);
         s->units_live--;
         j->n_live--;
@@ -264,6 +351,47 @@ static void step(moa_sched *s) {
             if (idx >= 0) job_release(s, idx, 200, NULL);
         }
     }
+}
+
+static int job_live_in(const moa_job *j, int wi) {
+    for (int i = 0; i < j->n_units; i++)
+        if (j->units[i].state == MOA_UNIT_LIVE && j->units[i].worker == wi) return 1;
+    return 0;
+}
+
+// A failed step fails the jobs with a unit in that session (their units in
+// other sessions leave those too); the session's results are thrown away.
+static void fail_worker(moa_sched *s, int wi) {
+    moa_worker *w = &s->workers[wi];
+    int n = 0;
+    for (int i = s->n_held - 1; i >= 0; i--)
+        if (job_live_in(s->held[i], wi)) {
+            job_release(s, i, 500, "the engine failed");
+            n++;
+        }
+    moa_log(MOA_LOG_ERROR, "scheduler: moa_session_step failed: %s (worker %d); failed the %d "
+            "request(s) in its batch", moa_strerror(w->rc), wi, n);
+    moa_result r;
+    while (moa_session_take(w->sess, &r) == 1) moa_result_clear(&r);
+}
+
+// One step of every worker and their finished units.
+static void step(moa_sched *s) {
+    for (int i = 0; i < s->n_workers; i++) s->workers[i].rc = 0;
+    step_all(s);
+    int failed = 0;
+    for (int i = 0; i < s->n_workers; i++) {
+        moa_worker *w = &s->workers[i];
+        if (w->rc < 0) {
+            failed = 1;
+            continue;
+        }
+        if (w->rc > 0) moa_metrics_step(s->metrics, w->rc);
+        take_finished(s, w);
+    }
+    // After every healthy session's results were taken (see take_finished).
+    for (int i = 0; failed && i < s->n_workers; i++)
+        if (s->workers[i].rc < 0) fail_worker(s, i);
 }
 
 static void publish_gauges(moa_sched *s, double now) {
@@ -351,6 +479,23 @@ static void thread_main(void *arg) {
 
 // --- public ----------------------------------------------------------------------------
 
+// Stops and joins the worker threads, frees the sessions (any prefix of the
+// workers may have been set up).
+static void workers_free(moa_sched *s) {
+    if (!s->workers) return;
+    pthread_mutex_lock(&s->wmu);
+    s->wstop = 1;
+    pthread_cond_broadcast(&s->go);
+    pthread_mutex_unlock(&s->wmu);
+    for (int i = 0; i < s->n_workers; i++) {
+        moa_worker *w = &s->workers[i];
+        if (w->started) pthread_join(w->thread, NULL);
+        moa_session_free(w->sess);
+    }
+    free(s->workers);
+    s->workers = NULL;
+}
+
 moa_sched *moa_sched_create(const moa_model *m, const moa_conf *conf, moa_metrics *metrics,
                             moa_heads *heads, char *err, size_t errlen) {
     moa_sched *s = calloc(1, sizeof *s);
@@ -363,8 +508,28 @@ moa_sched *moa_sched_create(const moa_model *m, const moa_conf *conf, moa_metric
     s->metrics = metrics;
     s->heads = heads;
     pthread_mutex_init(&s->mu, NULL);
-    s->sess = moa_session_create(m, conf->max_batch_rows, err, errlen);
-    if (!s->sess) goto fail_session;
+    pthread_mutex_init(&s->wmu, NULL);
+    pthread_cond_init(&s->go, NULL);
+    pthread_cond_init(&s->done, NULL);
+    // moa_conf_load checked that every share holds at least the largest beam.
+    s->n_workers = moa_conf_compute_workers(conf);
+    s->inflight_per = (conf->max_inflight + s->n_workers - 1) / s->n_workers;
+    s->rows_per = conf->max_batch_rows / s->n_workers;
+    s->workers = calloc((size_t)s->n_workers, sizeof *s->workers);
+    if (!s->workers) {
+        snprintf(err, errlen, "out of memory");
+        goto fail_workers;
+    }
+    for (int i = 0; i < s->n_workers; i++) {
+        moa_worker *w = &s->workers[i];
+        w->s = s;
+        if (!(w->sess = moa_session_create(m, s->rows_per, err, errlen))) goto fail_session;
+        if (i > 0 && pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+            snprintf(err, errlen, "cannot start compute worker thread %d", i);
+            goto fail_session;
+        }
+        w->started = i > 0;
+    }
     if (uv_loop_init(&s->loop) != 0) {
         snprintf(err, errlen, "uv_loop_init failed");
         goto fail_loop;
@@ -387,8 +552,12 @@ fail_thread:
     uv_run(&s->loop, UV_RUN_DEFAULT);
     uv_loop_close(&s->loop);
 fail_loop:
-    moa_session_free(s->sess);
 fail_session:
+    workers_free(s);
+fail_workers:
+    pthread_cond_destroy(&s->done);
+    pthread_cond_destroy(&s->go);
+    pthread_mutex_destroy(&s->wmu);
     pthread_mutex_destroy(&s->mu);
     free(s);
     return NULL;
@@ -451,9 +620,12 @@ void moa_sched_stop(moa_sched *s) {
 void moa_sched_free(moa_sched *s) {
     if (!s) return;
     moa_sched_stop(s);
-    moa_session_free(s->sess);
+    workers_free(s);
     free(s->held);
     free(s->pfds);
+    pthread_cond_destroy(&s->done);
+    pthread_cond_destroy(&s->go);
+    pthread_mutex_destroy(&s->wmu);
     pthread_mutex_destroy(&s->mu);
     free(s);
 }

@@ -1,5 +1,6 @@
-// moa_sched.h — the batching scheduler: one thread, one moa_session, every
-// request's sentences decoded together, step by step.
+// moa_sched.h — the batching scheduler: one thread that owns the queue and
+// compute_workers engine sessions stepped in parallel; every request's
+// sentences decoded together, step by step.
 //
 //     moa_sched *s = moa_sched_create(model, &conf, metrics, heads, err, sizeof err);
 //     // HTTP thread, per request: fill a job, suspend the connection, submit
@@ -14,11 +15,17 @@
 // whose client has gone (socket closed: 499), admits waiting units FAIRLY —
 // always to the job with the fewest units in the batch, oldest first, so a
 // one-line request is not stuck behind a 500-line one — while the
-// max_inflight and max_batch_rows limits allow, runs ONE moa_session_step
-// (newcomers encoded together, one decoder step for every live hypothesis
-// of every request; the engine groups rows by routed expert), takes the
-// finished units, and resumes the connection of every job whose units are
-// all done. The loop idles (no timers spinning) when there is no work.
+// max_inflight and max_batch_rows limits allow (split evenly between the
+// workers; a unit goes to the session with the fewest rows), runs ONE
+// moa_session_step in every session that holds units, all at once (worker 0
+// on this thread, the others on their own threads with single-threaded
+// OpenBLAS; newcomers encoded together, one decoder step for every live
+// hypothesis; the engine groups rows by routed expert), waits for all of
+// them, takes the finished units, and resumes the connection of every job
+// whose units are all done. The loop idles (no timers spinning) when there
+// is no work. Queues, fairness, timeouts and results are the scheduler
+// thread's alone: worker threads only ever step their own session. One
+// worker: no extra thread, the scheduler thread steps its session.
 //
 // Ownership: a submitted job belongs to the scheduler until it sets
 // job->status and calls MHD_resume_connection(job->conn); after that the
@@ -53,6 +60,7 @@ typedef struct moa_unit {
     int state;              // moa_unit_state
     int from_cache;
     int eng_id;             // moa_session_add's id while LIVE
+    int worker;             // the compute worker whose session holds it while LIVE
     moa_result res;         // when DONE
 } moa_unit;
 
@@ -76,12 +84,15 @@ struct moa_job {
 
 typedef struct moa_sched moa_sched;
 
-// Creates the session (max_batch_rows rows) and starts the scheduler thread.
+// Creates the compute workers' sessions (max_batch_rows / workers rows each;
+// moa_conf_compute_workers), starts the worker threads and the scheduler
+// thread.
 // heads may be NULL (no statistics, no traces forced). NULL on failure with
 // a message.
 moa_sched *moa_sched_create(const moa_model *m, const moa_conf *conf, moa_metrics *metrics,
                             moa_heads *heads, char *err, size_t errlen);
-// Answers every job still held with 503, stops and joins the thread.
+// Answers every job still held with 503, stops and joins the scheduler thread
+// (the worker threads are joined by moa_sched_free).
 void moa_sched_stop(moa_sched *s);
 void moa_sched_free(moa_sched *s);  // stops first if needed; NULL is a no-op
 

@@ -123,13 +123,18 @@ static void log_start(const moa_server *srv, double load_s) {
             srv->model_name, c->model, g->source_lang, g->target_lang, g->d_model,
             g->encoder_layers, g->decoder_layers, g->num_experts, g->top_k, g->vocab_size,
             g->max_positions, load_s);
-    moa_log(MOA_LOG_INFO, "threads: compute (OpenBLAS %s) %d, http %d, scheduler 1, "
-            "libuv pool unused (UV_THREADPOOL_SIZE=%s)", moa_blas_corename(),
-            moa_get_num_threads(), c->http_threads, getenv("UV_THREADPOOL_SIZE"));
-    moa_log(MOA_LOG_INFO, "limits: max_inflight %d sentences, max_batch_rows %d, max_queue %d, "
-            "max_body %ld, max_texts %d, max_chars %d, timeout %g s, cache %d, heads %s",
-            c->max_inflight, c->max_batch_rows, c->max_queue, c->max_body, c->max_texts,
-            c->max_chars, c->timeout, c->cache_size, c->heads ? "on" : "off");
+    int workers = moa_conf_compute_workers(c);
+    moa_log(MOA_LOG_INFO, "threads: compute workers %d (an engine session each; the scheduler "
+            "thread steps the first, %d more thread(s)), OpenBLAS (%s) %d per worker, http %d, "
+            "scheduler 1, libuv pool unused (UV_THREADPOOL_SIZE=%s)", workers, workers - 1,
+            moa_blas_corename(), moa_get_num_threads(), c->http_threads,
+            getenv("UV_THREADPOOL_SIZE"));
+    moa_log(MOA_LOG_INFO, "limits: max_inflight %d sentences, max_batch_rows %d (per worker: "
+            "%d sentences, %d rows), max_queue %d, max_body %ld, max_texts %d, max_chars %d, timeout %g s, "
+            "cache %d, heads %s", c->max_inflight, c->max_batch_rows,
+            (c->max_inflight + workers - 1) / workers, c->max_batch_rows / workers, c->max_queue,
+            c->max_body, c->max_texts, c->max_chars, c->timeout, c->cache_size,
+            c->heads ? "on" : "off");
 }
 
 // --- main -----------------------------------------------------------------------------------------
@@ -151,12 +156,10 @@ int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     // libuv's thread pool serves file and DNS work we never ask for: keep it minimal.
     setenv("UV_THREADPOOL_SIZE", "1", 0);
-    int threads = srv.conf.compute_threads;
-    if (threads <= 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = n > 0 ? (int)n : 1;
-    }
-    moa_set_num_threads(threads);
+    // Before anything touches BLAS. Several workers each run single-threaded
+    // OpenBLAS (concurrent calls are safe since OpenBLAS 0.3.7); one worker
+    // may use compute_threads (bench/RESULTS.md: workers are faster).
+    moa_set_num_threads(moa_conf_blas_threads(&srv.conf));
 
     int status = 1;
     char err[1024];

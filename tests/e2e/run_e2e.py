@@ -662,6 +662,44 @@ def test_fairness_short_request_not_stuck():
         s.stop()
 
 
+@test
+def test_compute_workers_same_results():
+    src = sentences(24, 3)
+    opts = [{"beam_size": 1}, {"beam_size": 4, "num_hypotheses": 2}]
+    jobs = [(i, o) for i in range(len(src)) for o in range(len(opts))]
+    got: Dict[int, Dict[Tuple[int, int], Dict[str, Any]]] = {}
+    for w in (1, 2):
+        # the variable (not the flag): it outranks a MOA_COMPUTE_WORKERS of the caller
+        s = Server(f"workers{w}", "--cache-size", "0", "--max-inflight", "32",
+                   env={"MOA_COMPUTE_WORKERS": str(w)})
+        try:
+            line = [l for l in s.read_log().splitlines() if "threads:" in l]
+            check(len(line) == 1 and re.search(rf"compute workers {w}\b", line[0]) is not None,
+                  f"start log names the workers: {line}")
+            m = request(s, "GET", "/metrics")[2].decode()
+            check(f'compute_workers="{w}"' in m, "moa_info names the workers")
+            def one(key: Tuple[int, int]) -> Tuple[Tuple[int, int], Dict[str, Any]]:
+                i, o = key
+                return key, translate(s, dict(opts[o], text=src[i], return_scores=True))
+            with cf.ThreadPoolExecutor(max_workers=16) as ex:
+                got[w] = dict(ex.map(one, jobs))
+        finally:
+            check(s.stop() == 0, f"workers {w}: exit 0")
+    bad = 0
+    for k in jobs:
+        a, b = got[1][k]["translations"][0], got[2][k]["translations"][0]
+        if a["text"] != b["text"] or a.get("alternatives") != b.get("alternatives") or \
+                abs(a["score"] - b["score"]) > SCORE_TOL:
+            bad += 1
+            print(f"    differs {k}: {a} vs {b}")
+    check(bad == 0, f"{bad} of {len(jobs)} results differ between 1 and 2 compute workers")
+    r = subprocess.run([ARGS.server, "--config", os.devnull, "--compute-workers", "2",
+                        "--compute-threads", "2", "--print-config"], capture_output=True, text=True,
+                       env=dict(os.environ, MOA_COMPUTE_WORKERS="2"))
+    check(r.returncode == 2 and "compute_threads 2: must be 1" in r.stderr,
+          f"several workers with several BLAS threads refused: {r.returncode} {r.stderr}")
+
+
 # --- running it -------------------------------------------------------------------------------
 
 @test
