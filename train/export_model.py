@@ -174,6 +174,12 @@ def evaluate(model_dir: str, work: str, corpus: Optional[str], threads: int, bea
     os.makedirs(work, exist_ok=True)
     metrics: Dict[str, Any] = {}
     load = None
+    lexicon = None
+    if ev is not None:
+        # The floor the model must clearly beat (issue): copying the source,
+        # and a greedy word-by-word lookup learned from training pairs.
+        train_path = datamod.split_path("train", corpus)
+        lexicon = ev.build_lexicon(ev.iter_train_pairs(train_path, 100_000))
     for split in ("valid", "test"):
         pairs = list(datamod.read_pairs(datamod.split_path(split, corpus)))
         srcs, refs = [s for s, _ in pairs], [t for _, t in pairs]
@@ -202,6 +208,12 @@ def evaluate(model_dir: str, work: str, corpus: Optional[str], threads: int, bea
             m["bleu"] = round(float(ev.corpus_bleu(hyps, refs)), 2)
             m["chrf"] = round(float(ev.corpus_chrf(hyps, refs)), 2)
             m["placeholder_preservation"] = round(float(ev.placeholder_preservation(srcs, hyps)), 4)
+            base = {"copy": ev.copy_baseline(srcs), "word_lookup": ev.lexicon_baseline(srcs, lexicon)}
+            m["baselines"] = {name: {"bleu": round(float(ev.corpus_bleu(h, refs)), 2),
+                                     "chrf": round(float(ev.corpus_chrf(h, refs)), 2),
+                                     "placeholder_preservation":
+                                         round(float(ev.placeholder_preservation(srcs, h)), 4)}
+                              for name, h in base.items()}
         metrics[split] = m
         print(f"evaluate: {split}: {json.dumps(m)}", flush=True)
     f16 = extra.get("f16_check")
@@ -248,6 +260,9 @@ def write_results(path: str, cfg: Dict[str, Any], load: Optional[Dict[str, Any]]
         lines.append(f"| {split} | {s.get('sentences')} | {s.get('bleu', 'n/a')} | "
                      f"{s.get('chrf', 'n/a')} | {s.get('placeholder_preservation', 'n/a')} | "
                      f"{s.get('beam')} | {s.get('translate_seconds')} |")
+        for name, b in s.get("baselines", {}).items():
+            lines.append(f"| {split}, baseline: {name.replace('_', ' ')} | {s.get('sentences')} | "
+                         f"{b['bleu']} | {b['chrf']} | {b['placeholder_preservation']} | | |")
     f16 = m.get("f16_check")
     if f16:
         lines += ["", f"- F16 vs F32 (C engine `--score`, {f16.get('pairs')} valid pairs, "
