@@ -80,6 +80,16 @@ say "mode $MODE, corpus $CORPUS, work $WORK, out $OUT, vocab $VOCAB, budget $MIN
 [ -f "$CORPUS/train.en-de.tsv.xz" ] || { echo "error: $CORPUS/train.en-de.tsv.xz not found (set MOA_CORPUS)" >&2; exit 1; }
 
 # --- 1. SentencePiece -------------------------------------------------------------
+# The default model's SentencePiece model is kept in the repository: a
+# checkpoint only continues with exactly the piece ids it was trained on, and
+# spm_train (multi-threaded) need not give the same model twice.
+KEPT=train/spm/en-de-$VOCAB
+if [ "$MODE" = default ] && [ ! -f "$WORK/spm.model" ] && [ -f "$KEPT.model" ]; then
+  say "1. SentencePiece: using the kept $KEPT.model"
+  mkdir -p "$WORK"
+  cp "$KEPT.model" "$WORK/spm.model"
+  cp "$KEPT.vocab.txt" "$WORK/vocab.txt"
+fi
 if [ ! -f "$WORK/spm.model" ] || [ ! -f "$WORK/vocab.txt" ]; then
   say "1. SentencePiece: unigram, $VOCAB pieces, on both sides of $SPM_PAIRS training pairs"
   $PY train/data.py --corpus "$CORPUS" sample --out "$WORK/spm_sample.txt" --pairs "$SPM_PAIRS"
