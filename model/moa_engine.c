@@ -617,6 +617,24 @@ static int reorder(moa_session *s, sent *st, const int *parent, int n) {
     return 0;
 }
 
+// Extends the single hypothesis of a forced or sampled sentence by `tok`
+// (log-prob logit - lse); `last` finishes it. 1 when finished, 0, or <0.
+static int extend_single(const moa_config *c, sent *st, int tok, const float *logits,
+                         float lse, int last) {
+    int t = st->step, rc;
+    float l = logits[tok] - lse;
+    double total = st->scores[0] + (double)l;
+    if (last) {
+        if ((rc = finish(c, st, 0, tok, l, total))) return rc;
+        return 1;
+    }
+    st->tokens[t] = tok;
+    st->lps[t] = l;
+    st->scores[0] = total;
+    st->step++;
+    return 0;
+}
+
 // Advances one sentence given its rows' logits (n_live rows of V) and their
 // log-sum-exp: a token's log-prob is logit - lse, in float.
 // Returns 1 when the sentence is finished, 0 if it goes on, <0 on error.
@@ -625,37 +643,14 @@ static int advance(moa_session *s, sent *st, float *lp, const float *lse) {
     int V = c->vocab_size, t = st->step, rc;
     size_t cap = (size_t)st->cap;
 
-    if (st->forced) {
-        int tok = st->tgt[t];
-        float l = lp[tok] - lse[0];
-        double total = st->scores[0] + (double)l;
-        if (t == st->tgt_len - 1) {
-            if ((rc = finish(c, st, 0, tok, l, total))) return rc;
-            return 1;
-        }
-        st->tokens[t] = tok;
-        st->lps[t] = l;
-        st->scores[0] = total;
-        st->step++;
-        return 0;
-    }
+    if (st->forced) return extend_single(c, st, st->tgt[t], lp, lse[0], t == st->tgt_len - 1);
 
     for (int i = 0; i < st->n_live; i++) moa_mask_row(lp + (size_t)i * V, c, &st->o, t, st->max_len);
 
     if (st->sampling) {
         int tok = moa_sample_token(lp, V, &st->o, &st->rng, s->sample_f, s->sample_i);
         if (tok < 0) return 1;  // nothing allowed: cannot happen with a sane config
-        float l = lp[tok] - lse[0];
-        double total = st->scores[0] + (double)l;
-        if (tok == c->eos_id) {
-            if ((rc = finish(c, st, 0, tok, l, total))) return rc;
-            return 1;
-        }
-        st->tokens[t] = tok;
-        st->lps[t] = l;
-        st->scores[0] = total;
-        st->step++;
-        return 0;
+        return extend_single(c, st, tok, lp, lse[0], tok == c->eos_id);
     }
 
     int B = st->beam;
