@@ -384,33 +384,45 @@ int moa_config_parse(const char *json, size_t len, const char *path,
 
 // --- files -------------------------------------------------------------------
 
-// Reads a whole regular file of at most max bytes into *out (malloc'd).
-static int read_file(const char *path, size_t max, char **out, size_t *len,
-                     char *err, size_t errlen) {
+// Opens path read-only and checks it is a regular file; returns the fd
+// (>= 0) and its size, or a negative error with the message written.
+static int open_regular(const char *path, uint64_t *size, char *err, size_t errlen) {
     char eb[128];
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return fail(err, errlen, MOA_EIO, "%s: cannot open: %s", path,
                     errno_str(errno, eb, sizeof eb));
-    int rc;
-    char *buf = NULL;
     struct stat st;
-    if (fstat(fd, &st) != 0) {
+    int rc = 0;
+    if (fstat(fd, &st) != 0)
         rc = fail(err, errlen, MOA_EIO, "%s: cannot stat: %s", path,
                   errno_str(errno, eb, sizeof eb));
-        goto fail_fd;
-    }
-    if (!S_ISREG(st.st_mode)) {
+    else if (!S_ISREG(st.st_mode))
         rc = fail(err, errlen, MOA_EIO, "%s: not a regular file", path);
-        goto fail_fd;
+    if (rc) {
+        close(fd);
+        return rc;
     }
-    if ((uint64_t)st.st_size > max) {
+    *size = (uint64_t)st.st_size;
+    return fd;
+}
+
+// Reads a whole regular file of at most max bytes into *out (malloc'd).
+static int read_file(const char *path, size_t max, char **out, size_t *len,
+                     char *err, size_t errlen) {
+    char eb[128];
+    uint64_t fsize;
+    int fd = open_regular(path, &fsize, err, errlen);
+    if (fd < 0) return fd;
+    int rc;
+    char *buf = NULL;
+    if (fsize > max) {
         rc = fail(err, errlen, MOA_EFORMAT,
-                  "%s: file is %lld bytes, more than the %zu allowed", path,
-                  (long long)st.st_size, max);
+                  "%s: file is %llu bytes, more than the %zu allowed", path,
+                  (unsigned long long)fsize, max);
         goto fail_fd;
     }
-    size_t n = (size_t)st.st_size, got = 0;
+    size_t n = (size_t)fsize, got = 0;
     buf = malloc(n + 1);
     if (!buf) {
         rc = fail(err, errlen, MOA_ENOMEM, "%s: out of memory", path);
@@ -872,22 +884,10 @@ static int load_safetensors(moa_model *m, const char *path, char *err,
     L.err = err;
     L.errlen = errlen;
 
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return fail(err, errlen, MOA_EIO, "%s: cannot open: %s", path,
-                    errno_str(errno, eb, sizeof eb));
+    uint64_t size;
+    int fd = open_regular(path, &size, err, errlen);
+    if (fd < 0) return fd;
     int rc;
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        rc = fail(err, errlen, MOA_EIO, "%s: cannot stat: %s", path,
-                  errno_str(errno, eb, sizeof eb));
-        goto fail_fd;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        rc = fail(err, errlen, MOA_EIO, "%s: not a regular file", path);
-        goto fail_fd;
-    }
-    uint64_t size = (uint64_t)st.st_size;
     if (size < 8) {
         rc = fail(err, errlen, MOA_EFORMAT,
                   "%s: file is too short (%llu bytes) to hold a safetensors "
