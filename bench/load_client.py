@@ -5,7 +5,7 @@ sending one-sentence POST /translate requests, until N requests are done.
     load_client.py --port 8080 --concurrency 32 --requests 500 --sentences FILE
 
 Prints one JSON line: requests, failed, seconds, sentences/s, latency
-p50/p95/p99 in ms. Loopback only. Python threads: at most a few thousand
+mean/p50/p95/p99 in ms. Loopback only. Python threads: at most a few thousand
 requests per second, far above what the model serves, so the client is not
 the bottleneck for this model; the numbers are those of the server.
 """
@@ -80,6 +80,7 @@ def main() -> None:
     print(json.dumps({"concurrency": a.concurrency, "requests": a.requests,
                       "failed": state["failed"], "seconds": secs,
                       "sentences_per_s": len(lat) / secs if secs > 0 else 0,
+                      "mean_ms": 1e3 * sum(lat) / len(lat) if lat else float("nan"),
                       "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99)}))
 
 

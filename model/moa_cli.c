@@ -535,6 +535,7 @@ typedef struct cli_ctx {
     // statistics for --verbose
     long n_sentences, n_failed;
     long src_tokens, tgt_tokens;
+    long n_decoded;             // sentences this worker's session decoded
 } cli_ctx;
 
 static void item_reset(cli_item *it) {
@@ -676,6 +677,7 @@ static int translate_batch(cli_ctx *c, cli_round *rd) {
             it->res = r;
             it->done = 1;
             pending--;
+            c->n_decoded++;
             memset(&r, 0, sizeof r);
         }
     }
@@ -1048,6 +1050,9 @@ int main(int argc, char **argv) {
             jobs[nw++] = (cli_job){&cs[w], n, &round, 0};
         }
         if (failed || nw == 0) break;
+        // Translation shares the round's lines through round.next, so a
+        // short round (the input ran out) still gets every worker.
+        for (; !args.score && nw < W; nw++) jobs[nw] = (cli_job){&cs[nw], 0, &round, 0};
         round.n = 0;
         atomic_store(&round.next, 0);
         for (int w = 0; w < nw; w++)
@@ -1086,6 +1091,10 @@ int main(int argc, char **argv) {
                 "%.2f GFLOP/s\n",
                 n_sent, n_fail, src_tok, tgt_tok, dt, (double)n_sent * rate,
                 (double)tgt_tok * rate, (double)moa_flop_count() * 1e-9 * rate);
+        if (!args.score && W > 1)
+            for (int w = 0; w < W; w++)
+                fprintf(stderr, CLI_NAME ": worker %d: %ld sentences decoded\n", w,
+                        cs[w].n_decoded);
     }
     if (out != stdout && fclose(out) != 0) {
         fprintf(stderr, CLI_NAME ": %s: %s\n", args.output, strerror(errno));
