@@ -891,6 +891,8 @@ static void print_model_info(const moa_model *m, const cli_args *a) {
     fprintf(stderr, CLI_NAME ": OpenBLAS %s, %d thread(s) per product; %d "
             "worker(s); batch %d\n", moa_blas_corename(), moa_get_num_threads(),
             a->threads, a->batch);
+    fprintf(stderr, CLI_NAME ": matrix products: %s\n",
+            moa_get_num_threads() == 1 ? moa_gemm_path() : "OpenBLAS (several threads)");
     const moa_search_opts *o = &a->opts;
     if (a->score)
         fprintf(stderr, CLI_NAME ": scoring %s\n", a->score);

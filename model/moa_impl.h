@@ -26,6 +26,15 @@
 
 // --- weights: const views into the mmap (or into widened copies) ---------
 
+// A weight matrix W (n×k, row-major, as stored) and, when the packed AVX-512
+// path runs (moa_pack_available), a copy packed once at load for
+// moa_gemm_packed (model/moa_packed.c); p is NULL otherwise.
+typedef struct moa_packed {
+    const float *w;                 // n×k, the stored tensor
+    const float *p;                 // moa_pack_floats(n, k), 64-byte aligned
+    int n, k;
+} moa_packed;
+
 typedef struct moa_ln_w {
     const float *w, *b;             // d
 } moa_ln_w;
@@ -36,11 +45,13 @@ typedef struct moa_attn_w {
     const float *w_gate;            // d×E   router
     const float *q_experts;         // E×d×h per-expert query projection
     const float *o_experts;         // E×h×d per-expert output projection
+    moa_packed k_p, v_p;            // k_w, v_w for the K/V products
 } moa_attn_w;
 
 typedef struct moa_ffn_w {
     const float *fc1_w, *fc1_b;     // ffn×d, ffn
     const float *fc2_w, *fc2_b;     // d×ffn, d
+    moa_packed fc1_p, fc2_p;
 } moa_ffn_w;
 
 typedef struct moa_enc_layer {
@@ -67,10 +78,12 @@ struct moa_model {
     size_t map_len;
     float **owned;                  // widened / realigned copies, freed on close
     int n_owned, cap_owned;
+    int n_packed;                   // of the owned: packed weight copies
 
     const float *enc_embed;         // V×d
     const float *dec_embed;         // V×d (== enc_embed when shared)
     const float *out_proj;          // V×d (== dec_embed when shared)
+    moa_packed out_p;               // out_proj for the logits product
     moa_enc_layer *enc;             // encoder_layers
     moa_dec_layer *dec;             // decoder_layers
     moa_ln_w enc_final_ln;          // pre-norm only, else NULLs
@@ -108,6 +121,20 @@ void moa_count_flops(uint64_t n);
 void moa_gemm_naive(int trans_a, int trans_b, int m, int n, int k,
                     float alpha, const float *a, int lda, const float *b,
                     int ldb, float beta, float *c, int ldc);
+
+// 1 when the packed AVX-512 path runs on this CPU (and MOA_AVX512 is not 0).
+int moa_pack_available(void);
+size_t moa_pack_floats(int n, int k);
+void moa_pack_weights(float *dst, const float *w, int n, int k);
+// C (m×n) = A (m×k) · Wᵀ + beta · C, beta 0 or 1, one thread. Each element
+// is one FMA chain over k in order: rows do not depend on m.
+void moa_gemm_packed(int m, const float *a, int lda, const moa_packed *w, float beta,
+                     float *c, int ldc);
+// C (m×n) = A · Wᵀ + beta · C through whichever path serves: packed when
+// w->p is set and OpenBLAS runs one thread (the packed kernel is
+// single-threaded), else OpenBLAS with w->w.
+void moa_gemm_w(int m, const float *a, int lda, const moa_packed *w, float beta, float *c,
+                int ldc);
 
 // y = LayerNorm(x) * w + b over rows of width d (y may equal x).
 void moa_layernorm(float *y, const float *x, int n, int d, const float *w,

@@ -863,6 +863,51 @@ static int bind_model(loader *L) {
 #undef BIND
 #undef SUB
 
+// --- packed copies of the big weight matrices (model/moa_packed.c) -------
+
+static int pack_one(moa_model *m, moa_packed *pk, const float *w, int n, int k) {
+    pk->w = w;
+    pk->p = NULL;
+    pk->n = n;
+    pk->k = k;
+    if (!moa_pack_available()) return 0;
+    float *dst = owned_alloc(m, moa_pack_floats(n, k));
+    if (!dst) return MOA_ENOMEM;
+    moa_pack_weights(dst, w, n, k);
+    pk->p = dst;
+    m->n_packed++;
+    return 0;
+}
+
+// Every product of the form rows × Wᵀ whose W is big enough to matter:
+// K/V of each attention module, both FFN products, the output projection.
+static int pack_model(moa_model *m) {
+    const moa_config *c = &m->cfg;
+    int d = c->d_model, h = c->head_dim, F = c->ffn_dim, rc = 0;
+    moa_attn_w *attn[2 * MOA_MAX_LAYERS + MOA_MAX_LAYERS];
+    moa_ffn_w *ffn[2 * MOA_MAX_LAYERS];
+    int na = 0, nf = 0;
+    for (int i = 0; i < c->encoder_layers; i++) {
+        attn[na++] = &m->enc[i].self_attn;
+        ffn[nf++] = &m->enc[i].ffn;
+    }
+    for (int i = 0; i < c->decoder_layers; i++) {
+        attn[na++] = &m->dec[i].self_attn;
+        attn[na++] = &m->dec[i].cross_attn;
+        ffn[nf++] = &m->dec[i].ffn;
+    }
+    for (int i = 0; i < na && !rc; i++) {
+        rc = pack_one(m, &attn[i]->k_p, attn[i]->k_w, h, d);
+        if (!rc) rc = pack_one(m, &attn[i]->v_p, attn[i]->v_w, h, d);
+    }
+    for (int i = 0; i < nf && !rc; i++) {
+        rc = pack_one(m, &ffn[i]->fc1_p, ffn[i]->fc1_w, F, d);
+        if (!rc) rc = pack_one(m, &ffn[i]->fc2_p, ffn[i]->fc2_w, d, F);
+    }
+    if (!rc) rc = pack_one(m, &m->out_p, m->out_proj, c->vocab_size, d);
+    return rc;
+}
+
 // Training-only leftovers of the paper's checkpoints (spec §3), dropped
 // without a word: q_proj.w_noise, embed_positions._float_tensor, ffd.N.*.
 static int silently_ignored(const char *name) {
@@ -935,6 +980,10 @@ static int load_safetensors(moa_model *m, const char *path, char *err,
     }
     if ((rc = parse_entries(&L))) goto fail_tensors;
     if ((rc = bind_model(&L))) goto fail_tensors;
+    if ((rc = pack_model(m))) {
+        rc = fail(err, errlen, rc, "%s: out of memory packing the weights", path);
+        goto fail_tensors;
+    }
 
     for (size_t i = 0; i < L.n; i++)
         if (L.t[i].state == T_UNUSED && !silently_ignored(L.t[i].name))

@@ -103,6 +103,11 @@ size_t moa_model_f32_bytes(const moa_model *m);
 void moa_set_num_threads(int n);
 int moa_get_num_threads(void);
 const char *moa_blas_corename(void);
+// Which matrix-product path runs: "OpenBLAS", or the engine's own AVX-512
+// kernel on weights packed at load (chosen at run time from the CPU; the
+// environment variable MOA_AVX512=0 turns it off) plus OpenBLAS for the rest.
+// With more than one OpenBLAS thread the packed kernel stands aside.
+const char *moa_gemm_path(void);
 // Floating-point operations the engine has done in this process (matrix
 // products and attention; 2 per multiply-add), for benchmarks. Thread-safe.
 uint64_t moa_flop_count(void);

@@ -129,6 +129,8 @@ static void log_start(const moa_server *srv, double load_s) {
             "scheduler 1, libuv pool unused (UV_THREADPOOL_SIZE=%s)", workers, workers - 1,
             moa_blas_corename(), moa_get_num_threads(), c->http_threads,
             getenv("UV_THREADPOOL_SIZE"));
+    moa_log(MOA_LOG_INFO, "matrix products: %s", moa_get_num_threads() == 1 ? moa_gemm_path()
+                                                  : "OpenBLAS (several threads)");
     moa_log(MOA_LOG_INFO, "limits: max_inflight %d sentences, max_batch_rows %d (per worker: "
             "%d sentences, %d rows), max_queue %d, max_body %ld, max_texts %d, max_chars %d, timeout %g s, "
             "cache %d, heads %s", c->max_inflight, c->max_batch_rows,

@@ -1,0 +1,164 @@
+// moa_packed.c — C = A·Wᵀ (+ C) for weight matrices packed once at load,
+// with an AVX-512 kernel chosen at run time.
+//
+// Why: the decoder's big products (output projection, FFN, K/V) multiply a
+// few hundred activation rows by a fixed weight matrix. OpenBLAS repacks the
+// weights on every call (~12% of decode time), and with the AVX2 kernels it
+// is told to use on CPUs it misdetects (OPENBLAS_CORETYPE=Haswell) it leaves
+// half of an AVX-512 core idle. Here the weights are laid out once in panels
+// of 32 output columns, k-major (panel p, step kk: the 32 floats
+// W[32p .. 32p+31][kk], zero past n), so the kernel streams each panel
+// straight from memory and keeps it in L1 while every row block uses it.
+//
+// Numerics: every element of C is one FMA chain over each block of 256 k in
+// increasing order, added to C's old value (beta = 1) or the previous
+// blocks' sum at the block's end, so a row's result does not depend on how
+// many rows share the call or where the row sits in it — the batch never
+// changes a result. The order differs from OpenBLAS's, so the
+// two paths agree to float rounding (tests: within 1e-5 relative).
+//
+// The path is used only when the CPU and OS support AVX-512F and the
+// environment does not say MOA_AVX512=0; otherwise moa_pack_available()
+// is 0, nothing is packed and every product goes to OpenBLAS as before.
+#include <stdlib.h>
+#include <string.h>
+
+#include "moa_impl.h"
+
+#define NR 32   // output columns per panel: two 16-float vectors
+#define MR 12   // rows per micro-tile: 24 accumulators + 2 panel vectors
+#define KC 256  // k per block: a panel block (32 KB) stays in L1
+#define MC 192  // rows per chunk: its packed block (192 KB) stays in L2
+
+static int pack_state = -1;  // -1 unknown, 0 off, 1 on
+
+int moa_pack_available(void) {
+    if (pack_state < 0) {
+        const char *env = getenv("MOA_AVX512");
+        int off = env && (!strcmp(env, "0") || !strcmp(env, "off") || !strcmp(env, "no"));
+        __builtin_cpu_init();
+        pack_state = !off && __builtin_cpu_supports("avx512f");
+    }
+    return pack_state;
+}
+
+const char *moa_gemm_path(void) {
+    return moa_pack_available() ? "own AVX-512 kernel on packed weights (FFN, K/V, output) + OpenBLAS"
+                                : "OpenBLAS";
+}
+
+void moa_gemm_w(int m, const float *a, int lda, const moa_packed *w, float beta, float *c,
+                int ldc) {
+    if (w->p && moa_get_num_threads() == 1) moa_gemm_packed(m, a, lda, w, beta, c, ldc);
+    else moa_gemm(0, 1, m, w->n, w->k, 1.0f, a, lda, w->w, w->k, beta, c, ldc);
+}
+
+size_t moa_pack_floats(int n, int k) { return (size_t)((n + NR - 1) / NR) * NR * (size_t)k; }
+
+void moa_pack_weights(float *dst, const float *w, int n, int k) {
+    int np = (n + NR - 1) / NR;
+    for (int p = 0; p < np; p++) {
+        float *panel = dst + (size_t)p * NR * k;
+        for (int j = 0; j < NR; j++) {
+            int row = p * NR + j;
+            const float *src = row < n ? w + (size_t)row * k : NULL;
+            for (int kk = 0; kk < k; kk++) panel[(size_t)kk * NR + j] = src ? src[kk] : 0.0f;
+        }
+    }
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+#include <immintrin.h>
+
+// One micro-tile: rows [0, mr) of the packed A block (a[kk·MR + r]) times
+// one panel block (b[kk·NR + j]) into C, columns masked by m0/m1.
+static inline __attribute__((always_inline)) void tile(int mr, int kc, const float *a,
+                                                       const float *b, float *c, int ldc,
+                                                       int load_c, __mmask16 m0,
+                                                       __mmask16 m1) {
+    __m512 c0[MR], c1[MR];
+#pragma GCC unroll 12
+    for (int r = 0; r < mr; r++) {
+        c0[r] = _mm512_setzero_ps();
+        c1[r] = _mm512_setzero_ps();
+    }
+    for (int kk = 0; kk < kc; kk++) {
+        __m512 b0 = _mm512_load_ps(b + (size_t)kk * NR);
+        __m512 b1 = _mm512_load_ps(b + (size_t)kk * NR + 16);
+        const float *ak = a + (size_t)kk * MR;
+#pragma GCC unroll 12
+        for (int r = 0; r < mr; r++) {
+            __m512 av = _mm512_set1_ps(ak[r]);
+            c0[r] = _mm512_fmadd_ps(av, b0, c0[r]);
+            c1[r] = _mm512_fmadd_ps(av, b1, c1[r]);
+        }
+    }
+    // C's old value is added once at the end (as BLAS does), not used as
+    // the start of the chain: a large residual would round every step.
+#pragma GCC unroll 12
+    for (int r = 0; r < mr && load_c; r++) {
+        c0[r] = _mm512_add_ps(c0[r], _mm512_maskz_loadu_ps(m0, c + (size_t)r * ldc));
+        c1[r] = _mm512_add_ps(c1[r], _mm512_maskz_loadu_ps(m1, c + (size_t)r * ldc + 16));
+    }
+#pragma GCC unroll 12
+    for (int r = 0; r < mr; r++) {
+        _mm512_mask_storeu_ps(c + (size_t)r * ldc, m0, c0[r]);
+        _mm512_mask_storeu_ps(c + (size_t)r * ldc + 16, m1, c1[r]);
+    }
+}
+
+// mr as a constant in each case, so the tile's loops unroll into registers.
+static void tile_any(int mr, int kc, const float *a, const float *b, float *c, int ldc,
+                     int load_c, __mmask16 m0, __mmask16 m1) {
+    switch (mr) {
+#define T(n) case n: tile(n, kc, a, b, c, ldc, load_c, m0, m1); break;
+        T(1) T(2) T(3) T(4) T(5) T(6) T(7) T(8) T(9) T(10) T(11) T(12)
+#undef T
+    }
+}
+
+static void gemm_chunk(int m, const float *a, int lda, const moa_packed *w, int beta1,
+                       float *c, int ldc, float *abuf) {
+    int n = w->n, k = w->k, np = (n + NR - 1) / NR;
+    for (int k0 = 0; k0 < k; k0 += KC) {
+        int kc = k - k0 < KC ? k - k0 : KC;
+        // A's rows for this k block, in MR-row blocks, k-major, zero-padded
+        for (int i0 = 0; i0 < m; i0 += MR) {
+            float *dst = abuf + (size_t)(i0 / MR) * MR * kc;
+            int mr = m - i0 < MR ? m - i0 : MR;
+            for (int kk = 0; kk < kc; kk++)
+                for (int r = 0; r < MR; r++)
+                    dst[kk * MR + r] = r < mr ? a[(size_t)(i0 + r) * lda + k0 + kk] : 0.0f;
+        }
+        int load_c = beta1 || k0 > 0;
+        for (int p = 0; p < np; p++) {
+            const float *b = w->p + (size_t)p * NR * k + (size_t)k0 * NR;
+            int cols = n - p * NR < NR ? n - p * NR : NR;
+            __mmask16 m0 = (__mmask16)(cols >= 16 ? 0xFFFF : (1u << cols) - 1);
+            __mmask16 m1 = (__mmask16)(cols <= 16 ? 0 : cols >= 32 ? 0xFFFF : (1u << (cols - 16)) - 1);
+            for (int i0 = 0; i0 < m; i0 += MR) {
+                int mr = m - i0 < MR ? m - i0 : MR;
+                tile_any(mr, kc, abuf + (size_t)(i0 / MR) * MR * kc, b,
+                         c + (size_t)i0 * ldc + p * NR, ldc, load_c, m0, m1);
+            }
+        }
+    }
+}
+
+void moa_gemm_packed(int m, const float *a, int lda, const moa_packed *w, float beta,
+                     float *c, int ldc) {
+    MOA_ASSERT(w->p && (beta == 0.0f || beta == 1.0f));
+    if (m <= 0 || w->n <= 0) return;
+    if (w->k == 0) {
+        if (beta == 0.0f)
+            for (int i = 0; i < m; i++) memset(c + (size_t)i * ldc, 0, (size_t)w->n * sizeof *c);
+        return;
+    }
+    moa_count_flops(2ull * m * w->n * w->k);
+    float abuf[MC * KC] __attribute__((aligned(64)));
+    for (int i0 = 0; i0 < m; i0 += MC)
+        gemm_chunk(m - i0 < MC ? m - i0 : MC, a + (size_t)i0 * lda, lda, w, beta != 0.0f,
+                   c + (size_t)i0 * ldc, ldc, abuf);
+}
+#pragma GCC pop_options
