@@ -227,8 +227,7 @@ static void project_q(const moa_config *c, work *w, const moa_attn_w *aw,
             memcpy(w->gin + (size_t)i * d, xn + (size_t)(w->grp[lo + i] / k) * d,
                    (size_t)d * sizeof(float));
         // (m×d) @ (d×h) -> (m×h)
-        moa_gemm(0, 0, m, h, d, scale, w->gin, d,
-                 aw->q_experts + (size_t)e * d * h, h, 0.0f, w->gout, h);
+        moa_gemm_w(m, w->gin, d, &aw->q_p[e], scale, 0.0f, w->gout, h);
         for (int i = 0; i < m; i++)
             memcpy(w->q + (size_t)w->grp[lo + i] * h, w->gout + (size_t)i * h,
                    (size_t)h * sizeof(float));
@@ -247,8 +246,7 @@ static void project_o(const moa_config *c, work *w, const moa_attn_w *aw,
             memcpy(w->gin + (size_t)i * h, w->a + (size_t)w->grp[lo + i] * h,
                    (size_t)h * sizeof(float));
         // (m×h) @ (h×d) -> (m×d)
-        moa_gemm(0, 0, m, d, h, 1.0f, w->gin, h,
-                 aw->o_experts + (size_t)e * h * d, d, 0.0f, w->gout, d);
+        moa_gemm_w(m, w->gin, h, &aw->o_p[e], 1.0f, 0.0f, w->gout, d);
         for (int i = 0; i < m; i++) {
             int rp = w->grp[lo + i];
             moa_axpy(y + (size_t)(rp / k) * d, w->pick_g[rp], w->gout + (size_t)i * d, d);
@@ -260,8 +258,8 @@ static void project_o(const moa_config *c, work *w, const moa_attn_w *aw,
 static void project_kv(const moa_config *c, const moa_attn_w *aw,
                        const float *xn, int n, float *kout, float *vout) {
     int d = c->d_model, h = c->head_dim;
-    moa_gemm_w(n, xn, d, &aw->k_p, 0.0f, kout, h);
-    moa_gemm_w(n, xn, d, &aw->v_p, 0.0f, vout, h);
+    moa_gemm_w(n, xn, d, &aw->k_p, 1.0f, 0.0f, kout, h);
+    moa_gemm_w(n, xn, d, &aw->v_p, 1.0f, 0.0f, vout, h);
     if (aw->k_b)
         for (int r = 0; r < n; r++) {
             moa_axpy(kout + (size_t)r * h, 1.0f, aw->k_b, h);
@@ -299,12 +297,12 @@ static void ffn_block(const moa_config *c, work *w, const moa_ffn_w *f,
     // h1 (n×F) = in @ fc1ᵀ + b
     for (int r = 0; r < n; r++)
         memcpy(w->h1 + (size_t)r * F, f->fc1_b, (size_t)F * sizeof(float));
-    moa_gemm_w(n, in, d, &f->fc1_p, 1.0f, w->h1, F);
+    moa_gemm_w(n, in, d, &f->fc1_p, 1.0f, 1.0f, w->h1, F);
     if (c->activation == MOA_ACT_GELU) moa_gelu(w->h1, (size_t)n * F);
     else moa_relu(w->h1, (size_t)n * F);
     // x += h1 @ fc2ᵀ + b
     for (int r = 0; r < n; r++) moa_axpy(w->x + (size_t)r * d, 1.0f, f->fc2_b, d);
-    moa_gemm_w(n, w->h1, F, &f->fc2_p, 1.0f, w->x, d);
+    moa_gemm_w(n, w->h1, F, &f->fc2_p, 1.0f, 1.0f, w->x, d);
     if (!c->normalize_before)
         moa_layernorm(w->x, w->x, n, d, ln->w, ln->b, c->layernorm_eps);
 }
@@ -483,7 +481,7 @@ static int decode_rows(moa_session *s, int R) {
         moa_layernorm(w->x, w->x, R, d, m->dec_final_ln.w, m->dec_final_ln.b,
                       c->layernorm_eps);
     // logits (R×V) = x (R×d) @ out_projᵀ
-    moa_gemm_w(R, w->x, d, &m->out_p, 0.0f, s->logits, V);
+    moa_gemm_w(R, w->x, d, &m->out_p, 1.0f, 0.0f, s->logits, V);
     moa_logsumexp_rows(s->logits, R, V, s->lse);
     return 0;
 }

@@ -30,9 +30,10 @@
 // path runs (moa_pack_available), a copy packed once at load for
 // moa_gemm_packed (model/moa_packed.c); p is NULL otherwise.
 typedef struct moa_packed {
-    const float *w;                 // n×k, the stored tensor
+    const float *w;                 // the stored tensor: n×k, or k×n when kn
     const float *p;                 // moa_pack_floats(n, k), 64-byte aligned
     int n, k;
+    int kn;                         // w is stored k×n (per-expert Q and O)
 } moa_packed;
 
 typedef struct moa_ln_w {
@@ -46,6 +47,7 @@ typedef struct moa_attn_w {
     const float *q_experts;         // E×d×h per-expert query projection
     const float *o_experts;         // E×h×d per-expert output projection
     moa_packed k_p, v_p;            // k_w, v_w for the K/V products
+    moa_packed *q_p, *o_p;          // E each: q_experts[e] (d×h), o_experts[e] (h×d)
 } moa_attn_w;
 
 typedef struct moa_ffn_w {
@@ -79,6 +81,7 @@ struct moa_model {
     float **owned;                  // widened / realigned copies, freed on close
     int n_owned, cap_owned;
     int n_packed;                   // of the owned: packed weight copies
+    moa_packed *expert_p;           // the arrays q_p / o_p point into
 
     const float *enc_embed;         // V×d
     const float *dec_embed;         // V×d (== enc_embed when shared)
@@ -125,16 +128,17 @@ void moa_gemm_naive(int trans_a, int trans_b, int m, int n, int k,
 // 1 when the packed AVX-512 path runs on this CPU (and MOA_AVX512 is not 0).
 int moa_pack_available(void);
 size_t moa_pack_floats(int n, int k);
-void moa_pack_weights(float *dst, const float *w, int n, int k);
-// C (m×n) = A (m×k) · Wᵀ + beta · C, beta 0 or 1, one thread. Each element
-// is one FMA chain over k in order: rows do not depend on m.
-void moa_gemm_packed(int m, const float *a, int lda, const moa_packed *w, float beta,
-                     float *c, int ldc);
-// C (m×n) = A · Wᵀ + beta · C through whichever path serves: packed when
-// w->p is set and OpenBLAS runs one thread (the packed kernel is
-// single-threaded), else OpenBLAS with w->w.
-void moa_gemm_w(int m, const float *a, int lda, const moa_packed *w, float beta, float *c,
-                int ldc);
+void moa_pack_weights(float *dst, const float *w, int n, int k);     // W n×k
+void moa_pack_weights_kn(float *dst, const float *b, int k, int n);  // B = Wᵀ, k×n
+// C (m×n) = alpha · A (m×k) · Wᵀ + beta · C, beta 0 or 1, one thread. Each
+// element is one FMA chain per 256-k block: rows do not depend on m.
+void moa_gemm_packed(int m, const float *a, int lda, const moa_packed *w, float alpha,
+                     float beta, float *c, int ldc);
+// The same product through whichever path serves: packed when w->p is set
+// and OpenBLAS runs one thread (the packed kernel is single-threaded), else
+// OpenBLAS with w->w.
+void moa_gemm_w(int m, const float *a, int lda, const moa_packed *w, float alpha, float beta,
+                float *c, int ldc);
 
 // y = LayerNorm(x) * w + b over rows of width d (y may equal x).
 void moa_layernorm(float *y, const float *x, int n, int d, const float *w,

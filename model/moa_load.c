@@ -865,25 +865,29 @@ static int bind_model(loader *L) {
 
 // --- packed copies of the big weight matrices (model/moa_packed.c) -------
 
-static int pack_one(moa_model *m, moa_packed *pk, const float *w, int n, int k) {
+// w is n×k, or k×n when kn.
+static int pack_one(moa_model *m, moa_packed *pk, const float *w, int n, int k, int kn) {
     pk->w = w;
     pk->p = NULL;
     pk->n = n;
     pk->k = k;
+    pk->kn = kn;
     if (!moa_pack_available()) return 0;
     float *dst = owned_alloc(m, moa_pack_floats(n, k));
     if (!dst) return MOA_ENOMEM;
-    moa_pack_weights(dst, w, n, k);
+    if (kn) moa_pack_weights_kn(dst, w, k, n);
+    else moa_pack_weights(dst, w, n, k);
     pk->p = dst;
     m->n_packed++;
     return 0;
 }
 
-// Every product of the form rows × Wᵀ whose W is big enough to matter:
-// K/V of each attention module, both FFN products, the output projection.
+// Every product with a fixed weight matrix: K/V and each expert's Q and O
+// of each attention module, both FFN products, the output projection (the
+// router's d×E is too narrow to gain).
 static int pack_model(moa_model *m) {
     const moa_config *c = &m->cfg;
-    int d = c->d_model, h = c->head_dim, F = c->ffn_dim, rc = 0;
+    int d = c->d_model, h = c->head_dim, F = c->ffn_dim, E = c->num_experts, rc = 0;
     moa_attn_w *attn[2 * MOA_MAX_LAYERS + MOA_MAX_LAYERS];
     moa_ffn_w *ffn[2 * MOA_MAX_LAYERS];
     int na = 0, nf = 0;
@@ -896,15 +900,24 @@ static int pack_model(moa_model *m) {
         attn[na++] = &m->dec[i].cross_attn;
         ffn[nf++] = &m->dec[i].ffn;
     }
+    m->expert_p = calloc((size_t)na * 2 * E, sizeof *m->expert_p);
+    if (!m->expert_p) return MOA_ENOMEM;
     for (int i = 0; i < na && !rc; i++) {
-        rc = pack_one(m, &attn[i]->k_p, attn[i]->k_w, h, d);
-        if (!rc) rc = pack_one(m, &attn[i]->v_p, attn[i]->v_w, h, d);
+        moa_attn_w *a = attn[i];
+        rc = pack_one(m, &a->k_p, a->k_w, h, d, 0);
+        if (!rc) rc = pack_one(m, &a->v_p, a->v_w, h, d, 0);
+        a->q_p = m->expert_p + (size_t)i * 2 * E;
+        a->o_p = a->q_p + E;
+        for (int e = 0; e < E && !rc; e++) {
+            rc = pack_one(m, &a->q_p[e], a->q_experts + (size_t)e * d * h, h, d, 1);
+            if (!rc) rc = pack_one(m, &a->o_p[e], a->o_experts + (size_t)e * h * d, d, h, 1);
+        }
     }
     for (int i = 0; i < nf && !rc; i++) {
-        rc = pack_one(m, &ffn[i]->fc1_p, ffn[i]->fc1_w, F, d);
-        if (!rc) rc = pack_one(m, &ffn[i]->fc2_p, ffn[i]->fc2_w, d, F);
+        rc = pack_one(m, &ffn[i]->fc1_p, ffn[i]->fc1_w, F, d, 0);
+        if (!rc) rc = pack_one(m, &ffn[i]->fc2_p, ffn[i]->fc2_w, d, F, 0);
     }
-    if (!rc) rc = pack_one(m, &m->out_p, m->out_proj, c->vocab_size, d);
+    if (!rc) rc = pack_one(m, &m->out_p, m->out_proj, c->vocab_size, d, 0);
     return rc;
 }
 
@@ -1091,6 +1104,7 @@ void moa_model_free(moa_model *m) {
     free(m->enc);
     free(m->dec);
     free(m->positions);
+    free(m->expert_p);
     free(m);
 }
 

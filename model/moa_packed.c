@@ -43,14 +43,15 @@ int moa_pack_available(void) {
 }
 
 const char *moa_gemm_path(void) {
-    return moa_pack_available() ? "own AVX-512 kernel on packed weights (FFN, K/V, output) + OpenBLAS"
+    return moa_pack_available() ? "own AVX-512 kernel on weights packed at load (all but the router)"
                                 : "OpenBLAS";
 }
 
-void moa_gemm_w(int m, const float *a, int lda, const moa_packed *w, float beta, float *c,
-                int ldc) {
-    if (w->p && moa_get_num_threads() == 1) moa_gemm_packed(m, a, lda, w, beta, c, ldc);
-    else moa_gemm(0, 1, m, w->n, w->k, 1.0f, a, lda, w->w, w->k, beta, c, ldc);
+void moa_gemm_w(int m, const float *a, int lda, const moa_packed *w, float alpha, float beta,
+                float *c, int ldc) {
+    if (w->p && moa_get_num_threads() == 1) moa_gemm_packed(m, a, lda, w, alpha, beta, c, ldc);
+    else if (w->kn) moa_gemm(0, 0, m, w->n, w->k, alpha, a, lda, w->w, w->n, beta, c, ldc);
+    else moa_gemm(0, 1, m, w->n, w->k, alpha, a, lda, w->w, w->k, beta, c, ldc);
 }
 
 size_t moa_pack_floats(int n, int k) { return (size_t)((n + NR - 1) / NR) * NR * (size_t)k; }
@@ -67,6 +68,18 @@ void moa_pack_weights(float *dst, const float *w, int n, int k) {
     }
 }
 
+void moa_pack_weights_kn(float *dst, const float *b, int k, int n) {
+    int np = (n + NR - 1) / NR;
+    for (int p = 0; p < np; p++) {
+        float *panel = dst + (size_t)p * NR * k;
+        int cols = n - p * NR < NR ? n - p * NR : NR;
+        for (int kk = 0; kk < k; kk++) {
+            memcpy(panel + (size_t)kk * NR, b + (size_t)kk * n + p * NR, (size_t)cols * sizeof *b);
+            memset(panel + (size_t)kk * NR + cols, 0, (size_t)(NR - cols) * sizeof *b);
+        }
+    }
+}
+
 #pragma GCC push_options
 #pragma GCC target("avx512f")
 #include <immintrin.h>
@@ -75,7 +88,7 @@ void moa_pack_weights(float *dst, const float *w, int n, int k) {
 // one panel block (b[kk·NR + j]) into C, columns masked by m0/m1.
 static inline __attribute__((always_inline)) void tile(int mr, int kc, const float *a,
                                                        const float *b, float *c, int ldc,
-                                                       int load_c, __mmask16 m0,
+                                                       float alpha, int load_c, __mmask16 m0,
                                                        __mmask16 m1) {
     __m512 c0[MR], c1[MR];
 #pragma GCC unroll 12
@@ -94,6 +107,14 @@ static inline __attribute__((always_inline)) void tile(int mr, int kc, const flo
             c1[r] = _mm512_fmadd_ps(av, b1, c1[r]);
         }
     }
+    if (alpha != 1.0f) {
+        __m512 al = _mm512_set1_ps(alpha);
+#pragma GCC unroll 12
+        for (int r = 0; r < mr; r++) {
+            c0[r] = _mm512_mul_ps(c0[r], al);
+            c1[r] = _mm512_mul_ps(c1[r], al);
+        }
+    }
     // C's old value is added once at the end (as BLAS does), not used as
     // the start of the chain: a large residual would round every step.
 #pragma GCC unroll 12
@@ -110,16 +131,16 @@ static inline __attribute__((always_inline)) void tile(int mr, int kc, const flo
 
 // mr as a constant in each case, so the tile's loops unroll into registers.
 static void tile_any(int mr, int kc, const float *a, const float *b, float *c, int ldc,
-                     int load_c, __mmask16 m0, __mmask16 m1) {
+                     float alpha, int load_c, __mmask16 m0, __mmask16 m1) {
     switch (mr) {
-#define T(n) case n: tile(n, kc, a, b, c, ldc, load_c, m0, m1); break;
+#define T(n) case n: tile(n, kc, a, b, c, ldc, alpha, load_c, m0, m1); break;
         T(1) T(2) T(3) T(4) T(5) T(6) T(7) T(8) T(9) T(10) T(11) T(12)
 #undef T
     }
 }
 
-static void gemm_chunk(int m, const float *a, int lda, const moa_packed *w, int beta1,
-                       float *c, int ldc, float *abuf) {
+static void gemm_chunk(int m, const float *a, int lda, const moa_packed *w, float alpha,
+                       int beta1, float *c, int ldc, float *abuf) {
     int n = w->n, k = w->k, np = (n + NR - 1) / NR;
     for (int k0 = 0; k0 < k; k0 += KC) {
         int kc = k - k0 < KC ? k - k0 : KC;
@@ -140,14 +161,14 @@ static void gemm_chunk(int m, const float *a, int lda, const moa_packed *w, int 
             for (int i0 = 0; i0 < m; i0 += MR) {
                 int mr = m - i0 < MR ? m - i0 : MR;
                 tile_any(mr, kc, abuf + (size_t)(i0 / MR) * MR * kc, b,
-                         c + (size_t)i0 * ldc + p * NR, ldc, load_c, m0, m1);
+                         c + (size_t)i0 * ldc + p * NR, ldc, alpha, load_c, m0, m1);
             }
         }
     }
 }
 
-void moa_gemm_packed(int m, const float *a, int lda, const moa_packed *w, float beta,
-                     float *c, int ldc) {
+void moa_gemm_packed(int m, const float *a, int lda, const moa_packed *w, float alpha,
+                     float beta, float *c, int ldc) {
     MOA_ASSERT(w->p && (beta == 0.0f || beta == 1.0f));
     if (m <= 0 || w->n <= 0) return;
     if (w->k == 0) {
@@ -158,7 +179,7 @@ void moa_gemm_packed(int m, const float *a, int lda, const moa_packed *w, float 
     moa_count_flops(2ull * m * w->n * w->k);
     float abuf[MC * KC] __attribute__((aligned(64)));
     for (int i0 = 0; i0 < m; i0 += MC)
-        gemm_chunk(m - i0 < MC ? m - i0 : MC, a + (size_t)i0 * lda, lda, w, beta != 0.0f,
+        gemm_chunk(m - i0 < MC ? m - i0 : MC, a + (size_t)i0 * lda, lda, w, alpha, beta != 0.0f,
                    c + (size_t)i0 * ldc, ldc, abuf);
 }
 #pragma GCC pop_options

@@ -75,8 +75,9 @@ static float frand(unsigned *st) {
 }
 
 // route + project_q + project_o (expert-grouped, one product per expert)
-// against the spec's per-token formula computed with plain loops.
-static void test_grouped_products_match_naive(void) {
+// against the spec's per-token formula computed with plain loops; through
+// OpenBLAS and, where the CPU has AVX-512, through the packed kernel.
+static void grouped_products_match_naive(int packed) {
     moa_config c;
     memset(&c, 0, sizeof c);
     c.d_model = 12; c.num_experts = 5; c.top_k = 2; c.head_dim = 4; c.ffn_dim = 8;
@@ -90,6 +91,21 @@ static void test_grouped_products_match_naive(void) {
     for (size_t i = 0; i < sizeof a_in / 4; i++) a_in[i] = frand(&st);
     moa_attn_w aw = {0};
     aw.w_gate = gate_w; aw.q_experts = qw; aw.o_experts = ow;
+    moa_packed qp[5], op[5];
+    float *buf[10] = {0};
+    for (int e = 0; e < E; e++) {
+        qp[e] = (moa_packed){qw + e * d * h, NULL, h, d, 1};
+        op[e] = (moa_packed){ow + e * h * d, NULL, d, h, 1};
+        if (!packed) continue;
+        buf[2 * e] = aligned_alloc(64, sizeof(float) * moa_pack_floats(h, d));
+        buf[2 * e + 1] = aligned_alloc(64, sizeof(float) * moa_pack_floats(d, h));
+        ASSERT_TRUE(buf[2 * e] && buf[2 * e + 1]);
+        moa_pack_weights_kn(buf[2 * e], qp[e].w, d, h);
+        moa_pack_weights_kn(buf[2 * e + 1], op[e].w, h, d);
+        qp[e].p = buf[2 * e];
+        op[e].p = buf[2 * e + 1];
+    }
+    aw.q_p = qp; aw.o_p = op;
     work w = {0};
     ASSERT_EQ_INT(work_reserve(&w, &c, n), 0);
     route(&c, &w, &aw, xn, n);
@@ -136,6 +152,12 @@ static void test_grouped_products_match_naive(void) {
     // every (row, pick) appears exactly once in the expert groups
     ASSERT_EQ_INT(w.grp_off[E], n * k);
     work_free(&w);
+    for (int i = 0; i < 10; i++) free(buf[i]);
+}
+
+static void test_grouped_products_match_naive(void) {
+    grouped_products_match_naive(0);
+    if (moa_pack_available()) grouped_products_match_naive(1);
 }
 
 // --- batching never changes results ------------------------------------------------

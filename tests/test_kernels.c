@@ -68,8 +68,8 @@ static void test_gemm_packed_matches_naive(void) {
                         for (int i = 0; i < m; i++)
                             for (int j = 0; j < n; j++) c1[i * ldc + j] = NAN;
                     moa_pack_weights(p, w, n, k);
-                    moa_packed pw = {w, p, n, k};
-                    moa_gemm_packed(m, a, lda, &pw, (float)beta, c1, ldc);
+                    moa_packed pw = {w, p, n, k, 0};
+                    moa_gemm_packed(m, a, lda, &pw, 1.0f, (float)beta, c1, ldc);
                     moa_gemm_naive(0, 1, m, n, k, 1.0f, a, lda, w, k, (float)beta, c2, ldc);
                     for (int i = 0; i < m; i++)
                         for (int j = 0; j < ldc; j++) {
@@ -92,10 +92,10 @@ static void test_gemm_packed_rows_independent(void) {
     fill(a, (size_t)m * k);
     fill(w, (size_t)n * k);
     moa_pack_weights(p, w, n, k);
-    moa_packed pw = {w, p, n, k};
-    moa_gemm_packed(m, a, k, &pw, 0.0f, all, n);
+    moa_packed pw = {w, p, n, k, 0};
+    moa_gemm_packed(m, a, k, &pw, 1.0f, 0.0f, all, n);
     for (int i = 0; i < m; i++) {
-        moa_gemm_packed(1, a + (size_t)i * k, k, &pw, 0.0f, one, n);
+        moa_gemm_packed(1, a + (size_t)i * k, k, &pw, 1.0f, 0.0f, one, n);
         ASSERT_TRUE(memcmp(one, all + (size_t)i * n, sizeof(float) * n) == 0);
     }
     free(a); free(w); free(p); free(all); free(one);
