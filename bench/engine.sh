@@ -72,12 +72,17 @@ for t in $THREADS; do
       --model "$MODEL" --beam "$BEAM" --batch "$BATCH" --threads "$t")
   rnet=$($PY -c "print(max(1e-9, $rs - $s0))")
   c0=$(startup $CLI --model "$MODEL" --threads "$t")
-  variants=("--threads $t")
+  # MOA_AVX512=0: the engine without its packed AVX-512 kernel (OpenBLAS
+  # for every product), to show what each part brings
+  variants=("--threads $t" "MOA_AVX512=0 --threads $t")
   [ "$t" -gt 1 ] && variants+=("--threads 1 --blas-threads $t")
   for v in "${variants[@]}"; do
-    name="c_t${t}_$(echo "$v" | tr -d ' -')"
+    name="c_t${t}_$(echo "$v" | tr -d ' =-')"
+    envs=(); opts=$v
+    case $v in MOA_AVX512=0*) envs=(MOA_AVX512=0); opts=${v#MOA_AVX512=0 } ;; esac
     # shellcheck disable=SC2086
-    read -r cs cm < <(run "$name" $CLI --model "$MODEL" --beam "$BEAM" --batch "$BATCH" $v --verbose)
+    read -r cs cm < <(run "$name" env "${envs[@]}" $CLI --model "$MODEL" --beam "$BEAM" \
+                      --batch "$BATCH" $opts --verbose)
     cnet=$($PY -c "print(max(1e-9, $cs - $c0))")
     tok=$(tgt_tokens "$name")
     same=$(cmp -s "$OUT/$name.txt" "$OUT/torch_t$t.txt" && echo identical || \

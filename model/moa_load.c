@@ -879,6 +879,18 @@ static int pack_one(moa_model *m, moa_packed *pk, const float *w, int n, int k, 
     else moa_pack_weights(dst, w, n, k);
     pk->p = dst;
     m->n_packed++;
+    // Packing read the whole tensor into this process's memory. Where it
+    // lies in the read-only mapping, give those pages back: the packed copy
+    // serves from now on, and the few other readers (OpenBLAS with several
+    // threads, embedding rows of a shared output projection) fault in only
+    // what they touch, from the page cache.
+    const char *lo = m->map, *hi = lo + m->map_len, *t = (const char *)w;
+    size_t bytes = (size_t)n * k * sizeof *w, page = (size_t)sysconf(_SC_PAGESIZE);
+    if (m->map && t >= lo && t + bytes <= hi) {
+        uintptr_t a = ((uintptr_t)t + page - 1) / page * page,
+                  b = ((uintptr_t)t + bytes) / page * page;
+        if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+    }
     return 0;
 }
 
