@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # bench/load.sh — moa-server under load: continuous batching on vs off, and
 # the offline CLI on the same sentences, in one run. Not a test: it prints
-# numbers (record them in bench/RESULTS.md). Loopback only; bounded request
-# counts; the translation cache is off so every request reaches the model.
+# numbers (record them in bench/RESULTS.md). Loopback only; bounded time per
+# level; the translation cache is off so every request reaches the model.
+# The load comes from wrk (C, one event-loop thread, bench/load.lua), so the
+# client takes little of the cores the server is measured on.
 #
 #   bench/load.sh [MODEL_DIR]
 #
 # MODEL_DIR: weights/moa-en-de when present, else the tiny test model.
 # Sentences: the sources of valid.en-de.tsv (MOA_CORPUS, default
 # ../shared/corpus; falls back to tests/fixtures/sample.en-de.tsv).
-# Env: N (requests per concurrency level, 400), CONC ("1 8 32 64"),
+# Env: N (sentences, 400: the requests cycle through them), DURATION (s per
+#      level, 10), CONC ("1 8 32 64"),
 #      WORKERS (cores to use, default all: the batching server runs that many
 #      compute workers with one OpenBLAS thread each, the no-batching server
 #      one session with that many OpenBLAS threads, the offline CLI that many
 #      workers), BEAM (4), MAX_INFLIGHT (batching mode, 64).
-# Example of a quick check: N=20 CONC="1 8" bench/load.sh
+# Example of a quick check: N=20 DURATION=2 CONC="1 8" bench/load.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=/usr/bin/python3
@@ -22,12 +25,20 @@ SERVER=build/release/moa-server
 CLI=build/release/moa-translate
 CORPUS=${MOA_CORPUS:-../shared/corpus}
 N=${N:-400}
+DURATION=${DURATION:-10}
 CONC=${CONC:-"1 8 32 64"}
 WORKERS=${WORKERS:-$(nproc)}
 BEAM=${BEAM:-4}
 MAX_INFLIGHT=${MAX_INFLIGHT:-64}
 OUT=build/bench/load
 mkdir -p "$OUT"
+if ! command -v wrk >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+  else
+    echo "bench/load.sh needs wrk: apt-get install wrk"; exit 1
+  fi
+fi
 make -s all >/dev/null
 
 MODEL=${1:-}
@@ -39,7 +50,7 @@ TSV=$CORPUS/valid.en-de.tsv
 [ -f "$TSV" ] || TSV=tests/fixtures/sample.en-de.tsv
 cut -f1 "$TSV" | grep -v '^[[:space:]]*$' > "$OUT/src.txt"
 TOTAL=$(wc -l < "$OUT/src.txt")
-echo "model $MODEL; sentences from $TSV ($TOTAL); $N requests per level; beam $BEAM;" \
+echo "model $MODEL; the first $N sentences of $TSV; $DURATION s per level (wrk); beam $BEAM;" \
      "$WORKERS worker cores of $(nproc); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
 
 free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -58,6 +69,11 @@ trap cleanup EXIT
 # Every level of both modes and the CLI translate the same N sentences (the
 # cache is off, so repeating them costs full compute each time).
 head -n "$N" "$OUT/src.txt" > "$OUT/cli.txt"
+$PY - "$OUT/cli.txt" "$BEAM" > "$OUT/bodies.jsonl" <<'PYEOF'
+import json, sys
+for line in open(sys.argv[1], encoding="utf-8"):
+    print(json.dumps({"text": line.rstrip("\n"), "beam_size": int(sys.argv[2])}))
+PYEOF
 
 # The offline CLI first: throughput with its best batching (WORKERS workers),
 # and the single-sentence time (--batch 1) with 1 and with WORKERS OpenBLAS
@@ -92,8 +108,8 @@ for mode in batching nobatching; do
   for _ in $(seq 100); do $SERVER --probe /ready --port "$port" >/dev/null 2>&1 && break; sleep 0.1; done
   for c in $CONC; do
     tok0=$(metric "$port" moa_target_tokens_total)
-    line=$($PY bench/load_client.py --port "$port" --concurrency "$c" --requests "$N" \
-           --sentences "$OUT/cli.txt" --beam "$BEAM")
+    line=$(wrk -t1 -c"$c" -d"${DURATION}s" --timeout 120s -s bench/load.lua \
+           "http://127.0.0.1:$port" -- "$OUT/bodies.jsonl" | tail -n 1)
     tok1=$(metric "$port" moa_target_tokens_total)
     echo -e "$mode\t$c\t$(( tok1 - tok0 ))\t$line" >> "$RESULTS"
   done
