@@ -7,6 +7,8 @@
 #   make asan       AddressSanitizer + UBSan build; runs the C tests and the e2e suite
 #   make deps       install the Debian packages (apt-get; quiet when present)
 #   make bench      engine benchmark (bench/engine.sh)
+#   make test-deploy       image, compose stack, failover under load (root; README "Deploy")
+#   make test-deploy-local the container-free part: k8s manifests, nginx failover
 
 # x86-64-v3 = AVX2 + FMA (Haswell, 2013, and every x86 server CPU since).
 # The engine's hot loops are vectorised for it; OpenBLAS picks its own kernels
@@ -54,7 +56,8 @@ SERVER := $(BUILD)/moa-server
 CLI := $(BUILD)/moa-translate
 RUNNER := $(BUILD)/run_tests
 
-.PHONY: all run test test-c test-python test-golden test-e2e test-e2e-asan debug asan deps clean bench check-deps model
+.PHONY: all run test test-c test-python test-golden test-e2e test-e2e-asan debug asan deps clean bench check-deps model \
+  test-deploy test-deploy-local
 
 all: check-deps $(LIB) $(CLI) $(RUNNER) $(SERVER)
 
@@ -122,8 +125,12 @@ test-c: $(RUNNER)
 test-python: $(CLI)
 	OMP_WAIT_POLICY=PASSIVE $(PYTHON) tests/python/run_python_tests.py
 
+# Then two configurations again with the engine's packed AVX-512 kernel off
+# (MOA_AVX512=0: every product through OpenBLAS, the path of CPUs without it).
 test-golden: $(CLI)
 	OMP_WAIT_POLICY=PASSIVE $(PYTHON) tests/golden/run_golden.py --cli $(CLI)
+	MOA_AVX512=0 OMP_WAIT_POLICY=PASSIVE $(PYTHON) tests/golden/run_golden.py --cli $(CLI) \
+	  --models a-postnorm-relu-f32,c-separate-out-f16
 
 # End-to-end: a real moa-server process on free ports (tests/e2e/README.md).
 test-e2e: $(SERVER)
@@ -135,6 +142,22 @@ test-e2e-asan:
 	$(MAKE) MODE=asan build/asan/moa-server
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  OMP_WAIT_POLICY=PASSIVE $(PYTHON) tests/e2e/run_e2e.py --server build/asan/moa-server --sanitizer
+
+# Deployment (tests/deploy/README.md; needs root): builds docker/Dockerfile
+# from a debootstrapped base with a private dockerd, runs HAProxy + 2 replicas
+# with docker-compose, fails one over under load (SIGTERM, SIGKILL), then runs
+# test-deploy-local. Installs docker.io, docker-compose, debootstrap, nginx.
+# DEPLOY_STATE keeps the dockerd's images and the base tarball between runs.
+DEPLOY_STATE ?= /var/lib/moa-serve-deploy
+test-deploy: deps
+	$(MAKE) $(SERVER)
+	DEPLOY_STATE=$(DEPLOY_STATE) tests/deploy/run_deploy.sh --server $(SERVER)
+
+# The container-free part (~40 s): docker/k8s checked, two moa-server
+# processes behind Debian's nginx on loopback, failover under load.
+test-deploy-local: deps
+	$(MAKE) $(SERVER)
+	tests/deploy/run_local.sh --server $(SERVER)
 
 debug:
 	$(MAKE) MODE=debug all
