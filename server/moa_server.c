@@ -4,7 +4,11 @@
 // Start-up order: HTTP first (so /health answers and /ready says 503 while
 // the model loads), then model (mmap), tokenizer, cache, routing statistics
 // and the scheduler thread, then ready. Signals are blocked in every thread
-// and taken here with sigtimedwait, so no handler runs in a random thread:
+// and taken here with sigtimedwait, so no handler runs in a random thread —
+// except threads that exist before main (OpenBLAS starts its pool when the
+// library loads) never had them blocked: there a handler only counts the
+// signal for the loop below, instead of the default action killing the
+// process mid-request:
 // SIGHUP re-reads the API keys; SIGTERM/SIGINT drain (keep listening, 503
 // on /ready and new /translate, finish what is in flight for up to
 // drain_timeout s) and exit 0; a second SIGTERM/SIGINT stops at once.
@@ -141,6 +145,29 @@ static void log_start(const moa_server *srv, double load_s) {
 
 // --- main -----------------------------------------------------------------------------------------
 
+// Signals that reached a thread without the blocked set (see the top of the
+// file), for the main loop. Lock-free atomics: safe in a handler.
+static _Atomic int caught_term, caught_int, caught_hup;
+
+static void on_signal(int sig) {
+    if (sig == SIGTERM) atomic_fetch_add(&caught_term, 1);
+    else if (sig == SIGINT) atomic_fetch_add(&caught_int, 1);
+    else if (sig == SIGHUP) atomic_fetch_add(&caught_hup, 1);
+}
+
+// One caught signal (SIGTERM before SIGINT before SIGHUP), or -1.
+static int take_caught(void) {
+    _Atomic int *c[] = {&caught_term, &caught_int, &caught_hup};
+    static const int sig[] = {SIGTERM, SIGINT, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+        int n = atomic_load(c[i]);
+        while (n > 0 && !atomic_compare_exchange_weak(c[i], &n, n - 1)) {
+        }
+        if (n > 0) return sig[i];
+    }
+    return -1;
+}
+
 int main(int argc, char **argv) {
     static moa_server srv;  // static: zeroed, and outlives every thread
     int rc = moa_conf_load(&srv.conf, argc, argv);
@@ -148,12 +175,21 @@ int main(int argc, char **argv) {
     if (srv.conf.probe[0]) return probe(&srv.conf);
     moa_log_init((moa_log_level)srv.conf.log_level, srv.conf.log_json);
 
-    // Every thread created from here on inherits the blocked set.
+    // Every thread created from here on inherits the blocked set; threads
+    // made before main (OpenBLAS's pool) get the counting handler instead.
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGHUP);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigfillset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
     // libuv's thread pool serves file and DNS work we never ask for: keep it minimal.
@@ -192,6 +228,7 @@ int main(int argc, char **argv) {
     for (;;) {
         struct timespec ts = {0, 20 * 1000 * 1000};
         int sig = sigtimedwait(&sigs, NULL, &ts);
+        if (sig < 0) sig = take_caught();
         if (sig == SIGHUP) {
             moa_log(MOA_LOG_INFO, "SIGHUP: re-reading the API keys");
             moa_api_keys_load(&srv);

@@ -25,9 +25,9 @@ MODEL=${MODEL:-weights/moa-en-de}
 LOAD_WORKERS=${LOAD_WORKERS:-4}
 LOAD_SECONDS=${LOAD_SECONDS:-10}
 export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-Haswell}
-# As in the image (docker/Dockerfile): no OpenBLAS pool threads before main()
-# blocks SIGTERM, else a SIGTERM can kill a backend without draining.
-export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
+# OPENBLAS_NUM_THREADS is left as the caller has it (unlike the image): the
+# backends then have OpenBLAS pool threads made before main() blocks the
+# signals, and the check below makes sure the server's handlers cover them.
 PY=/usr/bin/python3
 TOP=${DEPLOY_OUT:-build/deploy}
 mkdir -p "$TOP"; TOP=$(cd "$TOP" && pwd)

@@ -14,6 +14,7 @@ and checks answers, logs and exit codes. Prints one line per test and ends with
 from __future__ import annotations
 
 import argparse
+import ctypes
 import concurrent.futures as cf
 import http.client
 import json
@@ -729,6 +730,57 @@ def test_sigterm_drains():
     s.log.close()
     check(rc == 0, f"exit status {rc}:\n{s.read_log()[-2000:]}")
     check("draining" in s.read_log(), "drain logged")
+
+
+def _thread_signal_masks(pid: int) -> Dict[int, Tuple[int, int]]:
+    """tid -> (blocked, caught) signal masks from /proc."""
+    out: Dict[int, Tuple[int, int]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                st = dict(l.split(":", 1) for l in f if ":" in l)
+        except OSError:
+            continue
+        out[int(tid)] = (int(st["SigBlk"], 16), int(st["SigCgt"], 16))
+    return out
+
+
+def _tgkill(pid: int, tid: int, sig: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(234, pid, tid, sig) != 0:  # SYS_tgkill on x86-64
+        raise OSError(ctypes.get_errno(), "tgkill")
+
+
+@test
+def test_signals_reaching_any_thread():
+    # OpenBLAS starts its threads before main blocks the signals: a SIGTERM
+    # or SIGHUP the kernel hands to one of them must still drain / reload,
+    # never kill the process (the default action) with requests in flight.
+    s = Server("sigthreads", "--cache-size", "0", env={"OPENBLAS_NUM_THREADS": "2"})
+    bit = lambda sig: 1 << (sig - 1)
+    masks = _thread_signal_masks(s.proc.pid)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        bad = [t for t, (blk, cgt) in masks.items() if not (blk | cgt) & bit(sig)]
+        check(not bad, f"threads {bad} would die of {sig.name}")
+    open_threads = [t for t, (blk, _) in masks.items()
+                    if t != s.proc.pid and not blk & bit(signal.SIGTERM)]
+    target = open_threads[0] if open_threads else s.proc.pid
+    _tgkill(s.proc.pid, target, signal.SIGHUP)
+    time.sleep(0.2)
+    check(s.proc.poll() is None, "alive after SIGHUP to a thread")
+    res: Dict[str, Any] = {}
+    t = threading.Thread(target=lambda: res.update(r=request(
+        s, "POST", "/translate", {"text": "\n".join(sentences(100))})))
+    t.start()
+    time.sleep(0.1)
+    _tgkill(s.proc.pid, target, signal.SIGTERM)
+    t.join()
+    check(res["r"][0] == 200, f"in-flight request: {res['r'][0]}")
+    rc = s.proc.wait(60)
+    s.log.close()
+    log = s.read_log()
+    check(rc == 0, f"exit status {rc}:\n{log[-2000:]}")
+    check("SIGHUP" in log and "draining" in log, "reload and drain logged")
 
 
 @test
