@@ -125,13 +125,18 @@ code=$(curl -s -o "$OUT/metrics.txt" -w '%{http_code}' "$LB/metrics")
 [ "$code" = 200 ] && grep -q '^moa_ready 1' "$OUT/metrics.txt" || die "GET /metrics through nginx: HTTP $code"
 log "translate, /heads, /metrics through nginx: 200"
 
+# failover_load LABEL ACTION SETTLE JSON: steady load through nginx, ACTION
+# at 3 s; no request may fail, both backends served before, one after.
+failover_load() {
+  $PY tests/deploy/loadgen.py --url "$LB/translate" --label "$1" --workers "$LOAD_WORKERS" \
+    --duration "$LOAD_SECONDS" --action-at 3 --action "$2" --settle "$3" \
+    --max-failures 0 --min-ok 20 --expect-servers-before 2 --expect-servers-after 1 \
+    --json "$4"
+}
+
 # --- 1. SIGTERM one backend under load ----------------------------------------------
 log "failover 1/2: SIGTERM backend 1 under load ($LOAD_WORKERS workers, $LOAD_SECONDS s)"
-$PY tests/deploy/loadgen.py --url "$LB/translate" --label "nginx SIGTERM" --workers "$LOAD_WORKERS" \
-  --duration "$LOAD_SECONDS" --action-at 3 --action "kill -TERM $PID_A" --settle 3 \
-  --max-failures 0 --min-ok 20 --expect-servers-before 2 --expect-servers-after 1 \
-  --json "$OUT/sigterm.json"
-rc_load=$?
+failover_load "nginx SIGTERM" "kill -TERM $PID_A" 3 "$OUT/sigterm.json"; rc_load=$?
 wait "$PID_A"; rc_a=$?; PID_A=
 drained=$(grep -o 'SIGTERM: draining [0-9]* request(s)' "$OUT/backend1.log" | tail -1)
 summary "nginx SIGTERM: $(result "$OUT/sigterm.json"); backend exit $rc_a (${drained:-no drain logged})"
@@ -141,11 +146,7 @@ summary "nginx SIGTERM: $(result "$OUT/sigterm.json"); backend exit $rc_a (${dra
 # --- 2. SIGKILL one backend under load ---------------------------------------------
 restart_backend1
 log "failover 2/2: SIGKILL backend 1 under load"
-$PY tests/deploy/loadgen.py --url "$LB/translate" --label "nginx SIGKILL" --workers "$LOAD_WORKERS" \
-  --duration "$LOAD_SECONDS" --action-at 3 --action "kill -KILL $PID_A" --settle 1 \
-  --max-failures 0 --min-ok 20 --expect-servers-before 2 --expect-servers-after 1 \
-  --json "$OUT/sigkill.json"
-rc_load=$?
+failover_load "nginx SIGKILL" "kill -KILL $PID_A" 1 "$OUT/sigkill.json"; rc_load=$?
 { wait "$PID_A"; rc_a=$?; } 2>/dev/null; PID_A=
 summary "nginx SIGKILL: $(result "$OUT/sigkill.json"); backend exit $rc_a"
 [ "$rc_a" = 137 ] || die "backend 1 exit status $rc_a after SIGKILL (expected 137)"
