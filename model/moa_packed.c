@@ -20,10 +20,20 @@
 // The path is used only when the CPU and OS support AVX-512F and the
 // environment does not say MOA_AVX512=0; otherwise moa_pack_available()
 // is 0, nothing is packed and every product goes to OpenBLAS as before.
+#include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "moa_impl.h"
+
+// The AVX-512 functions carry the target themselves: the rest of the build
+// stays x86-64-v3 (or whatever ARCH says), and they run only after cpuid.
+#define AVX512 __attribute__((target("avx512f")))
+#if defined(__clang__)
+#define UNROLL _Pragma("unroll")
+#else
+#define UNROLL _Pragma("GCC unroll 12")
+#endif
 
 #define NR 32   // output columns per panel: two 16-float vectors
 #define MR 12   // rows per micro-tile: 24 accumulators + 2 panel vectors
@@ -80,18 +90,14 @@ void moa_pack_weights_kn(float *dst, const float *b, int k, int n) {
     }
 }
 
-#pragma GCC push_options
-#pragma GCC target("avx512f")
-#include <immintrin.h>
-
 // One micro-tile: rows [0, mr) of the packed A block (a[kk·MR + r]) times
 // one panel block (b[kk·NR + j]) into C, columns masked by m0/m1.
-static inline __attribute__((always_inline)) void tile(int mr, int kc, const float *a,
+static inline __attribute__((always_inline)) AVX512 void tile(int mr, int kc, const float *a,
                                                        const float *b, float *c, int ldc,
                                                        float alpha, int load_c, __mmask16 m0,
                                                        __mmask16 m1) {
     __m512 c0[MR], c1[MR];
-#pragma GCC unroll 12
+UNROLL
     for (int r = 0; r < mr; r++) {
         c0[r] = _mm512_setzero_ps();
         c1[r] = _mm512_setzero_ps();
@@ -100,7 +106,7 @@ static inline __attribute__((always_inline)) void tile(int mr, int kc, const flo
         __m512 b0 = _mm512_load_ps(b + (size_t)kk * NR);
         __m512 b1 = _mm512_load_ps(b + (size_t)kk * NR + 16);
         const float *ak = a + (size_t)kk * MR;
-#pragma GCC unroll 12
+UNROLL
         for (int r = 0; r < mr; r++) {
             __m512 av = _mm512_set1_ps(ak[r]);
             c0[r] = _mm512_fmadd_ps(av, b0, c0[r]);
@@ -109,7 +115,7 @@ static inline __attribute__((always_inline)) void tile(int mr, int kc, const flo
     }
     if (alpha != 1.0f) {
         __m512 al = _mm512_set1_ps(alpha);
-#pragma GCC unroll 12
+UNROLL
         for (int r = 0; r < mr; r++) {
             c0[r] = _mm512_mul_ps(c0[r], al);
             c1[r] = _mm512_mul_ps(c1[r], al);
@@ -117,12 +123,14 @@ static inline __attribute__((always_inline)) void tile(int mr, int kc, const flo
     }
     // C's old value is added once at the end (as BLAS does), not used as
     // the start of the chain: a large residual would round every step.
-#pragma GCC unroll 12
-    for (int r = 0; r < mr && load_c; r++) {
-        c0[r] = _mm512_add_ps(c0[r], _mm512_maskz_loadu_ps(m0, c + (size_t)r * ldc));
-        c1[r] = _mm512_add_ps(c1[r], _mm512_maskz_loadu_ps(m1, c + (size_t)r * ldc + 16));
+    if (load_c) {
+UNROLL
+        for (int r = 0; r < mr; r++) {
+            c0[r] = _mm512_add_ps(c0[r], _mm512_maskz_loadu_ps(m0, c + (size_t)r * ldc));
+            c1[r] = _mm512_add_ps(c1[r], _mm512_maskz_loadu_ps(m1, c + (size_t)r * ldc + 16));
+        }
     }
-#pragma GCC unroll 12
+UNROLL
     for (int r = 0; r < mr; r++) {
         _mm512_mask_storeu_ps(c + (size_t)r * ldc, m0, c0[r]);
         _mm512_mask_storeu_ps(c + (size_t)r * ldc + 16, m1, c1[r]);
@@ -130,7 +138,7 @@ static inline __attribute__((always_inline)) void tile(int mr, int kc, const flo
 }
 
 // mr as a constant in each case, so the tile's loops unroll into registers.
-static void tile_any(int mr, int kc, const float *a, const float *b, float *c, int ldc,
+static AVX512 void tile_any(int mr, int kc, const float *a, const float *b, float *c, int ldc,
                      float alpha, int load_c, __mmask16 m0, __mmask16 m1) {
     switch (mr) {
 #define T(n) case n: tile(n, kc, a, b, c, ldc, alpha, load_c, m0, m1); break;
@@ -139,7 +147,7 @@ static void tile_any(int mr, int kc, const float *a, const float *b, float *c, i
     }
 }
 
-static void gemm_chunk(int m, const float *a, int lda, const moa_packed *w, float alpha,
+static AVX512 void gemm_chunk(int m, const float *a, int lda, const moa_packed *w, float alpha,
                        int beta1, float *c, int ldc, float *abuf) {
     int n = w->n, k = w->k, np = (n + NR - 1) / NR;
     for (int k0 = 0; k0 < k; k0 += KC) {
@@ -167,8 +175,8 @@ static void gemm_chunk(int m, const float *a, int lda, const moa_packed *w, floa
     }
 }
 
-void moa_gemm_packed(int m, const float *a, int lda, const moa_packed *w, float alpha,
-                     float beta, float *c, int ldc) {
+AVX512 void moa_gemm_packed(int m, const float *a, int lda, const moa_packed *w, float alpha,
+                            float beta, float *c, int ldc) {
     MOA_ASSERT(w->p && (beta == 0.0f || beta == 1.0f));
     if (m <= 0 || w->n <= 0) return;
     if (w->k == 0) {
@@ -182,4 +190,3 @@ void moa_gemm_packed(int m, const float *a, int lda, const moa_packed *w, float 
         gemm_chunk(m - i0 < MC ? m - i0 : MC, a + (size_t)i0 * lda, lda, w, alpha, beta != 0.0f,
                    c + (size_t)i0 * ldc, ldc, abuf);
 }
-#pragma GCC pop_options
