@@ -562,7 +562,13 @@ def test_errors_429_and_504():
             res["big"] = request(s, "POST", "/translate", {"text": long_text, "beam_size": 4})
         t = threading.Thread(target=big)
         t.start()
-        time.sleep(0.3)
+        deadline = time.time() + 10  # until the big request's sentences wait
+        while time.time() < deadline:
+            m = parse_prometheus(request(s, "GET", "/metrics")[2].decode())
+            if m["moa_queue_sentences"][""] >= 20:
+                break
+            time.sleep(0.005)
+        check(m["moa_queue_sentences"][""] >= 20, "the 60-line request's sentences never queued")
         hd = expect_error(s, 429, {"text": "\n".join(sentences(6))}, contains="max_queue")
         check(int(hd.get("retry-after", "0")) >= 1, f"Retry-After: {hd.get('retry-after')}")
         t.join()
@@ -584,7 +590,8 @@ def test_errors_429_and_504():
 @test
 def test_client_disconnect_cancels():
     s = main_server()
-    body = json.dumps({"text": "\n".join(sentences(300)), "beam_size": 8}).encode()
+    # 3 x 300 lines at beam 8: seconds of work, so it is in flight at the hang-up
+    body = json.dumps({"text": ["\n".join(sentences(300))] * 3, "beam_size": 8}).encode()
     sock = socket.create_connection(("127.0.0.1", s.port))
     sock.sendall(b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  b"X-Request-Id: gone-client\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
@@ -641,7 +648,7 @@ def test_batching_identity_64_concurrent():
 
 @test
 def test_fairness_short_request_not_stuck():
-    s = Server("fair", "--max-inflight", "8", "--cache-size", "0")
+    s = Server("fair", "--max-inflight", "4", "--compute-workers", "1", "--cache-size", "0")
     try:
         done: Dict[str, float] = {}
         def run(name: str, text: str) -> None:
@@ -650,13 +657,26 @@ def test_fairness_short_request_not_stuck():
             done[name] = time.time()
         big = threading.Thread(target=run, args=("big", "\n".join(sentences(300))))
         big.start()
-        time.sleep(0.15)
+        # The 1-line request goes in once the big one's sentences wait in the
+        # queue (not after a fixed sleep: a fast engine may be done by then).
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            m = parse_prometheus(request(s, "GET", "/metrics")[2].decode())
+            if m["moa_queue_sentences"][""] > 50:
+                break
+            time.sleep(0.005)
+        check(m["moa_queue_sentences"][""] > 50, "the 300-line request's sentences never queued")
         t0 = time.time()
         small = threading.Thread(target=run, args=("small", "Delete unused"))
         small.start()
         small.join()
         big.join()
         check(done["small"] < done["big"], "the 1-line request finished after the 300-line one")
+        # interleaved, not queued behind the 300 lines: done in a small part
+        # of the time the big request still needed
+        check(done["small"] - t0 < 0.25 * (done["big"] - t0),
+              f"the 1-line request took {1e3 * (done['small'] - t0):.0f} ms of the "
+              f"{1e3 * (done['big'] - t0):.0f} ms the 300-line one still ran")
         print(f"    1-line request: {1e3 * (done['small'] - t0):.0f} ms; 300-line request "
               f"finished {1e3 * (done['big'] - done['small']):.0f} ms later")
     finally:
