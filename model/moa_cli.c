@@ -372,26 +372,6 @@ static int finish_opts(cli_args *a, const moa_config *cfg) {
 
 // --- JSON writing ------------------------------------------------------------
 
-// Length of the valid UTF-8 sequence at s (n bytes left), or 0 if invalid.
-static int utf8_len(const unsigned char *s, size_t n) {
-    unsigned c = s[0];
-    int len;
-    unsigned min;
-    if (c < 0x80) return 1;
-    if (c >= 0xC2 && c <= 0xDF) len = 2, min = 0x80;
-    else if (c >= 0xE0 && c <= 0xEF) len = 3, min = 0x800;
-    else if (c >= 0xF0 && c <= 0xF4) len = 4, min = 0x10000;
-    else return 0;
-    if ((size_t)len > n) return 0;
-    unsigned cp = c & (0x3F >> (len - 1));
-    for (int i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        cp = (cp << 6) | (s[i] & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-    return len;
-}
-
 // A JSON string; bytes that are not valid UTF-8 become U+FFFD so that the
 // line always parses.
 static void json_string(FILE *f, const char *str, size_t n) {
@@ -414,7 +394,7 @@ static void json_string(FILE *f, const char *str, size_t n) {
             }
             i++;
         } else {
-            int len = utf8_len(s + i, n - i);
+            int len = moa_utf8_len((const char *)s + i, n - i);
             if (len == 0) {
                 fputs("\\ufffd", f);
                 i++;

@@ -40,7 +40,7 @@
 #define KC 256  // k per block: a panel block (32 KB) stays in L1
 #define MC 192  // rows per chunk: its packed block (192 KB) stays in L2
 
-static int pack_state = -1;  // -1 unknown, 0 off, 1 on
+static _Atomic int pack_state = -1;  // -1 unknown, 0 off, 1 on (set once, idempotent)
 
 int moa_pack_available(void) {
     if (pack_state < 0) {

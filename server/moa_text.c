@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "moa_tokenizer.h"
+
 // --- segments ---------------------------------------------------------------------
 
 void moa_segs_free(moa_segs *s) {
@@ -35,32 +37,11 @@ int moa_segs_push(moa_segs *s, size_t off, size_t len, int translate) {
 
 // --- UTF-8 ------------------------------------------------------------------------
 
-// Length of the valid sequence at s (n bytes left), 0 if invalid.
-static int utf8_len(const unsigned char *s, size_t n) {
-    unsigned c = s[0];
-    int len;
-    unsigned min;
-    if (c == 0) return 0;
-    if (c < 0x80) return 1;
-    if (c >= 0xC2 && c <= 0xDF) len = 2, min = 0x80;
-    else if (c >= 0xE0 && c <= 0xEF) len = 3, min = 0x800;
-    else if (c >= 0xF0 && c <= 0xF4) len = 4, min = 0x10000;
-    else return 0;
-    if ((size_t)len > n) return 0;
-    unsigned cp = c & (0x3F >> (len - 1));
-    for (int i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        cp = (cp << 6) | (s[i] & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-    return len;
-}
-
 long moa_text_utf8_count(const char *str, size_t n, size_t *bad) {
     const unsigned char *s = (const unsigned char *)str;
     long count = 0;
     for (size_t i = 0; i < n;) {
-        int l = utf8_len(s + i, n - i);
+        int l = s[i] ? moa_utf8_len(str + i, n - i) : 0;  // NUL: invalid here
         if (!l) {
             if (bad) *bad = i;
             return -1;

@@ -56,6 +56,25 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...) {
 
 // --- UTF-8 -------------------------------------------------------------------
 
+int moa_utf8_len(const char *str, size_t n) {
+    const unsigned char *s = (const unsigned char *)str;
+    unsigned c = s[0], min;
+    int len;
+    if (c < 0x80) return 1;
+    if (c >= 0xC2 && c <= 0xDF) len = 2, min = 0x80;
+    else if (c >= 0xE0 && c <= 0xEF) len = 3, min = 0x800;
+    else if (c >= 0xF0 && c <= 0xF4) len = 4, min = 0x10000;
+    else return 0;
+    if ((size_t)len > n) return 0;
+    unsigned cp = c & (0x3F >> (len - 1));
+    for (int i = 1; i < len; i++) {
+        if ((s[i] & 0xC0) != 0x80) return 0;
+        cp = (cp << 6) | (s[i] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+    return len;
+}
+
 // Checks that s[0..len) is well-formed UTF-8 (RFC 3629: shortest form only, no
 // surrogates, nothing above U+10FFFF) and has no NUL byte. Returns 0, or
 // MOA_EINVAL with the offset of the first byte of the bad sequence in err.

@@ -65,6 +65,12 @@ int moa_tokenizer_encode_pieces(const moa_tokenizer *t, const char *text,
 int moa_tokenizer_decode(const moa_tokenizer *t, const int *ids, int n,
                          char **text, char *err, size_t errlen);
 
+// Length in bytes (1-4) of the well-formed UTF-8 sequence at s, n >= 1
+// bytes available (RFC 3629: shortest form, no surrogates, at most
+// U+10FFFF; a NUL byte counts as a sequence of 1), or 0 if it is not one.
+// For callers that walk text themselves (JSON escaping, character counts).
+int moa_utf8_len(const char *s, size_t n);
+
 #ifdef __cplusplus
 }
 #endif
