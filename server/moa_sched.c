@@ -15,19 +15,29 @@
 // How often deadlines and client sockets are looked at while work is held:
 // often enough that a 504 comes within 20 ms of its deadline, rarely enough
 // to cost nothing next to a decoder step.
-#define CHECK_INTERVAL_S 0.02
 #define CHECK_INTERVAL_MS 20
 
-// One engine session and what the loop knows of it. Worker 0's session is
-// stepped by the scheduler thread itself (it would only wait otherwise);
-// each other worker has a thread that steps its session when told to.
+// A unit released while its worker was stepping: its session still holds
+// it, and its result may come out of that step; the worker drops it (by
+// engine id: the unit's memory may be gone) when it next holds the lock.
+typedef struct moa_cancel {
+    int id;                     // moa_session_add's id
+    int rows;
+} moa_cancel;
+
+// One engine session and the thread that steps it.
 typedef struct moa_worker {
     moa_sched *s;
+    int index;
     moa_session *sess;
     pthread_t thread;
     int started;
-    int units, rows;            // live units and their beam rows (loop thread only)
-    int todo;                   // a step is asked for this round (s->wmu)
+    pthread_cond_t cv;          // it sleeps on this while its session is empty
+    // under s->lock:
+    int busy;                   // inside moa_session_step: nobody else touches sess
+    int units, rows;            // units in its session and their beam rows
+    moa_cancel *cancels;        // released while busy (room for inflight_per)
+    int n_cancels;
     int rc;                     // what its last moa_session_step returned
 } moa_worker;
 
@@ -37,27 +47,24 @@ struct moa_sched {
     moa_metrics *metrics;
     moa_heads *heads;
 
+    // Everything below that the HTTP threads do not touch: the held jobs,
+    // the workers' bookkeeping, fairness, results. Taken by the loop thread
+    // and by each worker between its steps, never during one.
+    pthread_mutex_t lock;
+
     // compute workers (conf's compute_workers); the limits are per worker
     moa_worker *workers;
     int n_workers;
     int inflight_per, rows_per;
-    // one round of parallel steps: the loop sets todo and pending, bumps
-    // round and broadcasts go; each worker steps, and the last one to finish
-    // signals done (wmu)
-    pthread_mutex_t wmu;
-    pthread_cond_t go, done;
-    long round;
-    int pending;
-    int wstop;
+    int wstop;                  // workers leave (lock)
 
     uv_loop_t loop;
     uv_async_t wake;
-    uv_idle_t idle;             // runs an iteration whenever there is work
-    uv_timer_t timer;           // deadline/hang-up checks while the loop would sleep
+    uv_timer_t timer;           // deadline/hang-up checks while jobs are held
     uv_thread_t thread;
     int started, stopped;
 
-    // submitted, not yet taken by the loop (mu)
+    // submitted, not yet taken by the scheduler (mu; lock order: lock, then mu)
     pthread_mutex_t mu;
     moa_job *in_head, *in_tail;
     int stopping;               // no more submissions (mu)
@@ -67,15 +74,15 @@ struct moa_sched {
     int live_units, rows, jobs;
     double rate;                // sentences/s, exponential average
 
-    // loop thread only
+    // under lock
     moa_job **held;             // jobs held, in arrival order
     int n_held, cap_held;
     int rows_used;              // beam rows of live units
     int units_live;
     long seq;
-    double last_check, rate_t0;
+    double rate_t0;
     long rate_done;
-    struct pollfd *pfds;
+    struct pollfd *pfds;        // loop thread only
     int cap_pfds;
 };
 
@@ -93,18 +100,29 @@ static int unit_rows(const moa_unit *u) {
 
 // --- giving jobs back ----------------------------------------------------------------
 
-// Removes the job's units from the session and queue.
+// A unit left worker w's session (finished, or cancelled there).
+static void unit_gone(moa_sched *s, moa_worker *w, int rows) {
+    w->units--;
+    w->rows -= rows;
+    s->rows_used -= rows;
+    s->units_live--;
+}
+
+// Removes the job's units from the sessions and the queue. A unit in a
+// session that is stepping right now is left to its worker (moa_cancel).
 static void job_cancel_units(moa_sched *s, moa_job *j) {
     int waiting = 0;
     for (int i = 0; i < j->n_units; i++) {
         moa_unit *u = &j->units[i];
         if (u->state == MOA_UNIT_LIVE) {
             moa_worker *w = &s->workers[u->worker];
-            moa_session_cancel(w->sess, u->eng_id);
-            w->units--;
-            w->rows -= unit_rows(u);
-            s->rows_used -= unit_rows(u);
-            s->units_live--;
+            if (w->busy) {
+                // room for every unit it can hold: never fails
+                w->cancels[w->n_cancels++] = (moa_cancel){u->eng_id, unit_rows(u)};
+            } else {
+                moa_session_cancel(w->sess, u->eng_id);
+                unit_gone(s, w, unit_rows(u));
+            }
             u->state = MOA_UNIT_CANCELLED;
         } else if (u->state == MOA_UNIT_WAITING) {
             u->state = MOA_UNIT_CANCELLED;
@@ -216,17 +234,24 @@ static int pick_job(moa_sched *s) {
     return best;
 }
 
-// The worker that should take a unit of `rows` rows: the one with the
-// fewest rows among those below their share of max_inflight, so the
-// workers' steps take about as long; -1 when the unit fits nowhere now.
+// The worker that should take a unit of `rows` rows: of the workers not
+// stepping, below their share of max_inflight and with room for the rows,
+// the one with the fewest rows — provided no stepping worker that could
+// also take it has fewer (then the unit waits for that step to end, a
+// millisecond or so), so the workers' steps stay about as long. -1 when the
+// unit goes nowhere now.
 static int pick_worker(moa_sched *s, int rows) {
-    int best = -1;
+    int best = -1, fewest_busy = -1;
     for (int i = 0; i < s->n_workers; i++) {
         const moa_worker *w = &s->workers[i];
-        if (w->units >= s->inflight_per) continue;
-        if (best < 0 || w->rows < s->workers[best].rows) best = i;
+        if (w->units >= s->inflight_per || w->rows + rows > s->rows_per) continue;
+        if (w->busy) {
+            if (fewest_busy < 0 || w->rows < fewest_busy) fewest_busy = w->rows;
+        } else if (best < 0 || w->rows < s->workers[best].rows) {
+            best = i;
+        }
     }
-    if (best >= 0 && s->workers[best].rows + rows > s->rows_per) return -1;
+    if (best >= 0 && fewest_busy >= 0 && s->workers[best].rows > fewest_busy) return -1;
     return best;
 }
 
@@ -275,74 +300,41 @@ static void admit(moa_sched *s) {
         w->rows += rows;
         s->rows_used += rows;
         s->units_live++;
+        if (w->units == 1) pthread_cond_signal(&w->cv);  // it may sleep
     }
 }
 
-// --- parallel steps ---------------------------------------------------------------------
+// --- after a step ------------------------------------------------------------------------
 
-static void *worker_main(void *arg) {
-    moa_worker *w = arg;
-    moa_sched *s = w->s;
-    long seen = 0;
-    pthread_mutex_lock(&s->wmu);
-    for (;;) {
-        while (!s->wstop && s->round == seen) pthread_cond_wait(&s->go, &s->wmu);
-        if (s->wstop) break;
-        seen = s->round;
-        if (!w->todo) continue;  // nothing live in its session this round
-        w->todo = 0;
-        pthread_mutex_unlock(&s->wmu);
-        int rc = moa_session_step(w->sess);
-        pthread_mutex_lock(&s->wmu);
-        w->rc = rc;
-        if (--s->pending == 0) pthread_cond_signal(&s->done);
-    }
-    pthread_mutex_unlock(&s->wmu);
-    return NULL;
+static int find_cancel(const moa_worker *w, int id) {
+    for (int i = 0; i < w->n_cancels; i++)
+        if (w->cancels[i].id == id) return i;
+    return -1;
 }
 
-// ONE moa_session_step in every session that holds units, all at once, and
-// back when the slowest is done. One worker: a plain call, as without workers.
-static void step_all(moa_sched *s) {
-    moa_worker *w0 = &s->workers[0];
-    if (s->n_workers == 1) {
-        w0->rc = moa_session_step(w0->sess);
-        return;
-    }
-    pthread_mutex_lock(&s->wmu);
-    for (int i = 1; i < s->n_workers; i++) {
-        moa_worker *w = &s->workers[i];
-        w->todo = w->units > 0;
-        s->pending += w->todo;
-    }
-    if (s->pending) {
-        s->round++;
-        pthread_cond_broadcast(&s->go);
-    }
-    pthread_mutex_unlock(&s->wmu);
-    if (w0->units > 0) w0->rc = moa_session_step(w0->sess);
-    pthread_mutex_lock(&s->wmu);
-    while (s->pending > 0) pthread_cond_wait(&s->done, &s->wmu);
-    pthread_mutex_unlock(&s->wmu);
-}
-
-// A worker's finished units. Only 200s are released here, so no unit of
-// another session is cancelled while its result may still wait to be taken.
+// A worker's finished units, right after its step (so no result waits in a
+// session that is not stepping: job_cancel_units relies on it).
 static void take_finished(moa_sched *s, moa_worker *w) {
     moa_result r;
     while (moa_session_take(w->sess, &r) == 1) {
+        int ci = find_cancel(w, r.id);
+        if (ci >= 0) {  // released during the step: its unit may be freed
+            unit_gone(s, w, w->cancels[ci].rows);
+            w->cancels[ci] = w->cancels[--w->n_cancels];
+            moa_result_clear(&r);
+            continue;
+        }
         moa_unit *u = r.user;
         moa_job *j = u ? u->job : NULL;
-        if (!u || u->state != MOA_UNIT_LIVE) {  // cancelled in between: drop
+        if (!u || u->state != MOA_UNIT_LIVE) {  // cannot happen; never touch it
+            moa_log(MOA_LOG_ERROR, "scheduler: a result for a unit not live (worker %d)",
+                    w->index);
             moa_result_clear(&r);
             continue;
         }
         u->res = r;
         u->state = MOA_UNIT_DONE;
-        w->units--;
-        w->rows -= unit_rows(u);
-        s->rows_used -= unit_rows(u);
-        s->units_live--;
+        unit_gone(s, w, unit_rows(u));
         j->n_live--;
         s->rate_done++;
         if (s->heads) moa_heads_add(s->heads, u->src, u->src_len, &u->res);
@@ -353,6 +345,15 @@ static void take_finished(moa_sched *s, moa_worker *w) {
     }
 }
 
+// Units released while the worker stepped and still in its session leave it.
+static void apply_cancels(moa_sched *s, moa_worker *w) {
+    for (int i = 0; i < w->n_cancels; i++) {
+        moa_session_cancel(w->sess, w->cancels[i].id);
+        unit_gone(s, w, w->cancels[i].rows);
+    }
+    w->n_cancels = 0;
+}
+
 static int job_live_in(const moa_job *j, int wi) {
     for (int i = 0; i < j->n_units; i++)
         if (j->units[i].state == MOA_UNIT_LIVE && j->units[i].worker == wi) return 1;
@@ -360,38 +361,19 @@ static int job_live_in(const moa_job *j, int wi) {
 }
 
 // A failed step fails the jobs with a unit in that session (their units in
-// other sessions leave those too); the session's results are thrown away.
-static void fail_worker(moa_sched *s, int wi) {
-    moa_worker *w = &s->workers[wi];
+// other sessions leave those too); the session's results are thrown away
+// unread.
+static void fail_worker(moa_sched *s, moa_worker *w) {
     int n = 0;
     for (int i = s->n_held - 1; i >= 0; i--)
-        if (job_live_in(s->held[i], wi)) {
+        if (job_live_in(s->held[i], w->index)) {
             job_release(s, i, 500, "the engine failed");
             n++;
         }
     moa_log(MOA_LOG_ERROR, "scheduler: moa_session_step failed: %s (worker %d); failed the %d "
-            "request(s) in its batch", moa_strerror(w->rc), wi, n);
+            "request(s) in its batch", moa_strerror(w->rc), w->index, n);
     moa_result r;
     while (moa_session_take(w->sess, &r) == 1) moa_result_clear(&r);
-}
-
-// One step of every worker and their finished units.
-static void step(moa_sched *s) {
-    for (int i = 0; i < s->n_workers; i++) s->workers[i].rc = 0;
-    step_all(s);
-    int failed = 0;
-    for (int i = 0; i < s->n_workers; i++) {
-        moa_worker *w = &s->workers[i];
-        if (w->rc < 0) {
-            failed = 1;
-            continue;
-        }
-        if (w->rc > 0) moa_metrics_step(s->metrics, w->rc);
-        take_finished(s, w);
-    }
-    // After every healthy session's results were taken (see take_finished).
-    for (int i = 0; failed && i < s->n_workers; i++)
-        if (s->workers[i].rc < 0) fail_worker(s, i);
 }
 
 static void publish_gauges(moa_sched *s, double now) {
@@ -408,67 +390,82 @@ static void publish_gauges(moa_sched *s, double now) {
     pthread_mutex_unlock(&s->mu);
 }
 
-static void iterate(moa_sched *s) {
+// Takes new jobs, admits waiting units to the workers not stepping, answers
+// the jobs with nothing left to compute (e.g. all from the cache). Under
+// lock, from the loop thread or a worker between its steps.
+static void schedule(moa_sched *s) {
     take_incoming(s);
-    double now = moa_sched_now();
-    if (now - s->last_check >= CHECK_INTERVAL_S) {
-        s->last_check = now;
-        check_jobs(s, now);
-    }
     admit(s);
-    if (s->units_live > 0) step(s);
-    // Jobs with nothing to compute (e.g. all units cancelled) are answered too.
     for (int i = s->n_held - 1; i >= 0; i--)
         if (s->held[i]->n_live == 0 && s->held[i]->n_waiting == 0) job_release(s, i, 200, NULL);
-    publish_gauges(s, now);
+    publish_gauges(s, moa_sched_now());
+}
+
+// A compute worker: steps its session while it holds units, and between
+// steps does the scheduler's work for itself (results, cancellations,
+// admissions), so it never waits for another worker or thread.
+static void *worker_main(void *arg) {
+    moa_worker *w = arg;
+    moa_sched *s = w->s;
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        while (!s->wstop && w->units == 0) pthread_cond_wait(&w->cv, &s->lock);
+        if (s->wstop) break;
+        w->busy = 1;
+        pthread_mutex_unlock(&s->lock);
+        int rc = moa_session_step(w->sess);
+        pthread_mutex_lock(&s->lock);
+        w->busy = 0;
+        w->rc = rc;
+        if (rc < 0) {
+            fail_worker(s, w);
+        } else {
+            if (rc > 0) moa_metrics_step(s->metrics, rc);
+            take_finished(s, w);
+        }
+        apply_cancels(s, w);
+        schedule(s);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
 }
 
 // --- libuv callbacks ---------------------------------------------------------------------
 
-static void on_idle(uv_idle_t *h) {
-    moa_sched *s = h->data;
-    iterate(s);
-    if (s->n_held == 0) {
-        pthread_mutex_lock(&s->mu);
-        int more = s->in_head != NULL;
-        pthread_mutex_unlock(&s->mu);
-        if (!more) {
-            uv_idle_stop(&s->idle);
-            uv_timer_stop(&s->timer);
-        }
-    } else if (s->units_live == 0) {
-        // Everything held waits on something other than compute (cannot
-        // happen with the limits validated at start, but never spin): let
-        // the timer drive the checks.
-        uv_idle_stop(&s->idle);
-    }
-}
-
+// Every CHECK_INTERVAL_MS while jobs are held: deadlines and hang-ups.
 static void on_timer(uv_timer_t *t) {
     moa_sched *s = t->data;
-    if (!uv_is_active((uv_handle_t *)&s->idle)) uv_idle_start(&s->idle, on_idle);
+    pthread_mutex_lock(&s->lock);
+    check_jobs(s, moa_sched_now());
+    schedule(s);
+    int idle = s->n_held == 0;
+    pthread_mutex_unlock(&s->lock);
+    if (idle) uv_timer_stop(&s->timer);
 }
 
 static void close_cb(uv_handle_t *h) { (void)h; }
 
+// A submission (or the stop).
 static void on_wake(uv_async_t *a) {
     moa_sched *s = a->data;
     pthread_mutex_lock(&s->mu);
     int stopping = s->stopping;
     pthread_mutex_unlock(&s->mu);
+    pthread_mutex_lock(&s->lock);
     if (stopping) {
         take_incoming(s);
         for (int i = s->n_held - 1; i >= 0; i--)
             job_release(s, i, 503, "the server is shutting down");
-        uv_idle_stop(&s->idle);
+        pthread_mutex_unlock(&s->lock);
         uv_timer_stop(&s->timer);
-        uv_close((uv_handle_t *)&s->idle, close_cb);
         uv_close((uv_handle_t *)&s->timer, close_cb);
         uv_close((uv_handle_t *)&s->wake, close_cb);
         return;
     }
-    if (!uv_is_active((uv_handle_t *)&s->idle)) uv_idle_start(&s->idle, on_idle);
-    if (!uv_is_active((uv_handle_t *)&s->timer))
+    schedule(s);
+    int held = s->n_held > 0;
+    pthread_mutex_unlock(&s->lock);
+    if (held && !uv_is_active((uv_handle_t *)&s->timer))
         uv_timer_start(&s->timer, on_timer, CHECK_INTERVAL_MS, CHECK_INTERVAL_MS);
 }
 
@@ -483,14 +480,16 @@ static void thread_main(void *arg) {
 // workers may have been set up).
 static void workers_free(moa_sched *s) {
     if (!s->workers) return;
-    pthread_mutex_lock(&s->wmu);
+    pthread_mutex_lock(&s->lock);
     s->wstop = 1;
-    pthread_cond_broadcast(&s->go);
-    pthread_mutex_unlock(&s->wmu);
+    for (int i = 0; i < s->n_workers; i++) pthread_cond_signal(&s->workers[i].cv);
+    pthread_mutex_unlock(&s->lock);
     for (int i = 0; i < s->n_workers; i++) {
         moa_worker *w = &s->workers[i];
         if (w->started) pthread_join(w->thread, NULL);
         moa_session_free(w->sess);
+        free(w->cancels);
+        pthread_cond_destroy(&w->cv);
     }
     free(s->workers);
     s->workers = NULL;
@@ -508,9 +507,7 @@ moa_sched *moa_sched_create(const moa_model *m, const moa_conf *conf, moa_metric
     s->metrics = metrics;
     s->heads = heads;
     pthread_mutex_init(&s->mu, NULL);
-    pthread_mutex_init(&s->wmu, NULL);
-    pthread_cond_init(&s->go, NULL);
-    pthread_cond_init(&s->done, NULL);
+    pthread_mutex_init(&s->lock, NULL);
     // moa_conf_load checked that every share holds at least the largest beam.
     s->n_workers = moa_conf_compute_workers(conf);
     s->inflight_per = (conf->max_inflight + s->n_workers - 1) / s->n_workers;
@@ -520,24 +517,30 @@ moa_sched *moa_sched_create(const moa_model *m, const moa_conf *conf, moa_metric
         snprintf(err, errlen, "out of memory");
         goto fail_workers;
     }
+    for (int i = 0; i < s->n_workers; i++) pthread_cond_init(&s->workers[i].cv, NULL);
     for (int i = 0; i < s->n_workers; i++) {
         moa_worker *w = &s->workers[i];
         w->s = s;
+        w->index = i;
+        w->cancels = malloc((size_t)s->inflight_per * sizeof *w->cancels);
+        if (!w->cancels) {
+            snprintf(err, errlen, "out of memory");
+            goto fail_session;
+        }
         if (!(w->sess = moa_session_create(m, s->rows_per, err, errlen))) goto fail_session;
-        if (i > 0 && pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
             snprintf(err, errlen, "cannot start compute worker thread %d", i);
             goto fail_session;
         }
-        w->started = i > 0;
+        w->started = 1;
     }
     if (uv_loop_init(&s->loop) != 0) {
         snprintf(err, errlen, "uv_loop_init failed");
         goto fail_loop;
     }
     uv_async_init(&s->loop, &s->wake, on_wake);
-    uv_idle_init(&s->loop, &s->idle);
     uv_timer_init(&s->loop, &s->timer);
-    s->wake.data = s->idle.data = s->timer.data = s;
+    s->wake.data = s->timer.data = s;
     s->rate_t0 = moa_sched_now();
     if (uv_thread_create(&s->thread, thread_main, s) != 0) {
         snprintf(err, errlen, "cannot start the scheduler thread");
@@ -547,7 +550,6 @@ moa_sched *moa_sched_create(const moa_model *m, const moa_conf *conf, moa_metric
     return s;
 fail_thread:
     uv_close((uv_handle_t *)&s->wake, NULL);
-    uv_close((uv_handle_t *)&s->idle, NULL);
     uv_close((uv_handle_t *)&s->timer, NULL);
     uv_run(&s->loop, UV_RUN_DEFAULT);
     uv_loop_close(&s->loop);
@@ -555,9 +557,7 @@ fail_loop:
 fail_session:
     workers_free(s);
 fail_workers:
-    pthread_cond_destroy(&s->done);
-    pthread_cond_destroy(&s->go);
-    pthread_mutex_destroy(&s->wmu);
+    pthread_mutex_destroy(&s->lock);
     pthread_mutex_destroy(&s->mu);
     free(s);
     return NULL;
@@ -623,9 +623,7 @@ void moa_sched_free(moa_sched *s) {
     workers_free(s);
     free(s->held);
     free(s->pfds);
-    pthread_cond_destroy(&s->done);
-    pthread_cond_destroy(&s->go);
-    pthread_mutex_destroy(&s->wmu);
+    pthread_mutex_destroy(&s->lock);
     pthread_mutex_destroy(&s->mu);
     free(s);
 }

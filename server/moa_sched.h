@@ -1,6 +1,6 @@
-// moa_sched.h — the batching scheduler: one thread that owns the queue and
-// compute_workers engine sessions stepped in parallel; every request's
-// sentences decoded together, step by step.
+// moa_sched.h — the batching scheduler: a libuv thread that takes requests
+// and compute_workers engine sessions, each stepped by its own thread; every
+// request's sentences decoded together, step by step.
 //
 //     moa_sched *s = moa_sched_create(model, &conf, metrics, heads, err, sizeof err);
 //     // HTTP thread, per request: fill a job, suspend the connection, submit
@@ -10,22 +10,26 @@
 //     moa_sched_stop(s);             // answers what is left with 503
 //     moa_sched_free(s);
 //
-// Each iteration of the scheduler's libuv loop (woken by uv_async_send):
-// takes newly submitted jobs, answers those past their deadline (504) or
-// whose client has gone (socket closed: 499), admits waiting units FAIRLY —
-// always to the job with the fewest units in the batch, oldest first, so a
-// one-line request is not stuck behind a 500-line one — while the
-// max_inflight and max_batch_rows limits allow (split evenly between the
-// workers; a unit goes to the session with the fewest rows), runs ONE
-// moa_session_step in every session that holds units, all at once (worker 0
-// on this thread, the others on their own threads with single-threaded
-// OpenBLAS; newcomers encoded together, one decoder step for every live
-// hypothesis; the engine groups rows by routed expert), waits for all of
-// them, takes the finished units, and resumes the connection of every job
-// whose units are all done. The loop idles (no timers spinning) when there
-// is no work. Queues, fairness, timeouts and results are the scheduler
-// thread's alone: worker threads only ever step their own session. One
-// worker: no extra thread, the scheduler thread steps its session.
+// The loop thread (libuv, woken by uv_async_send on each submission, and by
+// a 20 ms timer while it holds jobs) takes newly submitted jobs, answers
+// those past their deadline (504) or whose client has gone (socket closed:
+// 499), and admits waiting units to the workers that sleep for lack of work.
+// Each compute worker runs ONE moa_session_step at a time on its session
+// (newcomers encoded together, one decoder step for every live hypothesis;
+// the engine groups rows by routed expert), and between two steps does the
+// scheduler's work itself: takes its finished units, resumes the connection
+// of every job whose units are all done, and admits waiting units. So no
+// worker waits for another, and the loop thread sleeps while the model runs.
+// Admission is FAIR — always to the job with the fewest units in the batch,
+// oldest first, so a one-line request is not stuck behind a 500-line one —
+// within max_inflight and max_batch_rows (split evenly between the workers),
+// and balanced: a unit goes to the worker with the fewest rows, waiting for
+// a stepping worker's step to end when that one has fewer. All of this
+// state is under one lock, taken between steps only, never during one; a
+// session is touched only by its worker while it steps. A job released
+// while one of its units is in a stepping session (timeout, hang-up,
+// failure elsewhere, stop) leaves that unit to the worker, which drops it
+// and any result it produced when its step ends.
 //
 // Ownership: a submitted job belongs to the scheduler until it sets
 // job->status and calls MHD_resume_connection(job->conn); after that the

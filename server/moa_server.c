@@ -128,9 +128,9 @@ static void log_start(const moa_server *srv, double load_s) {
             g->encoder_layers, g->decoder_layers, g->num_experts, g->top_k, g->vocab_size,
             g->max_positions, load_s);
     int workers = moa_conf_compute_workers(c);
-    moa_log(MOA_LOG_INFO, "threads: compute workers %d (an engine session each; the scheduler "
-            "thread steps the first, %d more thread(s)), OpenBLAS (%s) %d per worker, http %d, "
-            "scheduler 1, libuv pool unused (UV_THREADPOOL_SIZE=%s)", workers, workers - 1,
+    moa_log(MOA_LOG_INFO, "threads: compute workers %d (a thread and an engine session each), "
+            "OpenBLAS (%s) %d per worker, http %d, scheduler 1, libuv pool unused "
+            "(UV_THREADPOOL_SIZE=%s)", workers,
             moa_blas_corename(), moa_get_num_threads(), c->http_threads,
             getenv("UV_THREADPOOL_SIZE"));
     moa_log(MOA_LOG_INFO, "matrix products: %s", moa_get_num_threads() == 1 ? moa_gemm_path()
