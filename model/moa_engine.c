@@ -268,15 +268,6 @@ static void project_kv(const moa_config *c, const moa_attn_w *aw,
 }
 
 // One query against m keys: out (h) = softmax(q·Kᵀ) · V. scores: m floats.
-static void attend(const float *q, const float *K, const float *V, int m, int h,
-                   float *scores, float *out) {
-    moa_count_flops(4ull * m * h);
-    for (int p = 0; p < m; p++) scores[p] = moa_dot(q, K + (size_t)p * h, h);
-    moa_softmax(scores, m);
-    memset(out, 0, (size_t)h * sizeof(float));
-    for (int p = 0; p < m; p++) moa_axpy(out, scores[p], V + (size_t)p * h, h);
-}
-
 static void record_picks(const moa_config *c, const work *w, int r, int *e_out,
                          float *g_out, float *m_out) {
     int k = c->top_k;
@@ -445,9 +436,8 @@ static int decode_rows(moa_session *s, int R) {
             float *K = st->kc + base, *Vc = st->vc + base;
             memcpy(K + (size_t)t * h, w->kb + (size_t)r * h, (size_t)h * sizeof(float));
             memcpy(Vc + (size_t)t * h, w->vb + (size_t)r * h, (size_t)h * sizeof(float));
-            for (int j = 0; j < k; j++)
-                attend(w->q + ((size_t)r * k + j) * h, K, Vc, t + 1, h, s->att,
-                       w->a + ((size_t)r * k + j) * h);
+            moa_attend(w->q + (size_t)r * k * h, k, K, Vc, t + 1, h, s->att,
+                       w->a + (size_t)r * k * h);
             if (st->o.trace) {
                 size_t at = ((size_t)b * Ld + l) * st->cap + t;
                 record_picks(c, w, r, st->ds_e + at * k, st->ds_g + at * k, st->ds_m + at);
@@ -464,9 +454,7 @@ static int decode_rows(moa_session *s, int R) {
             sent *st = s->sents[s->row_sent[r]];
             int b = s->row_slot[r], n = st->src_len;
             const float *K = st->xk + (size_t)l * n * h, *Vx = st->xv + (size_t)l * n * h;
-            for (int j = 0; j < k; j++)
-                attend(w->q + ((size_t)r * k + j) * h, K, Vx, n, h, s->att,
-                       w->a + ((size_t)r * k + j) * h);
+            moa_attend(w->q + (size_t)r * k * h, k, K, Vx, n, h, s->att, w->a + (size_t)r * k * h);
             if (st->o.trace) {
                 size_t at = ((size_t)b * Ld + l) * st->cap + st->step;
                 record_picks(c, w, r, st->dc_e + at * k, st->dc_g + at * k, st->dc_m + at);
@@ -760,7 +748,7 @@ moa_session *moa_session_create(const moa_model *m, int max_rows, char *err,
     if (!s->logits || !s->lse || !s->row_sent || !s->row_slot || !s->sample_f || !s->sample_i)
         goto fail_alloc;
     if (work_reserve(&s->w, c, max_rows)) goto fail_alloc;
-    if (ensure_att(s, (size_t)c->max_positions + 1)) goto fail_alloc;
+    if (ensure_att(s, (size_t)c->top_k * (c->max_positions + 1))) goto fail_alloc;
     return s;
 fail_alloc:
     if (err) snprintf(err, errlen, "moa_session_create: out of memory for %d rows", max_rows);

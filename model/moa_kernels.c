@@ -223,6 +223,139 @@ void moa_log_softmax(float *x, int n, int v) {
     }
 }
 
+// --- attention of one decoder row -------------------------------------------------
+
+#if defined(__AVX2__) && defined(__FMA__)
+// The eight lane sums of a, b, ..., h in one vector, each summed in the same
+// order: (l0+l1)+(l2+l3), then + ((l4+l5)+(l6+l7)).
+static inline __m256 hsum8x8(__m256 a, __m256 b, __m256 c, __m256 d, __m256 e, __m256 f,
+                             __m256 g, __m256 h) {
+    __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);
+    __m256 ef = _mm256_hadd_ps(e, f), gh = _mm256_hadd_ps(g, h);
+    __m256 abcd = _mm256_hadd_ps(ab, cd), efgh = _mm256_hadd_ps(ef, gh);
+    return _mm256_add_ps(_mm256_permute2f128_ps(abcd, efgh, 0x20),
+                         _mm256_permute2f128_ps(abcd, efgh, 0x31));
+}
+
+static inline float hsum8(__m256 a) {
+    float t[8];
+    _mm256_storeu_ps(t, hsum8x8(a, a, a, a, a, a, a, a));
+    return t[0];
+}
+
+// scores[p] (and scores2[p] when q2) = q · K[p] for p < m; h % 8 == 0.
+// Four positions at a time, both queries sharing each load of K.
+static void attn_scores(const float *q1, const float *q2, const float *K, int m, int h,
+                        float *s1, float *s2) {
+    const float *qb = q2 ? q2 : q1;
+    int p = 0;
+    for (; p + 4 <= m; p += 4) {
+        const float *k0 = K + (size_t)p * h;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        for (int c = 0; c < h; c += 8) {
+            __m256 x = _mm256_loadu_ps(q1 + c), y = _mm256_loadu_ps(qb + c);
+            __m256 k0v = _mm256_loadu_ps(k0 + c), k1v = _mm256_loadu_ps(k0 + h + c);
+            __m256 k2v = _mm256_loadu_ps(k0 + 2 * h + c), k3v = _mm256_loadu_ps(k0 + 3 * h + c);
+            a0 = _mm256_fmadd_ps(x, k0v, a0);
+            a1 = _mm256_fmadd_ps(x, k1v, a1);
+            a2 = _mm256_fmadd_ps(x, k2v, a2);
+            a3 = _mm256_fmadd_ps(x, k3v, a3);
+            b0 = _mm256_fmadd_ps(y, k0v, b0);
+            b1 = _mm256_fmadd_ps(y, k1v, b1);
+            b2 = _mm256_fmadd_ps(y, k2v, b2);
+            b3 = _mm256_fmadd_ps(y, k3v, b3);
+        }
+        float t[8];
+        _mm256_storeu_ps(t, hsum8x8(a0, a1, a2, a3, b0, b1, b2, b3));
+        memcpy(s1 + p, t, 4 * sizeof(float));
+        if (q2) memcpy(s2 + p, t + 4, 4 * sizeof(float));
+    }
+    for (; p < m; p++) {
+        const float *kp = K + (size_t)p * h;
+        __m256 a = _mm256_setzero_ps(), b = a;
+        for (int c = 0; c < h; c += 8) {
+            __m256 kv = _mm256_loadu_ps(kp + c);
+            a = _mm256_fmadd_ps(_mm256_loadu_ps(q1 + c), kv, a);
+            b = _mm256_fmadd_ps(_mm256_loadu_ps(qb + c), kv, b);
+        }
+        s1[p] = hsum8(a);
+        if (q2) s2[p] = hsum8(b);
+    }
+}
+
+// o1 (and o2 when w2) = Σ_p w[p] · V[p]; h % 8 == 0. 32 columns at a
+// time, both outputs sharing each load of V.
+static void attn_mix(const float *w1, const float *w2, const float *V, int m, int h,
+                     float *o1, float *o2) {
+    const float *wb = w2 ? w2 : w1;
+    int c = 0;
+    for (; c + 32 <= h; c += 32) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        for (int p = 0; p < m; p++) {
+            const float *v = V + (size_t)p * h + c;
+            __m256 x = _mm256_broadcast_ss(w1 + p), y = _mm256_broadcast_ss(wb + p);
+            __m256 v0 = _mm256_loadu_ps(v), v1 = _mm256_loadu_ps(v + 8);
+            __m256 v2 = _mm256_loadu_ps(v + 16), v3 = _mm256_loadu_ps(v + 24);
+            a0 = _mm256_fmadd_ps(x, v0, a0);
+            a1 = _mm256_fmadd_ps(x, v1, a1);
+            a2 = _mm256_fmadd_ps(x, v2, a2);
+            a3 = _mm256_fmadd_ps(x, v3, a3);
+            b0 = _mm256_fmadd_ps(y, v0, b0);
+            b1 = _mm256_fmadd_ps(y, v1, b1);
+            b2 = _mm256_fmadd_ps(y, v2, b2);
+            b3 = _mm256_fmadd_ps(y, v3, b3);
+        }
+        _mm256_storeu_ps(o1 + c, a0);
+        _mm256_storeu_ps(o1 + c + 8, a1);
+        _mm256_storeu_ps(o1 + c + 16, a2);
+        _mm256_storeu_ps(o1 + c + 24, a3);
+        if (w2) {
+            _mm256_storeu_ps(o2 + c, b0);
+            _mm256_storeu_ps(o2 + c + 8, b1);
+            _mm256_storeu_ps(o2 + c + 16, b2);
+            _mm256_storeu_ps(o2 + c + 24, b3);
+        }
+    }
+    for (; c < h; c += 8) {
+        __m256 a = _mm256_setzero_ps(), b = a;
+        for (int p = 0; p < m; p++) {
+            __m256 v = _mm256_loadu_ps(V + (size_t)p * h + c);
+            a = _mm256_fmadd_ps(_mm256_broadcast_ss(w1 + p), v, a);
+            b = _mm256_fmadd_ps(_mm256_broadcast_ss(wb + p), v, b);
+        }
+        _mm256_storeu_ps(o1 + c, a);
+        if (w2) _mm256_storeu_ps(o2 + c, b);
+    }
+}
+#endif
+
+void moa_attend(const float *q, int nq, const float *K, const float *V, int m, int h,
+                float *scores, float *out) {
+    moa_count_flops(4ull * nq * m * h);
+#if defined(__AVX2__) && defined(__FMA__)
+    if (h % 8 == 0) {
+        for (int j = 0; j < nq; j += 2) {
+            int two = j + 1 < nq;
+            float *s1 = scores + (size_t)j * m, *s2 = two ? s1 + m : NULL;
+            attn_scores(q + (size_t)j * h, two ? q + (size_t)(j + 1) * h : NULL, K, m, h, s1, s2);
+            moa_softmax(s1, m);
+            if (two) moa_softmax(s2, m);
+            attn_mix(s1, s2, V, m, h, out + (size_t)j * h, two ? out + (size_t)(j + 1) * h : NULL);
+        }
+        return;
+    }
+#endif
+    for (int j = 0; j < nq; j++) {
+        float *sc = scores + (size_t)j * m, *o = out + (size_t)j * h;
+        for (int p = 0; p < m; p++) sc[p] = moa_dot(q + (size_t)j * h, K + (size_t)p * h, h);
+        moa_softmax(sc, m);
+        memset(o, 0, (size_t)h * sizeof(float));
+        for (int p = 0; p < m; p++) moa_axpy(o, sc[p], V + (size_t)p * h, h);
+    }
+}
+
 void moa_axpy(float *y, float a, const float *x, int n) {
     for (int i = 0; i < n; i++) y[i] += a * x[i];
 }
