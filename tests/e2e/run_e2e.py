@@ -467,6 +467,19 @@ def test_cache_hits():
 
 # --- errors ------------------------------------------------------------------------------------
 
+def queued(srv: Server, n: int, timeout: float = 10) -> bool:
+    """Waits until at least n sentences wait for admission (a request is in
+    the scheduler's hands, not just sent)."""
+    deadline = time.time() + timeout
+    while True:
+        m = parse_prometheus(request(srv, "GET", "/metrics")[2].decode())
+        if m["moa_queue_sentences"][""] >= n:
+            return True
+        if time.time() >= deadline:
+            return False
+        time.sleep(0.005)
+
+
 def batch_empty(srv: Server, timeout: float = 10) -> bool:
     """Waits until no sentence is live or queued (a released sentence in a
     session that is stepping leaves when that step ends)."""
@@ -579,13 +592,7 @@ def test_errors_429_and_504():
             res["big"] = request(s, "POST", "/translate", big_body)
         t = threading.Thread(target=big)
         t.start()
-        deadline = time.time() + 10  # until the big request's sentences wait
-        while time.time() < deadline:
-            m = parse_prometheus(request(s, "GET", "/metrics")[2].decode())
-            if m["moa_queue_sentences"][""] >= 20:
-                break
-            time.sleep(0.005)
-        check(m["moa_queue_sentences"][""] >= 20, "the big request's sentences never queued")
+        check(queued(s, 20), "the big request's sentences never queued")
         hd = expect_error(s, 429, {"text": "\n".join(sentences(6))}, contains="max_queue")
         check(int(hd.get("retry-after", "0")) >= 1, f"Retry-After: {hd.get('retry-after')}")
         t.join()
@@ -610,7 +617,7 @@ def test_client_disconnect_cancels():
     sock = socket.create_connection(("127.0.0.1", s.port))
     sock.sendall(b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  b"X-Request-Id: gone-client\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-    time.sleep(0.2)
+    check(queued(s, 100), "its sentences never queued")  # in the scheduler's hands
     sock.close()
     deadline = time.time() + 10
     while time.time() < deadline:
@@ -733,13 +740,7 @@ def test_fairness_short_request_not_stuck():
         big.start()
         # The 1-line request goes in once the big one's sentences wait in the
         # queue (not after a fixed sleep: a fast engine may be done by then).
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            m = parse_prometheus(request(s, "GET", "/metrics")[2].decode())
-            if m["moa_queue_sentences"][""] > 50:
-                break
-            time.sleep(0.005)
-        check(m["moa_queue_sentences"][""] > 50, "the 300-line request's sentences never queued")
+        check(queued(s, 51), "the 300-line request's sentences never queued")
         t0 = time.time()
         small = threading.Thread(target=run, args=("small", "Delete unused"))
         small.start()
@@ -808,13 +809,7 @@ def test_sigterm_drains():
         res["big"] = request(s, "POST", "/translate", {"text": texts})
     t = threading.Thread(target=big)
     t.start()
-    deadline = time.time() + 10  # until it is in the scheduler's hands
-    while time.time() < deadline:
-        m = parse_prometheus(request(s, "GET", "/metrics")[2].decode())
-        if m["moa_queue_sentences"][""] >= 100:
-            break
-        time.sleep(0.005)
-    check(m["moa_queue_sentences"][""] >= 100, "the request's sentences never queued")
+    check(queued(s, 100), "the request's sentences never queued")
     s.proc.send_signal(signal.SIGTERM)
     time.sleep(0.05)
     check(s.proc.poll() is None, "still running while a request is in flight")
