@@ -250,24 +250,18 @@ static void attn_scores(const float *q1, const float *q2, const float *K, int m,
     const float *qb = q2 ? q2 : q1;
     int p = 0;
     for (; p + 4 <= m; p += 4) {
-        const float *k0 = K + (size_t)p * h;
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        __m256 a[4], b[4];  // position p + i, queries 1 and 2
+        for (int i = 0; i < 4; i++) a[i] = b[i] = _mm256_setzero_ps();
         for (int c = 0; c < h; c += 8) {
             __m256 x = _mm256_loadu_ps(q1 + c), y = _mm256_loadu_ps(qb + c);
-            __m256 k0v = _mm256_loadu_ps(k0 + c), k1v = _mm256_loadu_ps(k0 + h + c);
-            __m256 k2v = _mm256_loadu_ps(k0 + 2 * h + c), k3v = _mm256_loadu_ps(k0 + 3 * h + c);
-            a0 = _mm256_fmadd_ps(x, k0v, a0);
-            a1 = _mm256_fmadd_ps(x, k1v, a1);
-            a2 = _mm256_fmadd_ps(x, k2v, a2);
-            a3 = _mm256_fmadd_ps(x, k3v, a3);
-            b0 = _mm256_fmadd_ps(y, k0v, b0);
-            b1 = _mm256_fmadd_ps(y, k1v, b1);
-            b2 = _mm256_fmadd_ps(y, k2v, b2);
-            b3 = _mm256_fmadd_ps(y, k3v, b3);
+            for (int i = 0; i < 4; i++) {
+                __m256 kv = _mm256_loadu_ps(K + (size_t)(p + i) * h + c);
+                a[i] = _mm256_fmadd_ps(x, kv, a[i]);
+                b[i] = _mm256_fmadd_ps(y, kv, b[i]);
+            }
         }
         float t[8];
-        _mm256_storeu_ps(t, hsum8x8(a0, a1, a2, a3, b0, b1, b2, b3));
+        _mm256_storeu_ps(t, hsum8x8(a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]));
         memcpy(s1 + p, t, 4 * sizeof(float));
         if (q2) memcpy(s2 + p, t + 4, 4 * sizeof(float));
     }
@@ -284,50 +278,38 @@ static void attn_scores(const float *q1, const float *q2, const float *K, int m,
     }
 }
 
-// o1 (and o2 when w2) = Σ_p w[p] · V[p]; h % 8 == 0. 32 columns at a
-// time, both outputs sharing each load of V.
+// Columns [c, c + 8·nv) of o1 (and o2 when w2) = Σ_p w[p] · V[p], both
+// outputs sharing each load of V; nv is a constant at each call, so the
+// accumulators stay in registers.
+static inline __attribute__((always_inline)) void mix_block(int nv, const float *w1,
+                                                            const float *w2, const float *V,
+                                                            int m, int h, int c, float *o1,
+                                                            float *o2) {
+    const float *wb = w2 ? w2 : w1;
+    __m256 a[4], b[4];
+    for (int i = 0; i < nv; i++) a[i] = b[i] = _mm256_setzero_ps();
+    for (int p = 0; p < m; p++) {
+        const float *v = V + (size_t)p * h + c;
+        __m256 x = _mm256_broadcast_ss(w1 + p), y = _mm256_broadcast_ss(wb + p);
+        for (int i = 0; i < nv; i++) {
+            __m256 vv = _mm256_loadu_ps(v + 8 * i);
+            a[i] = _mm256_fmadd_ps(x, vv, a[i]);
+            b[i] = _mm256_fmadd_ps(y, vv, b[i]);
+        }
+    }
+    for (int i = 0; i < nv; i++) {
+        _mm256_storeu_ps(o1 + c + 8 * i, a[i]);
+        if (w2) _mm256_storeu_ps(o2 + c + 8 * i, b[i]);
+    }
+}
+
+// o1 (and o2 when w2) = Σ_p w[p] · V[p]; h % 8 == 0: 32 columns at a time,
+// then 8.
 static void attn_mix(const float *w1, const float *w2, const float *V, int m, int h,
                      float *o1, float *o2) {
-    const float *wb = w2 ? w2 : w1;
     int c = 0;
-    for (; c + 32 <= h; c += 32) {
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-        for (int p = 0; p < m; p++) {
-            const float *v = V + (size_t)p * h + c;
-            __m256 x = _mm256_broadcast_ss(w1 + p), y = _mm256_broadcast_ss(wb + p);
-            __m256 v0 = _mm256_loadu_ps(v), v1 = _mm256_loadu_ps(v + 8);
-            __m256 v2 = _mm256_loadu_ps(v + 16), v3 = _mm256_loadu_ps(v + 24);
-            a0 = _mm256_fmadd_ps(x, v0, a0);
-            a1 = _mm256_fmadd_ps(x, v1, a1);
-            a2 = _mm256_fmadd_ps(x, v2, a2);
-            a3 = _mm256_fmadd_ps(x, v3, a3);
-            b0 = _mm256_fmadd_ps(y, v0, b0);
-            b1 = _mm256_fmadd_ps(y, v1, b1);
-            b2 = _mm256_fmadd_ps(y, v2, b2);
-            b3 = _mm256_fmadd_ps(y, v3, b3);
-        }
-        _mm256_storeu_ps(o1 + c, a0);
-        _mm256_storeu_ps(o1 + c + 8, a1);
-        _mm256_storeu_ps(o1 + c + 16, a2);
-        _mm256_storeu_ps(o1 + c + 24, a3);
-        if (w2) {
-            _mm256_storeu_ps(o2 + c, b0);
-            _mm256_storeu_ps(o2 + c + 8, b1);
-            _mm256_storeu_ps(o2 + c + 16, b2);
-            _mm256_storeu_ps(o2 + c + 24, b3);
-        }
-    }
-    for (; c < h; c += 8) {
-        __m256 a = _mm256_setzero_ps(), b = a;
-        for (int p = 0; p < m; p++) {
-            __m256 v = _mm256_loadu_ps(V + (size_t)p * h + c);
-            a = _mm256_fmadd_ps(_mm256_broadcast_ss(w1 + p), v, a);
-            b = _mm256_fmadd_ps(_mm256_broadcast_ss(wb + p), v, b);
-        }
-        _mm256_storeu_ps(o1 + c, a);
-        if (w2) _mm256_storeu_ps(o2 + c, b);
-    }
+    for (; c + 32 <= h; c += 32) mix_block(4, w1, w2, V, m, h, c, o1, o2);
+    for (; c < h; c += 8) mix_block(1, w1, w2, V, m, h, c, o1, o2);
 }
 #endif
 

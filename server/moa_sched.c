@@ -38,7 +38,6 @@ typedef struct moa_worker {
     int units, rows;            // units in its session and their beam rows
     moa_cancel *cancels;        // released while busy (room for inflight_per)
     int n_cancels;
-    int rc;                     // what its last moa_session_step returned
 } moa_worker;
 
 struct moa_sched {
@@ -363,7 +362,7 @@ static int job_live_in(const moa_job *j, int wi) {
 // A failed step fails the jobs with a unit in that session (their units in
 // other sessions leave those too); the session's results are thrown away
 // unread.
-static void fail_worker(moa_sched *s, moa_worker *w) {
+static void fail_worker(moa_sched *s, moa_worker *w, int rc) {
     int n = 0;
     for (int i = s->n_held - 1; i >= 0; i--)
         if (job_live_in(s->held[i], w->index)) {
@@ -371,7 +370,7 @@ static void fail_worker(moa_sched *s, moa_worker *w) {
             n++;
         }
     moa_log(MOA_LOG_ERROR, "scheduler: moa_session_step failed: %s (worker %d); failed the %d "
-            "request(s) in its batch", moa_strerror(w->rc), w->index, n);
+            "request(s) in its batch", moa_strerror(rc), w->index, n);
     moa_result r;
     while (moa_session_take(w->sess, &r) == 1) moa_result_clear(&r);
 }
@@ -416,9 +415,8 @@ static void *worker_main(void *arg) {
         int rc = moa_session_step(w->sess);
         pthread_mutex_lock(&s->lock);
         w->busy = 0;
-        w->rc = rc;
         if (rc < 0) {
-            fail_worker(s, w);
+            fail_worker(s, w, rc);
         } else {
             if (rc > 0) moa_metrics_step(s->metrics, rc);
             take_finished(s, w);
