@@ -15,6 +15,13 @@ corpus cache of train/data.py.
   and resumes from it: model, optimizer, schedule, RNG states, data position,
   accumulated training seconds. --time-budget-minutes counts training time
   only (sum of step times, across processes).
+- Continuation (--init-from DIR): starts from the weights of an exported model
+  directory (config.json + model.safetensors) instead of random ones, with a
+  fresh Adam. Its update count, epoch and training seconds (config.json ->
+  metrics.training) carry on, so the learning-rate schedule continues where
+  that model stopped (times a linear re-warm-up over --init-warmup updates,
+  because Adam's moment estimates start from zero) and the log's clock keeps
+  counting from that model's minute. A checkpoint in WORK wins over it.
 
     /usr/bin/python3 train/train.py --data build/model/data --work build/model/run \\
         --spm build/model/spm.model --vocab build/model/vocab.txt --time-budget-minutes 120
@@ -62,6 +69,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
     g.add_argument("--vocab", required=True, help="vocab.txt; its line count is vocab_size")
     g.add_argument("--corpus", help="corpus directory for valid references "
                    "(default: $MOA_CORPUS or ../shared/corpus)")
+    g.add_argument("--init-from", metavar="DIR",
+                   help="start from this exported model directory's weights (fresh "
+                        "optimizer; its metrics.training carries on); ignored when "
+                        "WORK has a checkpoint to resume")
+    g.add_argument("--init-warmup", type=int, default=200,
+                   help="with --init-from: updates of linear re-warm-up of the learning "
+                        "rate (the schedule itself continues from the model's update count)")
     g.add_argument("--max-len", type=int, default=200,
                    help="skip training pairs with a side longer than this many tokens")
     g.add_argument("--save-fairseq", metavar="PATH",
@@ -119,6 +133,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help="stop after this many passes over the data (0: no limit)")
     g.add_argument("--checkpoint-minutes", type=float, default=5,
                    help="save checkpoint_last.pt every this many wall-clock minutes")
+    g.add_argument("--snapshot-minutes", type=float, default=0,
+                   help="also save the model's weights alone as WORK/snapshots/"
+                        "snapshot_<update>.pt every this many training minutes, for "
+                        "checkpoint averaging (train/average_checkpoints.py); 0: never")
+    g.add_argument("--keep-snapshots", type=int, default=10,
+                   help="keep only the newest this many snapshots")
     g.add_argument("--log-every", type=int, default=50, help="train log line every N updates")
     g.add_argument("--valid-minutes", type=float, default=10,
                    help="valid loss and expert load every this many training minutes")
@@ -229,12 +249,36 @@ def smoothed_loss(logits: torch.Tensor, gold: torch.Tensor, eps: float, pad: int
     return loss.sum(), nll.sum()
 
 
-def lr_at(step: int, a_lr: float, warmup: int) -> float:
-    """Linear warm-up to a_lr over `warmup` updates, then a_lr*sqrt(warmup/step)."""
+def lr_at(step: int, a_lr: float, warmup: int, init_step: int = 0,
+          init_warmup: int = 0) -> float:
+    """Linear warm-up to a_lr over `warmup` updates, then a_lr*sqrt(warmup/step);
+    a run continued from a model at update init_step is re-warmed linearly over
+    init_warmup updates on top of that."""
     step = max(step, 1)
     if step < warmup:
-        return a_lr * step / warmup
-    return a_lr * math.sqrt(warmup / step)
+        lr = a_lr * step / warmup
+    else:
+        lr = a_lr * math.sqrt(warmup / step)
+    if init_warmup > 0 and step - init_step < init_warmup:
+        lr *= max(step - init_step, 1) / init_warmup
+    return lr
+
+
+def init_from_dir(model: ref.MoATransformer, cfg: Dict[str, Any], path: str,
+                  vocab_size: int) -> Dict[str, Any]:
+    """Loads an exported model directory's weights into model (its architecture
+    must be cfg's) and returns its metrics.training ({} when absent)."""
+    import moa_io
+    raw, tensors, _ = moa_io.load_model_dir(path)
+    diff = [k for k in ARCH_KEYS if raw.get(k) != cfg.get(k)]
+    if diff:
+        raise SystemExit(f"error: --init-from {path}: its config differs from the model "
+                         f"being trained in {', '.join(diff)}")
+    if raw["vocab_size"] != vocab_size:
+        raise SystemExit(f"error: --init-from {path}: vocab_size {raw['vocab_size']} "
+                         f"but --vocab has {vocab_size}")
+    model.load_tensors(tensors)
+    return dict(raw.get("metrics", {}).get("training", {}))
 
 
 # --- evaluation -----------------------------------------------------------------------------
@@ -368,6 +412,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     train_idx = datamod.usable(train, a.max_len)
 
     state: Optional[Dict[str, Any]] = None
+    init_step, init_warmup = 0, 0
     if os.path.exists(ckpt_path):
         state = torch.load(ckpt_path)
         cfg = state["config"]
@@ -376,6 +421,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if diff:
             print(f"train: resuming {ckpt_path}; its architecture wins over the flags "
                   f"({', '.join(f'{k}={cfg[k]}' for k in diff)})", file=sys.stderr)
+    elif a.init_from:
+        import moa_io
+        raw = moa_io.read_config(os.path.join(a.init_from, "config.json"))
+        cfg = model_config(a, len(tok.vocab))
+        cfg.update({k: raw[k] for k in ARCH_KEYS})
     else:
         cfg = model_config(a, len(tok.vocab))
 
@@ -389,6 +439,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     step, epoch, pos, train_secs = 0, 0, 0, 0.0
     next_valid = a.valid_minutes * 60
     next_bleu = a.bleu_minutes * 60 if a.bleu_minutes > 0 else float("inf")
+    snap_every = a.snapshot_minutes * 60 if a.snapshot_minutes > 0 else float("inf")
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -397,6 +448,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         train_secs = state["train_seconds"]
         next_valid, next_bleu = state["next_valid"], state["next_bleu"]
         set_rng_states(state["rng"])
+        init_step, init_warmup = sch.get("init_step", 0), sch.get("init_warmup", 0)
         # The batch order of an epoch is a function of seed and batch size: a
         # resumed run must keep the checkpoint's, whatever the flags say.
         for key in ("seed", "max_tokens", "max_sentences"):
@@ -405,6 +457,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                       f"(--{key.replace('_', '-')} {getattr(a, key)} ignored)", file=sys.stderr)
                 setattr(a, key, state["data"][key])
         log("resume", step=step, epoch=epoch, position=pos, train_seconds=round(train_secs, 1))
+    elif a.init_from:
+        info = init_from_dir(model, cfg, a.init_from, len(tok.vocab))
+        # Carry the model's own progress on: the schedule, the clock and the
+        # epoch count continue (a new epoch, so the data order is a fresh one).
+        step = int(info.get("updates", 0))
+        train_secs = float(info.get("train_seconds", 0.0))
+        epoch = int(info.get("epoch", -1)) + 1 if "epoch" in info else 0
+        init_step, init_warmup = step, a.init_warmup
+        next_valid = (math.floor(train_secs / (a.valid_minutes * 60)) + 1) * a.valid_minutes * 60
+        if a.bleu_minutes > 0:
+            next_bleu = (math.floor(train_secs / (a.bleu_minutes * 60)) + 1) * a.bleu_minutes * 60
+        log("init", path=a.init_from, step=step, epoch=epoch,
+            train_seconds=round(train_secs, 1), init_warmup=init_warmup)
     names = moa_modules(model)
     n_params = sum(p.numel() for p in model.parameters())
     log("start", config=cfg, params=n_params, train_pairs=int(len(train_idx)),
@@ -418,12 +483,24 @@ def main(argv: Optional[List[str]] = None) -> int:
         save_checkpoint(ckpt_path, {
             "config": cfg, "model": model.state_dict(), "optimizer": opt.state_dict(),
             "scheduler": {"step": step, "lr": a.lr, "warmup": a.warmup,
-                          "kind": "inverse_sqrt"},
+                          "kind": "inverse_sqrt", "init_step": init_step,
+                          "init_warmup": init_warmup},
             "rng": rng_states(), "data": {"epoch": epoch, "position": pos, "seed": a.seed,
                                           "max_tokens": a.max_tokens,
                                           "max_sentences": a.max_sentences},
             "train_seconds": train_secs, "next_valid": next_valid, "next_bleu": next_bleu,
             "done": done, "args": vars(a)})
+
+    def snapshot() -> None:
+        sdir = os.path.join(a.work, "snapshots")
+        os.makedirs(sdir, exist_ok=True)
+        save_checkpoint(os.path.join(sdir, f"snapshot_{step:07d}.pt"),
+                        {"config": cfg, "model": model.state_dict(), "step": step,
+                         "epoch": epoch, "train_seconds": train_secs})
+        old = sorted(f for f in os.listdir(sdir) if f.startswith("snapshot_"))
+        for f in old[:-a.keep_snapshots] if a.keep_snapshots > 0 else []:
+            os.remove(os.path.join(sdir, f))
+        log("snapshot", step=step, train_seconds=round(train_secs, 1))
 
     def evaluate(with_bleu: bool, final: bool = False) -> None:
         v = valid_loss(model, valid, a.max_tokens, a.label_smoothing)
@@ -440,7 +517,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                    a.max_sentences)
     last_ckpt = time.time()
     acc = {"loss": 0.0, "nll": 0.0, "switch": 0.0, "z": 0.0, "tok": 0, "secs": 0.0,
-           "n": 0, "counts": np.zeros((len(names), cfg["num_experts"]), dtype=np.int64)}
+           "cpu": 0.0, "n": 0, "counts": np.zeros((len(names), cfg["num_experts"]), dtype=np.int64)}
     stop_reason = None
     while True:
         if train_secs >= budget:
@@ -458,8 +535,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             log("epoch", epoch=epoch, batches=len(batches))
             continue
         t0 = time.perf_counter()
+        c0 = time.process_time()
         src, sl, prev, gold, tl = to_tensors(train.collate(batches[pos]))
-        lr = lr_at(step + 1, a.lr, a.warmup)
+        lr = lr_at(step + 1, a.lr, a.warmup, init_step, init_warmup)
         for g in opt.param_groups:
             g["lr"] = lr
         logits, routings = model(src, sl, prev, tl)
@@ -483,6 +561,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         acc["z"] += float(z)
         acc["tok"] += ntok
         acc["secs"] += dt
+        acc["cpu"] += time.process_time() - c0
         acc["n"] += 1
         acc["counts"] += expert_counts(flat, cfg["num_experts"])
         if step % a.log_every == 0:
@@ -490,9 +569,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                 loss=round(acc["loss"] / acc["tok"], 4), nll=round(acc["nll"] / acc["tok"], 4),
                 switch=round(acc["switch"] / acc["n"], 4), z=round(acc["z"] / acc["n"], 4),
                 tgt_tok_per_s=round(acc["tok"] / acc["secs"], 1),
+                # CPU seconds of all the process's threads: a throughput figure
+                # that other jobs on the machine barely move (2 threads: the
+                # wall-clock rate of a quiet machine is about twice this).
+                tgt_tok_per_cpu_s=round(acc["tok"] / max(acc["cpu"], 1e-9), 1),
                 train_seconds=round(train_secs, 1), tgt_tokens=acc["tok"],
                 expert_load=load_shares(acc["counts"], names))
-            acc.update(loss=0.0, nll=0.0, switch=0.0, z=0.0, tok=0, secs=0.0, n=0)
+            acc.update(loss=0.0, nll=0.0, switch=0.0, z=0.0, tok=0, secs=0.0, cpu=0.0, n=0)
             acc["counts"][:] = 0
         if not math.isfinite(float(total)):
             raise SystemExit(f"error: loss is {float(total)} at update {step}")
@@ -502,6 +585,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             if bleu:
                 next_bleu += a.bleu_minutes * 60
             evaluate(bleu)
+        # Snapshot boundaries are multiples of the interval on the training
+        # clock, so a resumed run takes the same snapshots.
+        if math.floor(train_secs / snap_every) > math.floor((train_secs - dt) / snap_every):
+            snapshot()
         if time.time() - last_ckpt >= a.checkpoint_minutes * 60:
             checkpoint()
             last_ckpt = time.time()

@@ -22,7 +22,13 @@ thread) in a temporary directory:
   fairseq_ckpt.write_fairseq_dict) to a model directory whose C-engine scores
   equal the reference's on the trainer's own weights (1e-4 per token);
 - export: export_model.py export writes a spec §3 directory (F32 and the
-  default F16) that the C engine scores like the reference (1e-4 per token).
+  default F16) that the C engine scores like the reference (1e-4 per token);
+- continuation (--init-from): a run started from an exported directory holds
+  exactly its weights before the first update, carries its update count,
+  epoch and clock on, re-warms the learning rate, and resumes bit for bit;
+- snapshots and averaging: --snapshot-minutes keeps the newest
+  --keep-snapshots weight snapshots, and train/average_checkpoints.py writes
+  their exact mean in a checkpoint that export_model.py exports.
 
 The C-engine parts are skipped, with a message, when build/release/moa-translate
 is not built (`make`).
@@ -568,6 +574,106 @@ class TrainerTest(unittest.TestCase):
         f16 = self.exported("default")
         self.assert_scores_match(self.reference_scores(ref.MoATransformer.from_dir(f16)),
                                  self.cli_scores(f16), "F16 export")
+
+    # --- f) continuation from an exported model, snapshots, averaging ------------------
+
+    def test_f_lr_rewarm_after_init(self):
+        tr = _load_train_module()
+        # Without a continuation: the plain schedule.
+        self.assertEqual(tr.lr_at(2, 1e-3, 4), 1e-3 * 2 / 4)
+        self.assertAlmostEqual(tr.lr_at(16, 1e-3, 4), 1e-3 * 0.5)
+        # Continued at update 100 with a 10-update re-warm-up: the inverse
+        # square root goes on, scaled by 1/10, 2/10, ... then left alone.
+        base = 1e-3 * math.sqrt(4 / 101)
+        self.assertAlmostEqual(tr.lr_at(101, 1e-3, 4, 100, 10), base / 10)
+        self.assertAlmostEqual(tr.lr_at(105, 1e-3, 4, 100, 10),
+                               1e-3 * math.sqrt(4 / 105) * 5 / 10)
+        self.assertAlmostEqual(tr.lr_at(110, 1e-3, 4, 100, 10), 1e-3 * math.sqrt(4 / 110))
+
+    def test_f_init_from_starts_at_the_exported_weights(self):
+        src = self.exported("f32")
+        with open(os.path.join(src, moa_io.CONFIG_FILE), encoding="utf-8") as f:
+            training = json.load(f)["metrics"]["training"]
+        self.assertEqual(training["updates"], N_UPDATES)
+        # --max-updates equal to the model's own count: no update is made, so
+        # the checkpoint holds the directory's weights exactly.
+        work = self.train("init0", "--seed", str(SEED), "--init-from", src,
+                          "--max-updates", str(N_UPDATES), "--no-final-eval")
+        state = self.ckpt(work)
+        _, tensors, _ = moa_io.load_model_dir(src)
+        for name, t in state["model"].items():
+            key = "encoder.embed_tokens.weight" if name == "decoder.embed_tokens.weight" \
+                else name
+            self.assertTrue(np.array_equal(t.numpy(), tensors[key]), name)
+        self.assertEqual(state["scheduler"]["step"], N_UPDATES)
+        self.assertEqual(state["scheduler"]["init_step"], N_UPDATES)
+        self.assertEqual(state["data"]["epoch"], training["epoch"] + 1)
+        self.assertAlmostEqual(state["train_seconds"], training["train_seconds"], places=3)
+        init = [r for r in _read_log(work) if r["type"] == "init"]
+        self.assertEqual(len(init), 1)
+        self.assertEqual(init[0]["step"], N_UPDATES)
+
+    def test_f_init_from_trains_rewarmed_and_resumes_exactly(self):
+        src = self.exported("f32")
+        flags = ("--seed", str(SEED), "--init-from", src, "--init-warmup", "3",
+                 "--no-final-eval")
+        full = self.train("init4", *flags, "--max-updates", str(N_UPDATES + 4))
+        log = [r for r in _read_log(full) if r["type"] == "train"]
+        self.assertEqual([r["step"] for r in log], list(range(N_UPDATES + 1, N_UPDATES + 5)))
+        tr = _load_train_module()
+        for r in log:   # --lr default 1.5e-3, --warmup 4 (train_args)
+            want = tr.lr_at(r["step"], 1.5e-3, 4, N_UPDATES, 3)
+            self.assertAlmostEqual(r["lr"], round(want, 7), places=7)
+        self.assertLess(log[0]["lr"], log[2]["lr"])       # re-warming
+        # 2 updates, stop, resume to 4 (the checkpoint wins over --init-from).
+        half = os.path.join(self.tmp, "init2+2")
+        _run([PYTHON, TRAIN] + self.train_args(half, *flags, "--max-updates",
+                                               str(N_UPDATES + 2)), "train.py (init 2)")
+        _run([PYTHON, TRAIN] + self.train_args(half, *flags, "--max-updates",
+                                               str(N_UPDATES + 4)), "train.py (resume 2)")
+        a, b = self.ckpt(full), self.ckpt(half)
+        for key in ("model", "optimizer", "scheduler"):
+            self.assertEqual(_equal_nested(a[key], b[key]), [], key)
+        # Weights moved away from the starting point.
+        _, tensors, _ = moa_io.load_model_dir(src)
+        moved = [n for n, t in a["model"].items()
+                 if n in tensors and not np.array_equal(t.numpy(), tensors[n])]
+        self.assertTrue(moved)
+
+    def test_f_snapshots_and_their_average(self):
+        # A snapshot at every update (a tiny interval of training time), the
+        # newest 3 kept.
+        work = self.train("snap", "--seed", str(SEED), "--max-updates", "6",
+                          "--snapshot-minutes", "1e-9", "--keep-snapshots", "3",
+                          "--no-final-eval")
+        sdir = os.path.join(work, "snapshots")
+        names = sorted(os.listdir(sdir))
+        self.assertEqual(names, [f"snapshot_{i:07d}.pt" for i in (4, 5, 6)])
+        snaps = [torch.load(os.path.join(sdir, n)) for n in names]
+        self.assertEqual(_equal_nested(snaps[-1]["model"], self.ckpt(work)["model"]), [])
+        out = os.path.join(self.tmp, "avg.pt")
+        _run([PYTHON, os.path.join(REPO, "train", "average_checkpoints.py"), "--last", "3",
+              sdir, "--out", out], "average_checkpoints.py")
+        avg = torch.load(out)
+        for name in snaps[0]["model"]:
+            want = sum(s["model"][name].double() for s in snaps) / 3
+            self.assertTrue(torch.allclose(avg["model"][name].double(), want, atol=1e-7,
+                                           rtol=0), name)
+        self.assertEqual(avg["scheduler"]["step"], 6)
+        self.assertFalse(torch.equal(avg["model"]["encoder.embed_tokens.weight"],
+                                     snaps[-1]["model"]["encoder.embed_tokens.weight"]))
+        # The averaged checkpoint exports like any other.
+        exp = os.path.join(self.tmp, "avg-export")
+        _run([PYTHON, EXPORT, "export", "--checkpoint", out, "--spm", SPM, "--vocab", VOCAB,
+              "--out", exp, "--dtype", "f32"], "export_model.py export (average)")
+        _, tensors, _ = moa_io.load_model_dir(exp)
+        self.assertTrue(np.array_equal(tensors["encoder.embed_tokens.weight"],
+                                       avg["model"]["encoder.embed_tokens.weight"].numpy()))
+        # Too few snapshots: refused by name.
+        p = subprocess.run([PYTHON, os.path.join(REPO, "train", "average_checkpoints.py"),
+                            "--last", "4", sdir, "--out", out], capture_output=True, text=True)
+        self.assertEqual(p.returncode, 1)
+        self.assertIn("has 3 snapshots", p.stderr)
 
 
 if __name__ == "__main__":
