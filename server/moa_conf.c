@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "moa_cpus.h"
 #include "moa_log.h"
 
 #define DEFAULT_CONFIG "conf/moa-server.conf"
@@ -36,12 +37,14 @@ static const opt_def opts[] = {
      "model directory (config.json, model.safetensors, sentencepiece.model, vocab.txt)"},
     {"compute_workers", T_INT, F(compute_workers), 0, 256, "0",
      "engine sessions stepped in parallel, each by its own thread with "
-     "single-threaded OpenBLAS (0 = one per online core); the scheduler spreads "
+     "single-threaded OpenBLAS (0 = one per usable CPU: the online cores, fewer "
+     "when the affinity mask or the cgroup CPU quota of a container allows "
+     "fewer); the scheduler spreads "
      "sentences over them and max_inflight and max_batch_rows are split evenly "
      "between them. 1 = one session (compute_threads then sets its OpenBLAS "
      "threads)"},
     {"compute_threads", T_INT, F(compute_threads), 0, 256, "0",
-     "OpenBLAS threads inside each product: 0 = one per online core when "
+     "OpenBLAS threads inside each product: 0 = one per usable CPU when "
      "compute_workers is 1, else 1; above 1 only with compute_workers = 1 "
      "(several workers each own one core; refused otherwise)"},
     {"http_threads", T_INT, F(http_threads), 1, 64, "2",
@@ -51,12 +54,13 @@ static const opt_def opts[] = {
      "open client connections at most; more are refused by the kernel queue"},
     {"idle_timeout", T_DBL, F(idle_timeout), 1, 3600, "30",
      "seconds an idle keep-alive connection is kept open"},
-    {"max_inflight", T_INT, F(max_inflight), 1, 4096, "64",
+    {"max_inflight", T_INT, F(max_inflight), 0, 4096, "0",
      "sentences decoded at once (in the batch, all workers together); 1 turns "
-     "batching off"},
-    {"max_batch_rows", T_INT, F(max_batch_rows), 1, 65536, "256",
+     "batching off; 0 = 32 per compute worker, at least 64"},
+    {"max_batch_rows", T_INT, F(max_batch_rows), 0, 65536, "0",
      "beam rows one decoder step may hold, all workers together (a sentence "
-     "takes beam_size rows); at least 16 per worker so any beam fits"},
+     "takes beam_size rows); at least 16 per worker so any beam fits; 0 = 128 "
+     "per compute worker, at least 256"},
     {"max_queue", T_INT, F(max_queue), 1, 10000000, "4096",
      "sentences waiting for the batch; a request that would exceed it gets 429 "
      "(a request arriving at an empty queue is always taken)"},
@@ -246,18 +250,20 @@ static int load_file(moa_conf *c, const char *path, int must_exist) {
 
 // --- public -----------------------------------------------------------------------
 
-static int online_cores(void) {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int)n : 1;
+// The CPUs this process may use (moa_cpus.h), probed once by moa_conf_load.
+static int usable_cpus(const moa_conf *c) {
+    if (c->cpus.usable > 0) return c->cpus.usable;
+    moa_cpu_info ci;
+    return moa_cpus_probe(NULL, NULL, &ci);
 }
 
 int moa_conf_compute_workers(const moa_conf *c) {
-    return c->compute_workers > 0 ? c->compute_workers : online_cores();
+    return c->compute_workers > 0 ? c->compute_workers : usable_cpus(c);
 }
 
 int moa_conf_blas_threads(const moa_conf *c) {
     if (moa_conf_compute_workers(c) > 1) return 1;
-    return c->compute_threads > 0 ? c->compute_threads : online_cores();
+    return c->compute_threads > 0 ? c->compute_threads : usable_cpus(c);
 }
 
 void moa_conf_help(FILE *f) {
@@ -393,12 +399,20 @@ int moa_conf_load(moa_conf *c, int argc, char **argv) {
         const char *v = getenv(env);
         if (v && set_opt(c, &opts[i], v, env)) return -1;
     }
+    moa_cpus_probe(NULL, NULL, &c->cpus);
+    int workers = moa_conf_compute_workers(c);
+    // Limits left at 0 follow the workers, so the defaults hold on any host
+    // (a fixed 256 rows refused to start with more than 16 workers); an
+    // explicit value is checked as it is.
+    if (c->max_inflight == 0) c->max_inflight = workers * 32 > 64 ? workers * 32 : 64;
+    if (c->max_inflight > 4096) c->max_inflight = 4096;
+    if (c->max_batch_rows == 0) c->max_batch_rows = workers * 128 > 256 ? workers * 128 : 256;
+    if (c->max_batch_rows > 65536) c->max_batch_rows = 65536;
     if (c->max_batch_rows < 16) {
         fprintf(stderr, "moa-server: max_batch_rows %d: must be at least 16 "
                 "(the largest beam)\n", c->max_batch_rows);
         return -1;
     }
-    int workers = moa_conf_compute_workers(c);
     if (workers > 1 && c->compute_threads > 1) {
         fprintf(stderr, "moa-server: compute_threads %d: must be 1 (or 0) when "
                 "compute_workers is above 1 (%d workers: each owns a core and runs "

@@ -14,6 +14,8 @@
 
 #include <stdio.h>
 
+#include "moa_cpus.h"
+
 #define MOA_CONF_PATH_MAX 1024
 #define MOA_SERVER_VERSION "0.1.0"
 
@@ -21,13 +23,14 @@ typedef struct moa_conf {
     char listen[128];           // IPv4/IPv6 address to bind
     int port;
     char model[MOA_CONF_PATH_MAX];
-    int compute_workers;        // engine sessions stepped in parallel; 0 = one per core
+    int compute_workers;        // engine sessions stepped in parallel; 0 = one per usable CPU
     int compute_threads;        // OpenBLAS threads; 0 = one per core (1 with workers > 1)
     int http_threads;           // libmicrohttpd polling threads
     int max_connections;
     double idle_timeout;        // s an idle keep-alive connection stays open
-    int max_inflight;           // sentences in the session at once
-    int max_batch_rows;         // beam rows one decoder step may hold
+    int max_inflight;           // sentences in the session at once (0 in the
+                                // table: resolved by moa_conf_load from the workers)
+    int max_batch_rows;         // beam rows one decoder step may hold (idem)
     int max_queue;              // sentences waiting for admission (429 beyond)
     long max_body;              // bytes (413 beyond)
     int max_texts;              // texts per request (400 beyond)
@@ -44,6 +47,7 @@ typedef struct moa_conf {
     int log_text;               // user text in the access log
     char config_file[MOA_CONF_PATH_MAX];  // the file read, "" if none
     char probe[512];            // --probe PATH: GET it and exit
+    moa_cpu_info cpus;          // what moa_conf_load found (moa_cpus.h)
 } moa_conf;
 
 // Fills c from defaults, then the config file (--config FILE, else
@@ -52,10 +56,11 @@ typedef struct moa_conf {
 // 0), or -1 after printing the problem to stderr (exit 2).
 int moa_conf_load(moa_conf *c, int argc, char **argv);
 
-// The compute workers in effect (compute_workers, 0 resolved to the online
-// cores), and the OpenBLAS threads each uses: 1 when there are several
-// workers (moa_conf_load refused compute_threads > 1 then), else
-// compute_threads (0 resolved to the online cores). Thread-safe.
+// The compute workers in effect (compute_workers, 0 resolved to the usable
+// CPUs: online cores, affinity mask, cgroup CPU quota; moa_cpus.h), and the
+// OpenBLAS threads each uses: 1 when there are several workers
+// (moa_conf_load refused compute_threads > 1 then), else compute_threads (0
+// resolved to the usable CPUs). Thread-safe.
 int moa_conf_compute_workers(const moa_conf *c);
 int moa_conf_blas_threads(const moa_conf *c);
 

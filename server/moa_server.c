@@ -128,6 +128,14 @@ static void log_start(const moa_server *srv, double load_s) {
             g->encoder_layers, g->decoder_layers, g->num_experts, g->top_k, g->vocab_size,
             g->max_positions, load_s);
     int workers = moa_conf_compute_workers(c);
+    char quota[64] = "none";
+    if (c->cpus.quota_cpus > 0)
+        snprintf(quota, sizeof quota, "%.2f (cgroup v%d)", c->cpus.quota_cpus,
+                 c->cpus.cgroup_version);
+    moa_log(MOA_LOG_INFO, "cpus: %d usable (online %d, affinity mask %d, CPU quota %s)%s",
+            c->cpus.usable, c->cpus.online, c->cpus.affinity, quota,
+            c->compute_workers > 0 ? "; compute_workers set explicitly"
+                                   : "; compute workers follow the usable CPUs");
     moa_log(MOA_LOG_INFO, "threads: compute workers %d (a thread and an engine session each), "
             "OpenBLAS (%s) %d per worker, http %d, scheduler 1, libuv pool unused "
             "(UV_THREADPOOL_SIZE=%s)", workers,

@@ -60,7 +60,8 @@ class Server:
     """A moa-server process; stderr goes to a file that tests may read."""
 
     def __init__(self, name: str, *flags: str, env: Optional[Dict[str, str]] = None,
-                 config: Optional[str] = None) -> None:
+                 config: Optional[str] = None,
+                 preexec: Optional[Callable[[], None]] = None) -> None:
         self.name = name
         self.port = free_port()
         self.log_path = os.path.join(TMP, f"{name}.log")
@@ -74,7 +75,8 @@ class Server:
         e = dict(os.environ)
         e.update(env or {})
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, env=e)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log, env=e,
+                                     preexec_fn=preexec)
         deadline = time.time() + (60 if ARGS.sanitizer else 20)
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -794,6 +796,61 @@ def test_compute_workers_same_results():
                        env=dict(os.environ, MOA_COMPUTE_WORKERS="2"))
     check(r.returncode == 2 and "compute_threads 2: must be 1" in r.stderr,
           f"several workers with several BLAS threads refused: {r.returncode} {r.stderr}")
+
+
+@test
+def test_many_workers_start_with_default_limits():
+    # 32 workers and every limit left at its default: the limits follow the
+    # workers (128 rows and 32 sentences each) instead of refusing to start.
+    s = Server("workers32", env={"MOA_COMPUTE_WORKERS": "32"})
+    try:
+        log = s.read_log()
+        check(re.search(r"compute workers 32\b", log) is not None, "32 workers started")
+        check("max_inflight 1024 sentences, max_batch_rows 4096" in log,
+              f"limits scaled: {[l for l in log.splitlines() if 'limits:' in l]}")
+        m = request(s, "GET", "/metrics")[2].decode()
+        check('compute_workers="32"' in m, "moa_info names 32 workers")
+        src = sentences(40, 5)
+        got = translate(s, {"text": src, "beam_size": 4})["translatedText"]
+        want = translate(main_server(), {"text": src, "beam_size": 4})["translatedText"]
+        check(got == want, "32 workers translate like the main server")
+    finally:
+        check(s.stop() == 0, "workers32: exit 0")
+    # An explicit contradictory setting still fails, with the message.
+    r = subprocess.run([ARGS.server, "--config", os.devnull, "--max-batch-rows", "256",
+                        "--print-config"], capture_output=True, text=True,
+                       env=dict(os.environ, MOA_COMPUTE_WORKERS="32"))
+    check(r.returncode == 2 and "max_batch_rows 256: must be at least 16 per compute worker "
+          "(32 workers: at least 512)" in r.stderr, f"explicit rows refused: {r.stderr}")
+    # The resolved limits of an explicit worker count, as --print-config shows them.
+    r = subprocess.run([ARGS.server, "--config", os.devnull, "--print-config"],
+                       capture_output=True, text=True,
+                       env=dict(os.environ, MOA_COMPUTE_WORKERS="24"))
+    check(r.returncode == 0 and "max_batch_rows = 3072" in r.stdout and
+          "max_inflight = 768" in r.stdout, f"24 workers: {r.stdout}")
+
+
+@test
+def test_workers_follow_affinity_mask():
+    # Pinned to one CPU (taskset, a cpuset): one worker, the small defaults.
+    cpu = min(os.sched_getaffinity(0))
+    r = subprocess.run([ARGS.server, "--config", os.devnull, "--print-config"],
+                       capture_output=True, text=True,
+                       env=dict(os.environ, MOA_COMPUTE_WORKERS="0"),
+                       preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+    check(r.returncode == 0 and "max_batch_rows = 256" in r.stdout and
+          "max_inflight = 64" in r.stdout, f"one CPU: {r.stdout} {r.stderr}")
+    # MOA_COMPUTE_WORKERS=0 outranks one the caller may have set
+    s = Server("affinity", env={"MOA_COMPUTE_WORKERS": "0"},
+               preexec=lambda: os.sched_setaffinity(0, {cpu}))
+    try:
+        m = request(s, "GET", "/metrics")[2].decode()
+        check('compute_workers="1"' in m, "one worker on one CPU")
+        text = s.read_log()
+    finally:
+        check(s.stop() == 0, "affinity: exit 0")
+    check(re.search(r"cpus: 1 usable \(online \d+, affinity mask 1,", text) is not None,
+          f"start log names the mask: {text[:2000]}")
 
 
 # --- running it -------------------------------------------------------------------------------
