@@ -20,7 +20,7 @@ BUILD := build/$(MODE)
 PYTHON := /usr/bin/python3
 DEB_PACKAGES := build-essential pkg-config libopenblas-dev libcjson-dev \
   libmicrohttpd-dev libuv1-dev libsentencepiece-dev sentencepiece \
-  python3-torch python3-numpy python3-sentencepiece curl
+  python3-torch python3-numpy python3-sentencepiece curl chromium
 
 CC := gcc
 CXX := g++
@@ -50,14 +50,19 @@ TEST_OBJ := $(TEST_C:%.c=$(BUILD)/%.o)
 SERVER_C := $(wildcard server/*.c)
 SERVER_OBJ := $(SERVER_C:%.c=$(BUILD)/%.o)
 SERVER_LIBS := -lmicrohttpd -luv
+# The browser pages (server/web/, moa_web.h), built into the server as a
+# generated C file: nothing to install or find at run time.
+WEB_FILES := $(sort $(wildcard server/web/*.html server/web/*.css server/web/*.js server/web/*.svg))
+WEB_C := $(BUILD)/server/moa_web_assets.c
+WEB_OBJ := $(WEB_C:.c=.o)
 
 LIB := $(BUILD)/libmoa.a
 SERVER := $(BUILD)/moa-server
 CLI := $(BUILD)/moa-translate
 RUNNER := $(BUILD)/run_tests
 
-.PHONY: all run test test-c test-python test-golden test-e2e test-e2e-asan debug asan deps clean bench check-deps model \
-  test-deploy test-deploy-local
+.PHONY: all run test test-c test-python test-golden test-e2e test-e2e-asan test-browser debug asan deps \
+  clean bench check-deps model test-deploy test-deploy-local
 
 all: check-deps $(LIB) $(CLI) $(RUNNER) $(SERVER)
 
@@ -83,8 +88,15 @@ $(CLI): $(BUILD)/model/moa_cli.o $(LIB)
 $(RUNNER): $(TEST_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -pthread $^ $(LDLIBS) -o $@
 
+$(WEB_C): server/web/embed.py $(WEB_FILES)
+	@mkdir -p $(dir $@)
+	$(PYTHON) server/web/embed.py -o $@ $(WEB_FILES)
+
+$(WEB_OBJ): $(WEB_C) server/moa_web.h
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+
 # The HTTP server (server/README.md).
-$(SERVER): $(SERVER_OBJ) $(LIB)
+$(SERVER): $(SERVER_OBJ) $(WEB_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -pthread $^ $(SERVER_LIBS) $(LDLIBS) -o $@
 
 # --- dependencies --------------------------------------------------------------
