@@ -7,6 +7,7 @@
 #   make asan       AddressSanitizer + UBSan build; runs the C tests and the e2e suite
 #   make deps       install the Debian packages (apt-get; quiet when present)
 #   make bench      engine benchmark (bench/engine.sh)
+#   make test-browser      the pages at / and /heads in headless chromium
 #   make test-deploy       image, compose stack, failover under load (root; README "Deploy")
 #   make test-deploy-local the container-free part: k8s manifests, nginx failover
 
@@ -130,6 +131,7 @@ test: deps
 	$(MAKE) test-golden
 	$(MAKE) test-e2e
 	$(MAKE) test-e2e-asan
+	$(MAKE) test-browser
 
 test-c: $(RUNNER)
 	$(RUNNER)
@@ -154,6 +156,12 @@ test-e2e-asan:
 	$(MAKE) MODE=asan build/asan/moa-server
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  OMP_WAIT_POLICY=PASSIVE $(PYTHON) tests/e2e/run_e2e.py --server build/asan/moa-server --sanitizer
+
+# The pages in a real browser (tests/browser/README.md): Debian's headless
+# chromium (make deps installs it) against a real server, ~15 s. Screenshots
+# of the pages go to build/browser/.
+test-browser: $(SERVER)
+	OMP_WAIT_POLICY=PASSIVE $(PYTHON) tests/browser/run_browser.py --server $(SERVER)
 
 # Deployment (tests/deploy/README.md; needs root): builds docker/Dockerfile
 # from a debootstrapped base with a private dockerd, runs HAProxy + 2 replicas
@@ -192,6 +200,7 @@ run: deps all
 	@echo "serving $(dir $(RUN_MODEL)) on http://127.0.0.1:$(RUN_PORT) (Ctrl-C drains and stops). Try:"
 	@echo "  curl -s localhost:$(RUN_PORT)/translate -H 'Content-Type: application/json' -d '{\"text\": \"Delete unused files\"}'"
 	@echo "  curl -s localhost:$(RUN_PORT)/heads?format=text ; curl -s localhost:$(RUN_PORT)/metrics"
+	@echo "  or open http://localhost:$(RUN_PORT)/ in a browser (translate, head usage; /heads: routing statistics)"
 	$(SERVER) --config conf/moa-server.conf --model $(patsubst %/,%,$(dir $(RUN_MODEL))) --port $(RUN_PORT)
 
 # Trains, exports and evaluates the default model (hours; not part of make test).
