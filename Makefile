@@ -89,9 +89,9 @@ $(CLI): $(BUILD)/model/moa_cli.o $(LIB)
 $(RUNNER): $(TEST_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -pthread $^ $(LDLIBS) -o $@
 
-$(WEB_C): server/web/embed.py $(WEB_FILES)
+$(WEB_C): server/web/embed.sh $(WEB_FILES)
 	@mkdir -p $(dir $@)
-	$(PYTHON) server/web/embed.py -o $@ $(WEB_FILES)
+	sh server/web/embed.sh $@ $(WEB_FILES)
 
 $(WEB_OBJ): $(WEB_C) server/moa_web.h
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@

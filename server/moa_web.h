@@ -7,7 +7,7 @@
 //     ... add X-Request-Id, queue with status (200, or 304 when the ETag matched) ...
 //
 // The files of server/web/ are turned into a C array at build time
-// (server/web/embed.py, run by the Makefile), each with its content type and
+// (server/web/embed.sh, run by the Makefile), each with its content type and
 // an ETag (a hash of its bytes): nothing is read from disk at run time, and
 // a new build changes exactly the ETags of the files that changed. The pages
 // only call the public endpoints (/translate, /languages, /heads, ...), so
