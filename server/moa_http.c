@@ -233,12 +233,14 @@ static enum MHD_Result do_heads(req *r, struct MHD_Connection *c) {
     heads_format fmt = heads_format_of(c);
     // the page shows the server's answers to its own /heads requests, so it
     // is served also while loading or with heads = false
-    if (fmt == FMT_HTML && moa_web_heads_page()) return send_web(r, c, moa_web_heads_page(), "Accept");
+    if (fmt == FMT_HTML && moa_web_heads_page())
+        return send_web(r, c, moa_web_heads_page(), "Accept");
     if (!atomic_load(&srv->ready))
         return send_error(r, c, 503, NULL, NULL, "not ready: the model is loading");
     if (!srv->heads)
         return send_error(r, c, 404, NULL, NULL, "routing statistics are off (heads = false)");
-    if (fmt == FMT_BAD) return send_error(r, c, 400, NULL, NULL, "format must be json, text or html");
+    if (fmt == FMT_BAD)
+        return send_error(r, c, 400, NULL, NULL, "format must be json, text or html");
     int top = srv->conf.heads_top;
     const char *ts = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "top");
     if (ts) {
@@ -310,7 +312,8 @@ static enum MHD_Result do_metrics(req *r, struct MHD_Connection *c) {
                    moa_conf_compute_workers(&srv->conf), moa_get_num_threads(),
                    srv->conf.http_threads);
     moa_heads_metrics(srv->heads, &b);
-    return send_text(r, c, 200, "text/plain; version=0.0.4; charset=utf-8", &b, NULL, NULL);
+    return send_text(r, c, 200, "text/plain; version=0.0.4; charset=utf-8", &b, NULL,
+                     NULL);
 }
 
 // --- /translate -----------------------------------------------------------------------------------

@@ -560,12 +560,14 @@ def main() -> int:
     p.add_argument("--model", default=e2e.MODEL, help="model directory the server loads")
     p.add_argument("--shots", default=os.path.join(REPO, "build", "browser"),
                    help="where the screenshots go")
+    p.add_argument("--sanitizer", action="store_true",
+                   help="an ASan/UBSan build of the server: its logs are checked for reports")
     p.add_argument("-k", default="", help="run only tests whose name contains this")
     ARGS = p.parse_args()
     if not os.path.exists(ARGS.chromium):
         print(f"no browser at {ARGS.chromium}: run make deps (installs chromium)")
         return 1
-    e2e.ARGS = argparse.Namespace(server=ARGS.server, sanitizer=False, k="")
+    e2e.ARGS = argparse.Namespace(server=ARGS.server, sanitizer=ARGS.sanitizer, k="")
     e2e.MODEL = os.path.abspath(ARGS.model)
     t_start = time.time()
     passed = failed = 0
@@ -589,6 +591,11 @@ def main() -> int:
         if rc != 0:
             failed += 1
             print(f"FAIL server {name} exited with {rc}:\n{srv.read_log()[-3000:]}")
+        log = srv.read_log()
+        if ARGS.sanitizer and ("ERROR: AddressSanitizer" in log or "runtime error:" in log or
+                               "ERROR: LeakSanitizer" in log):
+            failed += 1
+            print(f"FAIL sanitizer report in {name}'s log:\n{log[-4000:]}")
     print(f"{passed} passed, {failed} failed ({time.time() - t_start:.1f} s; "
           f"screenshots in {os.path.relpath(ARGS.shots, REPO)})")
     return 1 if failed else 0
