@@ -7,6 +7,7 @@
 #   make asan       AddressSanitizer + UBSan build; runs the C tests and the e2e suite
 #   make deps       install the Debian packages (apt-get; quiet when present)
 #   make bench      engine benchmark (bench/engine.sh)
+#   make test-browser      the pages at / and /heads in headless chromium
 #   make test-deploy       image, compose stack, failover under load (root; README "Deploy")
 #   make test-deploy-local the container-free part: k8s manifests, nginx failover
 
@@ -20,7 +21,7 @@ BUILD := build/$(MODE)
 PYTHON := /usr/bin/python3
 DEB_PACKAGES := build-essential pkg-config libopenblas-dev libcjson-dev \
   libmicrohttpd-dev libuv1-dev libsentencepiece-dev sentencepiece \
-  python3-torch python3-numpy python3-sentencepiece curl
+  python3-torch python3-numpy python3-sentencepiece curl chromium
 
 CC := gcc
 CXX := g++
@@ -50,14 +51,19 @@ TEST_OBJ := $(TEST_C:%.c=$(BUILD)/%.o)
 SERVER_C := $(wildcard server/*.c)
 SERVER_OBJ := $(SERVER_C:%.c=$(BUILD)/%.o)
 SERVER_LIBS := -lmicrohttpd -luv
+# The browser pages (server/web/, moa_web.h), built into the server as a
+# generated C file: nothing to install or find at run time.
+WEB_FILES := $(sort $(wildcard server/web/*.html server/web/*.css server/web/*.js server/web/*.svg))
+WEB_C := $(BUILD)/server/moa_web_assets.c
+WEB_OBJ := $(WEB_C:.c=.o)
 
 LIB := $(BUILD)/libmoa.a
 SERVER := $(BUILD)/moa-server
 CLI := $(BUILD)/moa-translate
 RUNNER := $(BUILD)/run_tests
 
-.PHONY: all run test test-c test-python test-golden test-e2e test-e2e-asan debug asan deps clean bench check-deps model \
-  test-deploy test-deploy-local
+.PHONY: all run test test-c test-python test-golden test-e2e test-e2e-asan test-browser debug asan deps \
+  clean bench check-deps model test-deploy test-deploy-local
 
 all: check-deps $(LIB) $(CLI) $(RUNNER) $(SERVER)
 
@@ -83,8 +89,15 @@ $(CLI): $(BUILD)/model/moa_cli.o $(LIB)
 $(RUNNER): $(TEST_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -pthread $^ $(LDLIBS) -o $@
 
+$(WEB_C): server/web/embed.sh $(WEB_FILES)
+	@mkdir -p $(dir $@)
+	sh server/web/embed.sh $@ $(WEB_FILES)
+
+$(WEB_OBJ): $(WEB_C) server/moa_web.h
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+
 # The HTTP server (server/README.md).
-$(SERVER): $(SERVER_OBJ) $(LIB)
+$(SERVER): $(SERVER_OBJ) $(WEB_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -pthread $^ $(SERVER_LIBS) $(LDLIBS) -o $@
 
 # --- dependencies --------------------------------------------------------------
@@ -118,6 +131,7 @@ test: deps
 	$(MAKE) test-golden
 	$(MAKE) test-e2e
 	$(MAKE) test-e2e-asan
+	$(MAKE) test-browser
 
 test-c: $(RUNNER)
 	$(RUNNER)
@@ -142,6 +156,12 @@ test-e2e-asan:
 	$(MAKE) MODE=asan build/asan/moa-server
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  OMP_WAIT_POLICY=PASSIVE $(PYTHON) tests/e2e/run_e2e.py --server build/asan/moa-server --sanitizer
+
+# The pages in a real browser (tests/browser/README.md): Debian's headless
+# chromium (make deps installs it) against a real server, ~15 s. Screenshots
+# of the pages go to build/browser/.
+test-browser: $(SERVER)
+	OMP_WAIT_POLICY=PASSIVE $(PYTHON) tests/browser/run_browser.py --server $(SERVER)
 
 # Deployment (tests/deploy/README.md; needs root): builds docker/Dockerfile
 # from a debootstrapped base with a private dockerd, runs HAProxy + 2 replicas
@@ -180,6 +200,7 @@ run: deps all
 	@echo "serving $(dir $(RUN_MODEL)) on http://127.0.0.1:$(RUN_PORT) (Ctrl-C drains and stops). Try:"
 	@echo "  curl -s localhost:$(RUN_PORT)/translate -H 'Content-Type: application/json' -d '{\"text\": \"Delete unused files\"}'"
 	@echo "  curl -s localhost:$(RUN_PORT)/heads?format=text ; curl -s localhost:$(RUN_PORT)/metrics"
+	@echo "  or open http://localhost:$(RUN_PORT)/ in a browser (translate, head usage; /heads: routing statistics)"
 	$(SERVER) --config conf/moa-server.conf --model $(patsubst %/,%,$(dir $(RUN_MODEL))) --port $(RUN_PORT)
 
 # Trains, exports and evaluates the default model (hours; not part of make test).

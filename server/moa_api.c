@@ -760,6 +760,8 @@ static cJSON *unit_trace(moa_server *srv, const moa_unit *u) {
     cJSON_AddItemToObject(o, "source_pieces", pieces(srv->tok, u->src, u->src_len, srv->cfg->eos_id));
     cJSON_AddItemToObject(o, "target_pieces", pieces(srv->tok, h->tokens, h->n_tokens, -1));
     if (!t) return o;
+    // the expert count, which the picks alone do not tell (an expert may go unpicked)
+    cJSON_AddNumberToObject(o, "num_experts", srv->cfg->num_experts);
     cJSON_AddItemToObject(o, "encoder", trace_part(t->layers_enc, t->src_len, t->k, t->enc_experts,
                                                    t->enc_gates, t->enc_margin));
     cJSON_AddItemToObject(o, "decoder_self", trace_part(t->layers_dec, t->tgt_len, t->k,

@@ -17,6 +17,7 @@
 #include "moa_api.h"
 #include "moa_buf.h"
 #include "moa_log.h"
+#include "moa_web.h"
 
 struct moa_http {
     moa_server *srv;
@@ -26,7 +27,7 @@ struct moa_http {
 
 typedef enum {
     EP_TRANSLATE, EP_LANGUAGES, EP_HEADS, EP_HEADS_RESET, EP_HEALTH, EP_READY, EP_METRICS,
-    EP_OTHER,
+    EP_PAGE, EP_STATIC, EP_OTHER,
 } endpoint;
 
 static const struct {
@@ -40,6 +41,8 @@ static const struct {
     [EP_HEALTH] = {"/health", "GET, HEAD, OPTIONS"},
     [EP_READY] = {"/ready", "GET, HEAD, OPTIONS"},
     [EP_METRICS] = {"/metrics", "GET, HEAD, OPTIONS"},
+    [EP_PAGE] = {"/", "GET, HEAD, OPTIONS"},
+    [EP_STATIC] = {"/static/", "GET, HEAD, OPTIONS"},  // a prefix (route())
     [EP_OTHER] = {"other", ""},
 };
 
@@ -120,13 +123,13 @@ static enum MHD_Result send_error(req *r, struct MHD_Connection *c, int status, 
 }
 
 static enum MHD_Result send_text(req *r, struct MHD_Connection *c, int status, const char *ctype,
-                                 moa_buf *b) {
+                                 moa_buf *b, const char *h1, const char *v1) {
     if (b->oom) {
         free(b->s);
         return send_error(r, c, 500, NULL, NULL, "out of memory");
     }
     if (!b->s) moa_buf_puts(b, "");
-    return send_body(r, c, status, ctype, b->s, b->n, NULL, NULL);
+    return send_body(r, c, status, ctype, b->s, b->n, h1, v1);
 }
 
 // --- request ids and keys ---------------------------------------------------------------------
@@ -184,27 +187,60 @@ static enum MHD_Result do_languages(req *r, struct MHD_Connection *c) {
     return send_json(r, c, 200, moa_api_languages(srv), NULL, NULL);
 }
 
-static int wants_text(struct MHD_Connection *c, int *bad) {
+typedef enum { FMT_JSON, FMT_TEXT, FMT_HTML, FMT_BAD } heads_format;
+
+// ?format= wins; else a browser (Accept names text/html, not JSON) gets the
+// dashboard, Accept: text/plain the tables, everyone else JSON.
+static heads_format heads_format_of(struct MHD_Connection *c) {
     const char *f = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "format");
-    *bad = 0;
     if (f) {
-        if (!strcmp(f, "text")) return 1;
-        if (!strcmp(f, "json")) return 0;
-        *bad = 1;
-        return 0;
+        if (!strcmp(f, "text")) return FMT_TEXT;
+        if (!strcmp(f, "json")) return FMT_JSON;
+        if (!strcmp(f, "html")) return FMT_HTML;
+        return FMT_BAD;
     }
     const char *acc = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Accept");
-    return acc && strstr(acc, "text/plain") && !strstr(acc, "application/json");
+    if (moa_web_accepts_html(acc)) return FMT_HTML;
+    return acc && strstr(acc, "text/plain") && !strstr(acc, "application/json") ? FMT_TEXT
+                                                                                 : FMT_JSON;
+}
+
+// A built-in page or file (moa_web.h); vary: the request header the choice
+// of this answer depended on, or NULL.
+static enum MHD_Result send_web(req *r, struct MHD_Connection *c, const moa_web_asset *a,
+                                const char *vary) {
+    const char *inm = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "If-None-Match");
+    int status = 200;
+    struct MHD_Response *resp = moa_web_response(a, inm, &status);
+    if (!resp) return send_error(r, c, 500, NULL, NULL, "out of memory");
+    MHD_add_response_header(resp, "X-Request-Id", r->id);
+    MHD_add_response_header(resp, "Access-Control-Allow-Origin", "*");
+    if (vary) MHD_add_response_header(resp, "Vary", vary);
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    r->status = status;
+    return ret;
+}
+
+static enum MHD_Result do_web(req *r, struct MHD_Connection *c) {
+    const moa_web_asset *a = moa_web_find(r->path);
+    if (!a) return send_error(r, c, 404, NULL, NULL, "no such file: %.200s", r->path);
+    return send_web(r, c, a, NULL);
 }
 
 static enum MHD_Result do_heads(req *r, struct MHD_Connection *c) {
     moa_server *srv = r->http->srv;
+    heads_format fmt = heads_format_of(c);
+    // the page shows the server's answers to its own /heads requests, so it
+    // is served also while loading or with heads = false
+    if (fmt == FMT_HTML && moa_web_heads_page())
+        return send_web(r, c, moa_web_heads_page(), "Accept");
     if (!atomic_load(&srv->ready))
         return send_error(r, c, 503, NULL, NULL, "not ready: the model is loading");
     if (!srv->heads)
         return send_error(r, c, 404, NULL, NULL, "routing statistics are off (heads = false)");
-    int bad, text = wants_text(c, &bad);
-    if (bad) return send_error(r, c, 400, NULL, NULL, "format must be json or text");
+    if (fmt == FMT_BAD)
+        return send_error(r, c, 400, NULL, NULL, "format must be json, text or html");
     int top = srv->conf.heads_top;
     const char *ts = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "top");
     if (ts) {
@@ -214,14 +250,14 @@ static enum MHD_Result do_heads(req *r, struct MHD_Connection *c) {
             return send_error(r, c, 400, NULL, NULL, "top must be an integer in 0..1000");
         top = (int)v;
     }
-    if (text) {
+    if (fmt == FMT_TEXT) {
         moa_buf b = {0};
         moa_heads_text(srv->heads, srv->tok, top, &b);
-        return send_text(r, c, 200, "text/plain; charset=utf-8", &b);
+        return send_text(r, c, 200, "text/plain; charset=utf-8", &b, "Vary", "Accept");
     }
     cJSON *j = moa_heads_json(srv->heads, srv->tok, top);
     if (!j) return send_error(r, c, 500, NULL, NULL, "out of memory");
-    return send_json(r, c, 200, j, NULL, NULL);
+    return send_json(r, c, 200, j, "Vary", "Accept");
 }
 
 static enum MHD_Result do_heads_reset(req *r, struct MHD_Connection *c) {
@@ -276,7 +312,8 @@ static enum MHD_Result do_metrics(req *r, struct MHD_Connection *c) {
                    moa_conf_compute_workers(&srv->conf), moa_get_num_threads(),
                    srv->conf.http_threads);
     moa_heads_metrics(srv->heads, &b);
-    return send_text(r, c, 200, "text/plain; version=0.0.4; charset=utf-8", &b);
+    return send_text(r, c, 200, "text/plain; version=0.0.4; charset=utf-8", &b, NULL,
+                     NULL);
 }
 
 // --- /translate -----------------------------------------------------------------------------------
@@ -367,7 +404,8 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c) {
 
 static endpoint route(const char *path) {
     for (int e = 0; e < EP_OTHER; e++)
-        if (!strcmp(path, routes[e].path)) return (endpoint)e;
+        if (e != EP_STATIC && !strcmp(path, routes[e].path)) return (endpoint)e;
+    if (!strncmp(path, routes[EP_STATIC].path, strlen(routes[EP_STATIC].path))) return EP_STATIC;
     return EP_OTHER;
 }
 
@@ -425,6 +463,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         case EP_HEADS: return do_heads(r, c);
         case EP_HEADS_RESET: return do_heads_reset(r, c);
         case EP_METRICS: return do_metrics(r, c);
+        case EP_PAGE:
+        case EP_STATIC: return do_web(r, c);
         default: break;
         }
         // POST /translate: what the headers alone decide

@@ -7,9 +7,10 @@
 #include <string.h>
 
 static const char *const endpoints[] = {"/translate", "/languages", "/heads", "/heads/reset",
-                                        "/health", "/ready", "/metrics", "other"};
+                                        "/health", "/ready", "/metrics", "/", "/static/",
+                                        "other"};
 #define N_EP (sizeof endpoints / sizeof endpoints[0])
-static const int statuses[] = {200, 400, 403, 404, 405, 413, 415, 429, 499, 500, 503, 504};
+static const int statuses[] = {200, 304, 400, 403, 404, 405, 413, 415, 429, 499, 500, 503, 504};
 #define N_ST (sizeof statuses / sizeof statuses[0])
 
 // Seconds: from 1 ms to 2 min, roughly ×2.5 apart.

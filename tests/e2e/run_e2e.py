@@ -452,6 +452,96 @@ def test_metrics_prometheus():
     check(m["moa_http_requests_total"]['endpoint="/translate",status="200"'] >= 1, "counted")
 
 
+BROWSER_ACCEPT = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,"
+                  "image/webp,*/*;q=0.8")
+
+
+@test
+def test_pages_static_etag():
+    s = main_server()
+    st, hd, page = request(s, "GET", "/")
+    check(st == 200 and hd["content-type"] == "text/html; charset=utf-8" and
+          page.lower().startswith(b"<!doctype html>") and b'id="translation"' in page, f"GET / {st}")
+    etag = hd.get("etag", "")
+    check(re.fullmatch(r'"[0-9a-f]{16}"', etag) is not None, f"ETag {etag!r}")
+    check(hd.get("cache-control") == "no-cache" and hd.get("x-content-type-options") == "nosniff",
+          "revalidated every time, no sniffing")
+    csp = hd.get("content-security-policy", "")
+    check("script-src 'self'" in csp and "connect-src 'self'" in csp and "'unsafe-inline'" not in csp,
+          f"CSP {csp!r}")
+    check("x-request-id" in hd, "request id on pages too")
+    for inm in (etag, f'"0000000000000000", W/{etag}', "*"):
+        st, h2, b2 = request(s, "GET", "/", headers={"If-None-Match": inm})
+        check(st == 304 and b2 == b"" and h2.get("etag") == etag, f"If-None-Match {inm}: {st}")
+    st, _, b2 = request(s, "GET", "/", headers={"If-None-Match": '"0000000000000000"'})
+    check(st == 200 and b2 == page, "a stale ETag gets the page")
+    st, h2, b2 = request(s, "HEAD", "/")
+    check(st == 200 and b2 == b"" and int(h2["content-length"]) == len(page), "HEAD /")
+    st, h2, b2 = request(s, "POST", "/", body="x")
+    check(st == 405 and "GET" in h2.get("allow", "") and "error" in json.loads(b2), f"POST / {st}")
+    # every file the pages load (links, scripts, module imports) is served, with its type
+    _, _, dash = request(s, "GET", "/heads", headers={"Accept": BROWSER_ACCEPT})
+    refs = set(re.findall(r'(?:src|href)="(/static/[^"]+)"', page.decode() + dash.decode()))
+    seen = set()
+    types = {".css": "text/css", ".js": "text/javascript", ".svg": "image/svg+xml"}
+    while refs:
+        ref = refs.pop()
+        seen.add(ref)
+        st, h2, b2 = request(s, "GET", ref)
+        ext = os.path.splitext(ref)[1]
+        check(st == 200 and h2["content-type"].startswith(types[ext]) and h2.get("etag"),
+              f"{ref}: {st} {h2.get('content-type')}")
+        if ext == ".js":
+            refs |= set(re.findall(r'from "(/static/[^"]+)"', b2.decode())) - seen
+    check({"/static/moa.css", "/static/translate.js", "/static/heads.js",
+           "/static/common.js"} <= seen, f"files found: {sorted(seen)}")
+    for path in ("/static/nope.js", "/static/", "/static/index.html", "/static/../Makefile",
+                 "/index.html", "/static/moa.css/x"):
+        st, h2, b2 = request(s, "GET", path)
+        check(st == 404 and h2["content-type"] == "application/json" and "error" in json.loads(b2),
+              f"{path}: {st}")
+    m = parse_prometheus(request(s, "GET", "/metrics")[2].decode())["moa_http_requests_total"]
+    check(m.get('endpoint="/",status="200"', 0) >= 2 and m.get('endpoint="/",status="304"', 0) >= 3
+          and m.get('endpoint="/static/",status="404"', 0) >= 1, "pages counted per endpoint")
+
+
+@test
+def test_heads_content_negotiation():
+    s = main_server()
+    translate(s, {"text": "Delete unused files"})
+    st, hd, plain = request(s, "GET", "/heads")
+    check(st == 200 and hd["content-type"] == "application/json" and
+          hd.get("vary") == "Accept", f"no Accept: JSON ({hd.get('content-type')})")
+    json.loads(plain)
+    # JSON for every client that does not ask for HTML first, byte for byte
+    for acc in ("application/json", "*/*", "text/html, application/json",
+                "application/json;q=0.5, text/html", "text/html;q=0", "text/html;q=0.0, */*",
+                "text/htmlx"):
+        st, hd, b = request(s, "GET", "/heads", headers={"Accept": acc})
+        check(st == 200 and hd["content-type"] == "application/json" and b == plain,
+              f"Accept {acc!r}: {hd['content-type']}")
+    for acc in (BROWSER_ACCEPT, "text/html", "TEXT/HTML; q=0.9", "text/plain, text/html"):
+        st, hd, b = request(s, "GET", "/heads", headers={"Accept": acc})
+        check(st == 200 and hd["content-type"] == "text/html; charset=utf-8" and
+              b'id="dash"' in b and hd.get("vary") == "Accept" and hd.get("etag"),
+              f"Accept {acc!r}: {hd['content-type']}")
+        etag = hd["etag"]
+    st, hd, b = request(s, "GET", "/heads", headers={"Accept": BROWSER_ACCEPT, "If-None-Match": etag})
+    check(st == 304 and b == b"", f"dashboard revalidated: {st}")
+    st, hd, b = request(s, "GET", "/heads?format=json", headers={"Accept": BROWSER_ACCEPT})
+    check(hd["content-type"] == "application/json" and json.loads(b)["num_experts"] == 4,
+          "format=json wins over Accept")
+    st, hd, b = request(s, "GET", "/heads?format=html")
+    check(hd["content-type"].startswith("text/html"), "format=html")
+    st, hd, b = request(s, "GET", "/heads?format=text", headers={"Accept": BROWSER_ACCEPT})
+    check(hd["content-type"].startswith("text/plain") and hd.get("vary") == "Accept", "format=text")
+    st, hd, b = request(s, "GET", "/heads?format=xml")
+    check(st == 400 and "html" in json.loads(b)["error"], "bad format names the choices")
+    # the page's requests are the public ones: trace carries the expert count
+    j = translate(s, {"text": "Search R Help", "trace": True})
+    check(j["translations"][0]["trace"][0]["num_experts"] == 4, "num_experts in traces")
+
+
 @test
 def test_cache_hits():
     s = limits_server()
