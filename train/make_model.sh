@@ -20,6 +20,13 @@
 #   MOA_VOCAB          SentencePiece vocabulary size (default 8000; tiny 2000)
 #   MOA_THREADS        threads for torch and the C CLI (default 2)
 #   MOA_TRAIN_FLAGS    extra flags for train/train.py (appended; see --help)
+#   MOA_INIT_FROM      continue from this exported model directory's weights
+#                      (train.py --init-from: fresh optimizer, its update count,
+#                      epoch and clock carry on) when WORK has no checkpoint yet
+#   MOA_TRAIN_MALLOC   1 (default): keep glibc from handing big freed buffers back
+#                      to the kernel, for the trainer only (train/RESULTS.md §6:
+#                      faster here, the same results per update); 0: glibc's
+#                      defaults
 #   MOA_WORK, MOA_OUT  override the work and output directories
 #   MOA_UNTIL          stop after this stage (1-5; default 5)
 set -euo pipefail
@@ -52,7 +59,7 @@ case "$MODE" in
     # 1e-3 the issue allows (routing flips; see the f16check in RESULTS.md).
     DTYPE=f32
     ARCH="--d-model 256 --encoder-layers 3 --decoder-layers 3 --experts 8 --top-k 2 --head-dim 64 --ffn-dim 1024"
-    OPTIM="--max-tokens 3072 --lr 1.5e-3 --warmup 800 --dropout 0.1 --valid-minutes 10 --bleu-minutes 20"
+    OPTIM="--max-tokens 3072 --lr 1.5e-3 --warmup 800 --dropout 0.1 --valid-minutes 10 --bleu-minutes 20 --snapshot-minutes 10 --keep-snapshots 10"
     RESULTS=train/RESULTS.md
     NAME=moa-en-de
     DESC="English->German Mixture-of-Attention-heads transformer (post-norm) for software user-interface strings, trained from scratch by train/make_model.sh on the Debian 12 gettext-catalog corpus (shared/corpus). See README.md and NOTICE."
@@ -132,11 +139,27 @@ EOF
 if need_train; then
   say "3. training ($MINUTES min of training time; resumes from $WORK/run/checkpoint_last.pt if present)"
   rm -f "$WORK/run/done.json"
+  INIT=()
+  if [ -n "${MOA_INIT_FROM:-}" ] && [ ! -f "$WORK/run/checkpoint_last.pt" ]; then
+    say "   starting from the weights of $MOA_INIT_FROM"
+    INIT=(--init-from "$MOA_INIT_FROM")
+  fi
+  # On these machines a fresh page costs microseconds to touch and PyTorch
+  # allocates a new buffer for every large result; glibc keeping its freed
+  # memory saves most of that (train/RESULTS.md §6). Only the trainer gets
+  # this environment: tests, the C engine and CI keep theirs. OpenBLAS's
+  # kernels stay the environment's choice (OPENBLAS_CORETYPE): left to
+  # itself, Debian's OpenBLAS takes this VM's masked CPU for a Prescott.
+  TENV=()
+  if [ "${MOA_TRAIN_MALLOC:-1}" = 1 ]; then
+    TENV=(env MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
+          MALLOC_TOP_PAD_=1073741824)
+  fi
   # shellcheck disable=SC2086
-  $PY train/train.py --data "$WORK/data" --work "$WORK/run" --spm "$WORK/spm.model" \
+  "${TENV[@]}" $PY train/train.py --data "$WORK/data" --work "$WORK/run" --spm "$WORK/spm.model" \
     --vocab "$WORK/vocab.txt" --corpus "$CORPUS" --threads "$THREADS" --seed 1 \
     $ARCH $OPTIM --time-budget-minutes "$MINUTES" \
-    --save-fairseq "$WORK/run/checkpoint_fairseq.pt" ${MOA_TRAIN_FLAGS:-}
+    --save-fairseq "$WORK/run/checkpoint_fairseq.pt" "${INIT[@]}" ${MOA_TRAIN_FLAGS:-}
 else
   say "3. training: $WORK/run/done.json exists"
 fi
