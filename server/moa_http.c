@@ -325,9 +325,10 @@ static void on_job_done(moa_job *j, moa_sched_reason why) {
     MHD_resume_connection(c);
 }
 
-// Whether the client of a held request has gone, from its socket's poll
-// result (events POLLRDHUP): it closed or shut down its side, or the
-// connection broke. The one place that decides it.
+// Whether the client of a held request has gone, from its socket polled for
+// GONE_EVENTS: it closed or shut down its sending side (read-side EOF), or
+// the connection broke. The one place that decides it.
+#define GONE_EVENTS POLLRDHUP
 static int client_gone(const struct pollfd *p) {
     return (p->revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }
@@ -378,7 +379,7 @@ static void watch_round(moa_http *h) {
     int n = 0;
     for (req *r = h->watched; r; r = r->wnext) {
         if (atomic_load(&r->back)) continue;  // back already: being answered
-        h->pfds[n] = (struct pollfd){.fd = r->fd, .events = POLLRDHUP};
+        h->pfds[n] = (struct pollfd){.fd = r->fd, .events = GONE_EVENTS};
         h->preqs[n++] = r;
     }
     if (n == 0 || poll(h->pfds, (nfds_t)n, 0) <= 0) return;
