@@ -86,8 +86,11 @@ $(LIB): $(LIB_OBJ)
 $(CLI): $(BUILD)/model/moa_cli.o $(LIB)
 	$(CC) $(LDFLAGS) -pthread $^ $(LDLIBS) -o $@
 
-$(RUNNER): $(TEST_OBJ) $(LIB)
-	$(CC) $(LDFLAGS) -pthread $^ $(LDLIBS) -o $@
+# The runner also links the server's modules but its main (tests/test_sched.c).
+RUNNER_SERVER_OBJ := $(filter-out $(BUILD)/server/moa_server.o,$(SERVER_OBJ))
+$(BUILD)/tests/test_sched.o: $(wildcard server/*.h)
+$(RUNNER): $(TEST_OBJ) $(RUNNER_SERVER_OBJ) $(WEB_OBJ) $(LIB)
+	$(CC) $(LDFLAGS) -pthread $^ $(SERVER_LIBS) $(LDLIBS) -o $@
 
 $(WEB_C): server/web/embed.sh $(WEB_FILES)
 	@mkdir -p $(dir $@)

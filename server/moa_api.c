@@ -487,7 +487,6 @@ static int build_units(moa_tr *tr, char *err, size_t errlen) {
     }
     tr->job.units = tr->units;
     tr->job.n_units = tr->n_units;
-    tr->job.fd = -1;
     return 0;
 fail_oom:
     snprintf(err, errlen, "out of memory");

@@ -4,7 +4,8 @@
 //     moa_tr *tr; int status; char err[512];
 //     status = moa_api_translate_parse(srv, ctype, auth, body, n, &tr, err, sizeof err);
 //     if (status) -> answer {"error": err} with that status (tr is NULL)
-//     if (moa_tr_job(tr)->n_units && units waiting) -> suspend, moa_sched_submit
+//     if (moa_tr_waiting(tr)) -> set the job's owner, on_done and deadline,
+//                                suspend, moa_sched_submit (moa_http.c)
 //     ... when the job is back (or had nothing to compute):
 //     cJSON *out = moa_api_translate_answer(srv, tr, err, sizeof err);
 //     moa_tr_free(tr);

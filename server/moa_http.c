@@ -1,5 +1,7 @@
-// moa_http.c — libmicrohttpd callbacks and the endpoints other than
-// /translate's body work (moa_api.c).
+// moa_http.c — libmicrohttpd callbacks, the endpoints other than
+// /translate's body work (moa_api.c), and the HTTP side of the scheduler:
+// suspending and resuming /translate requests, statuses for the reasons a
+// job comes back, and watching the clients of held requests for hang-ups.
 #include "moa_http.h"
 
 #include <arpa/inet.h>
@@ -7,22 +9,46 @@
 #include <math.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include "moa_api.h"
 #include "moa_buf.h"
 #include "moa_log.h"
 #include "moa_web.h"
 
+// How often the sockets of held requests are looked at for a hang-up:
+// often enough that a gone client's sentences leave the batch within 20 ms,
+// rarely enough to cost nothing next to a decoder step.
+#define WATCH_INTERVAL_MS 20
+
+typedef struct req req;
+
 struct moa_http {
     moa_server *srv;
     struct MHD_Daemon *d;
     uint64_t id_prefix;         // random per process: ids differ across restarts
+
+    // The hang-up watcher: a thread that polls the clients of the requests
+    // whose job the scheduler holds, every WATCH_INTERVAL_MS while there
+    // are any, and cancels the jobs of those that left. Lock order: never
+    // the scheduler's lock (nor libmicrohttpd's) while holding wmu.
+    pthread_mutex_t wmu;
+    pthread_cond_t wcv;         // a first request to watch, or the stop
+    pthread_t watcher;
+    int watcher_started, wstop;
+    req *watched;               // doubly linked through wprev/wnext (wmu)
+    int n_watched;
+    struct pollfd *pfds;        // watcher only
+    req **preqs;
+    int cap_pfds;
 };
 
 typedef enum {
@@ -47,7 +73,7 @@ static const struct {
 };
 
 // One HTTP request from its first byte to the access-log line.
-typedef struct req {
+struct req {
     moa_http *http;
     char id[136];
     char method[16];
@@ -60,11 +86,20 @@ typedef struct req {
     size_t body_seen;           // bytes received (also beyond the limit)
     int too_large;
     moa_tr *tr;
-    int submitted;              // tr's job went to the scheduler
-    int forced_status;          // submit refused after suspending: answer this
+    int submitted;              // tr's job went to the scheduler (maybe refused)
+    // 0 while the scheduler holds the job, then 1 + the moa_sched_reason it
+    // came back with (or that refused it); set before the resume
+    atomic_int back;
+    struct MHD_Connection *conn;  // while submitted
+    int fd;                     // client socket, polled for a hang-up; -1: unknown
+    // hang-up watch (http->wmu)
+    int watching;               // in http->watched
+    int pins;                   // the watcher is cancelling its job: do not free
+    int orphan;                 // on_completed ran while pinned: the watcher frees it
+    req *wprev, *wnext;
     int status;                 // sent, 0 if none yet
     char err[512];
-} req;
+};
 
 // --- answers ------------------------------------------------------------------------------
 
@@ -316,6 +351,118 @@ static enum MHD_Result do_metrics(req *r, struct MHD_Connection *c) {
                      NULL);
 }
 
+// --- held requests: the scheduler's reasons, hang-ups ------------------------------------------
+
+// The job's completion callback (any thread, the scheduler's lock held):
+// record why, then wake the suspended connection; its handler answers.
+static void on_job_done(moa_job *j, moa_sched_reason why) {
+    req *r = j->owner;
+    struct MHD_Connection *c = r->conn;  // r may be gone once resumed
+    atomic_store(&r->back, 1 + (int)why);
+    MHD_resume_connection(c);
+}
+
+// Whether the client of a held request has gone, from its socket polled for
+// GONE_EVENTS: it closed or shut down its sending side (read-side EOF), or
+// the connection broke. The one place that decides it.
+#define GONE_EVENTS POLLRDHUP
+static int client_gone(const struct pollfd *p) {
+    return (p->revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+}
+
+static void watch_add(moa_http *h, req *r) {
+    if (r->fd < 0) return;
+    pthread_mutex_lock(&h->wmu);
+    r->wprev = NULL;
+    r->wnext = h->watched;
+    if (h->watched) h->watched->wprev = r;
+    h->watched = r;
+    r->watching = 1;
+    if (h->n_watched++ == 0) pthread_cond_signal(&h->wcv);
+    pthread_mutex_unlock(&h->wmu);
+}
+
+// Takes r off the watch; 0 when the watcher holds it (pinned): then the
+// watcher frees it when done with it. Under wmu.
+static int watch_remove(moa_http *h, req *r) {
+    if (!r->watching) return 1;
+    if (r->wprev) r->wprev->wnext = r->wnext;
+    else h->watched = r->wnext;
+    if (r->wnext) r->wnext->wprev = r->wprev;
+    r->watching = 0;
+    h->n_watched--;
+    if (r->pins) {
+        r->orphan = 1;
+        return 0;
+    }
+    return 1;
+}
+
+static void req_free(req *r);
+
+// One look at the clients of the held requests: the jobs of those gone are
+// cancelled (the scheduler resumes them with MOA_SCHED_CANCELLED: 499).
+// Under wmu on entry and return; released while cancelling, the requests
+// being pinned so their memory stays.
+static void watch_round(moa_http *h) {
+    if (h->cap_pfds < h->n_watched) {
+        struct pollfd *p = realloc(h->pfds, (size_t)h->n_watched * sizeof *p);
+        if (p) h->pfds = p;
+        req **q = realloc(h->preqs, (size_t)h->n_watched * sizeof *q);
+        if (q) h->preqs = q;
+        if (!p || !q) return;  // looked at again next time
+        h->cap_pfds = h->n_watched;
+    }
+    int n = 0;
+    for (req *r = h->watched; r; r = r->wnext) {
+        if (atomic_load(&r->back)) continue;  // back already: being answered
+        h->pfds[n] = (struct pollfd){.fd = r->fd, .events = GONE_EVENTS};
+        h->preqs[n++] = r;
+    }
+    if (n == 0 || poll(h->pfds, (nfds_t)n, 0) <= 0) return;
+    int gone = 0;
+    for (int i = 0; i < n; i++) {
+        if (!client_gone(&h->pfds[i])) continue;
+        req *r = h->preqs[i];
+        r->pins++;
+        h->preqs[gone++] = r;
+    }
+    if (gone == 0) return;
+    pthread_mutex_unlock(&h->wmu);
+    for (int i = 0; i < gone; i++) moa_sched_cancel(h->srv->sched, moa_tr_job(h->preqs[i]->tr));
+    pthread_mutex_lock(&h->wmu);
+    for (int i = 0; i < gone; i++) {
+        req *r = h->preqs[i];
+        if (--r->pins == 0 && r->orphan) {
+            pthread_mutex_unlock(&h->wmu);
+            req_free(r);
+            pthread_mutex_lock(&h->wmu);
+        }
+    }
+}
+
+static void *watch_main(void *arg) {
+    moa_http *h = arg;
+    pthread_mutex_lock(&h->wmu);
+    while (!h->wstop) {
+        if (h->n_watched == 0) {
+            pthread_cond_wait(&h->wcv, &h->wmu);
+            continue;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += WATCH_INTERVAL_MS * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&h->wcv, &h->wmu, &ts);
+        if (!h->wstop) watch_round(h);
+    }
+    pthread_mutex_unlock(&h->wmu);
+    return NULL;
+}
+
 // --- /translate -----------------------------------------------------------------------------------
 
 static enum MHD_Result translate_answer(req *r, struct MHD_Connection *c) {
@@ -338,23 +485,36 @@ static enum MHD_Result retry_429(req *r, struct MHD_Connection *c) {
                       "%d); retry in %d s", r->http->srv->conf.max_queue, secs);
 }
 
+// The answer to a job the scheduler gave back (or refused): the one place
+// that maps the scheduler's reasons to HTTP statuses.
+static enum MHD_Result translate_back(req *r, struct MHD_Connection *c) {
+    moa_server *srv = r->http->srv;
+    moa_job *j = moa_tr_job(r->tr);
+    int back = atomic_load(&r->back);
+    switch (back ? (moa_sched_reason)(back - 1) : MOA_SCHED_FAILED) {
+    case MOA_SCHED_DONE:
+        return translate_answer(r, c);
+    case MOA_SCHED_CANCELLED:
+        r->status = 499;  // the client left: nobody to answer, close
+        return MHD_NO;
+    case MOA_SCHED_DEADLINE:
+        return send_error(r, c, 504, NULL, NULL, "timed out after %g s (the server's timeout)",
+                          srv->conf.timeout);
+    case MOA_SCHED_STOPPED:
+        return send_error(r, c, 503, NULL, NULL, "the server is shutting down");
+    case MOA_SCHED_QUEUE_FULL:
+        return retry_429(r, c);
+    case MOA_SCHED_FAILED:
+        break;
+    }
+    return send_error(r, c, 500, NULL, NULL, "%s", back && j->err[0] ? j->err : "failed");
+}
+
 // The last handler call of a /translate request: body complete, or the
 // scheduler gave the job back.
 static enum MHD_Result translate_final(req *r, struct MHD_Connection *c) {
     moa_server *srv = r->http->srv;
-    if (r->submitted) {
-        if (r->forced_status == 429) return retry_429(r, c);
-        if (r->forced_status)
-            return send_error(r, c, r->forced_status, NULL, NULL, "the server is shutting down");
-        moa_job *j = moa_tr_job(r->tr);
-        int st = atomic_load(&j->status);
-        if (st == 200) return translate_answer(r, c);
-        if (st == 499) {
-            r->status = 499;
-            return MHD_NO;  // nobody to answer: close
-        }
-        return send_error(r, c, st ? st : 500, NULL, NULL, "%s", j->err[0] ? j->err : "failed");
-    }
+    if (r->submitted) return translate_back(r, c);
     if (r->too_large)
         return send_error(r, c, 413, NULL, NULL, "request body larger than %ld bytes "
                           "(max_body)", srv->conf.max_body);
@@ -371,16 +531,19 @@ static enum MHD_Result translate_final(req *r, struct MHD_Connection *c) {
     moa_job *j = moa_tr_job(r->tr);
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
-    j->fd = ci ? ci->connect_fd : -1;
-    j->conn = c;
+    r->fd = ci ? ci->connect_fd : -1;
+    r->conn = c;
+    j->owner = r;
+    j->on_done = on_job_done;
     j->deadline = r->t0 + srv->conf.timeout;
     // Suspend BEFORE the scheduler can see the job, so its resume can never
     // come first. A refused submit resumes at once and answers on re-entry.
     r->submitted = 1;
+    watch_add(r->http, r);
     MHD_suspend_connection(c);
     int rc = moa_sched_submit(srv->sched, j);
     if (rc) {
-        r->forced_status = rc;
+        atomic_store(&r->back, 1 + rc);
         MHD_resume_connection(c);
     }
     return MHD_YES;
@@ -533,12 +696,22 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         .text = srv->conf.log_text && r->tr ? moa_tr_first_text(r->tr) : NULL,
     };
     moa_log_access(&rec);
+    if (r->counted) atomic_fetch_sub(&srv->inflight, 1);
+    int mine = 1;
+    if (r->watching) {  // set and cleared on this connection's thread only
+        pthread_mutex_lock(&h->wmu);
+        mine = watch_remove(h, r);
+        pthread_mutex_unlock(&h->wmu);
+    }
+    if (mine) req_free(r);
+}
+
+static void req_free(req *r) {
     // A job the scheduler still holds (only when MHD closes a suspended
     // connection at stop) must outlive this request: leak it rather than
     // free memory another thread uses.
-    int held = r->submitted && !r->forced_status && atomic_load(&moa_tr_job(r->tr)->status) == 0;
+    int held = r->submitted && atomic_load(&r->back) == 0;
     if (!held) moa_tr_free(r->tr);
-    if (r->counted) atomic_fetch_sub(&srv->inflight, 1);
     free(r->body.s);
     free(r);
 }
@@ -563,6 +736,12 @@ moa_http *moa_http_start(moa_server *srv, char *err, size_t errlen) {
         return NULL;
     }
     h->srv = srv;
+    pthread_mutex_init(&h->wmu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&h->wcv, &ca);
+    pthread_condattr_destroy(&ca);
     if (getrandom(&h->id_prefix, sizeof h->id_prefix, 0) != (ssize_t)sizeof h->id_prefix)
         h->id_prefix = (uint64_t)(moa_sched_now() * 1e6);
 
@@ -585,8 +764,7 @@ moa_http *moa_http_start(moa_server *srv, char *err, size_t errlen) {
         if (IN6_IS_ADDR_UNSPECIFIED(&a6.sin6_addr)) flags |= MHD_USE_DUAL_STACK;
     } else {
         snprintf(err, errlen, "listen '%s': not an IPv4 or IPv6 address", cf->listen);
-        free(h);
-        return NULL;
+        goto fail;
     }
     struct MHD_OptionItem pool[] = {
         {cf->http_threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END,
@@ -605,14 +783,35 @@ moa_http *moa_http_start(moa_server *srv, char *err, size_t errlen) {
     if (!h->d) {
         snprintf(err, errlen, "cannot listen on %s port %d (in use, or not allowed?)",
                  cf->listen, cf->port);
-        free(h);
-        return NULL;
+        goto fail;
     }
+    if (pthread_create(&h->watcher, NULL, watch_main, h) != 0) {
+        snprintf(err, errlen, "cannot start the hang-up watcher thread");
+        MHD_stop_daemon(h->d);
+        goto fail;
+    }
+    h->watcher_started = 1;
     return h;
+fail:
+    pthread_cond_destroy(&h->wcv);
+    pthread_mutex_destroy(&h->wmu);
+    free(h);
+    return NULL;
 }
 
 void moa_http_stop(moa_http *h) {
     if (!h) return;
+    // The watcher first: once it is gone, nothing is pinned and every
+    // request MHD closes below is freed by on_completed.
+    pthread_mutex_lock(&h->wmu);
+    h->wstop = 1;
+    pthread_cond_signal(&h->wcv);
+    pthread_mutex_unlock(&h->wmu);
+    if (h->watcher_started) pthread_join(h->watcher, NULL);
     MHD_stop_daemon(h->d);
+    free(h->pfds);
+    free(h->preqs);
+    pthread_cond_destroy(&h->wcv);
+    pthread_mutex_destroy(&h->wmu);
     free(h);
 }

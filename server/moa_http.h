@@ -8,9 +8,14 @@
 //
 // Threads: libmicrohttpd's own polling thread(s), http_threads of them.
 // They parse, validate, tokenize and build answers; the model runs only on
-// the scheduler thread. A /translate request is suspended
-// (MHD_suspend_connection) while its job is with the scheduler, and the
-// scheduler resumes it when the job is done, timed out or abandoned.
+// the scheduler's compute workers. A /translate request is suspended
+// (MHD_suspend_connection) while its job is with the scheduler; the job's
+// completion callback (moa_sched.h) resumes it, and its handler maps the
+// reason the job came back to the status: done 200, failed 500, deadline
+// 504, stopped 503, cancelled 499 (closed without an answer); a refused
+// submission: queue full 429 (with Retry-After), stopping 503. One more
+// thread, the hang-up watcher, polls the sockets of the held requests every
+// 20 ms and cancels (moa_sched_cancel) the jobs of clients that left.
 // Every answer carries X-Request-Id; every error body is {"error": "..."}.
 #ifndef MOA_HTTP_H
 #define MOA_HTTP_H
@@ -23,8 +28,9 @@ typedef struct moa_http moa_http;
 
 // Binds conf.listen:conf.port and starts serving. NULL with a message.
 moa_http *moa_http_start(moa_server *srv, char *err, size_t errlen);
-// Stops listening and closes every connection; call after the scheduler
-// has handed back its jobs (moa_sched_stop). NULL is a no-op.
+// Stops the hang-up watcher, stops listening and closes every connection;
+// call after the scheduler has handed back its jobs (moa_sched_stop) and
+// before moa_sched_free. NULL is a no-op.
 void moa_http_stop(moa_http *h);
 
 #endif

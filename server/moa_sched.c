@@ -1,8 +1,6 @@
-// moa_sched.c — the scheduler thread (see moa_sched.h for the contract).
+// moa_sched.c — the scheduler (see moa_sched.h for the contract).
 #include "moa_sched.h"
 
-#include <microhttpd.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,10 +10,20 @@
 
 #include "moa_log.h"
 
-// How often deadlines and client sockets are looked at while work is held:
-// often enough that a 504 comes within 20 ms of its deadline, rarely enough
-// to cost nothing next to a decoder step.
+// How often deadlines are looked at while work is held: often enough that a
+// job comes back within 20 ms of its deadline, rarely enough to cost nothing
+// next to a decoder step.
 #define CHECK_INTERVAL_MS 20
+
+// A programmer's mistake (manual-mode calls on a threaded scheduler, a
+// worker out of range): abort with the place, as MOA_ASSERT does.
+#define SCHED_ASSERT(c)                                                             \
+    do {                                                                            \
+        if (!(c)) {                                                                 \
+            fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #c); \
+            abort();                                                                \
+        }                                                                           \
+    } while (0)
 
 // A unit released while its worker was stepping: its session still holds
 // it, and its result may come out of that step; the worker drops it (by
@@ -38,6 +46,7 @@ typedef struct moa_worker {
     int units, rows;            // units in its session and their beam rows
     moa_cancel *cancels;        // released while busy (room for inflight_per)
     int n_cancels;
+    long steps, dropped;        // for moa_sched_get_worker_stats
 } moa_worker;
 
 struct moa_sched {
@@ -45,10 +54,12 @@ struct moa_sched {
     const moa_conf *conf;
     moa_metrics *metrics;
     moa_heads *heads;
+    moa_sched_opts opts;        // now is never NULL
 
-    // Everything below that the HTTP threads do not touch: the held jobs,
-    // the workers' bookkeeping, fairness, results. Taken by the loop thread
-    // and by each worker between its steps, never during one.
+    // Everything below that the submitting threads do not touch: the held
+    // jobs, the workers' bookkeeping, fairness, results. Taken by the loop
+    // thread, by each worker between its steps (never during one), and by
+    // moa_sched_cancel.
     pthread_mutex_t lock;
 
     // compute workers (conf's compute_workers); the limits are per worker
@@ -57,9 +68,9 @@ struct moa_sched {
     int inflight_per, rows_per;
     int wstop;                  // workers leave (lock)
 
-    uv_loop_t loop;
+    uv_loop_t loop;             // threaded mode only
     uv_async_t wake;
-    uv_timer_t timer;           // deadline/hang-up checks while jobs are held
+    uv_timer_t timer;           // deadline checks while jobs are held
     uv_thread_t thread;
     int started, stopped;
 
@@ -79,16 +90,34 @@ struct moa_sched {
     int rows_used;              // beam rows of live units
     int units_live;
     long seq;
+    long admissions;            // units admitted so far (moa_unit.admitted)
     double rate_t0;
     long rate_done;
-    struct pollfd *pfds;        // loop thread only
-    int cap_pfds;
 };
 
 double moa_sched_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double real_clock(void *ctx) {
+    (void)ctx;
+    return moa_sched_now();
+}
+
+static double now(const moa_sched *s) { return s->opts.now(s->opts.now_ctx); }
+
+const char *moa_sched_reason_name(moa_sched_reason r) {
+    switch (r) {
+    case MOA_SCHED_DONE: return "done";
+    case MOA_SCHED_FAILED: return "failed";
+    case MOA_SCHED_DEADLINE: return "deadline";
+    case MOA_SCHED_CANCELLED: return "cancelled";
+    case MOA_SCHED_STOPPED: return "stopped";
+    case MOA_SCHED_QUEUE_FULL: return "queue full";
+    }
+    return "unknown";
 }
 
 // Beam rows a unit takes in the session (sampling decodes one row).
@@ -135,18 +164,16 @@ static void job_cancel_units(moa_sched *s, moa_job *j) {
     pthread_mutex_unlock(&s->mu);
 }
 
-// Hands the job back to the HTTP side: after the resume the job is theirs.
-static void job_release(moa_sched *s, int idx, int status, const char *msg) {
+// Gives the job back: after on_done it is the submitter's again.
+static void job_release(moa_sched *s, int idx, moa_sched_reason why, const char *msg) {
     moa_job *j = s->held[idx];
-    if (status != 200) job_cancel_units(s, j);
+    if (why != MOA_SCHED_DONE) job_cancel_units(s, j);
     if (msg) snprintf(j->err, sizeof j->err, "%s", msg);
-    j->t_done = moa_sched_now();
+    j->t_done = now(s);
     if (!j->t_first_admit) j->t_first_admit = j->t_done;
     memmove(s->held + idx, s->held + idx + 1, (size_t)(s->n_held - idx - 1) * sizeof *s->held);
     s->n_held--;
-    struct MHD_Connection *conn = j->conn;
-    atomic_store(&j->status, status);
-    if (conn) MHD_resume_connection(conn);
+    j->on_done(j, why);
 }
 
 static int find_held(moa_sched *s, const moa_job *j) {
@@ -155,7 +182,7 @@ static int find_held(moa_sched *s, const moa_job *j) {
     return -1;
 }
 
-// --- one iteration -----------------------------------------------------------------
+// --- one round ---------------------------------------------------------------------
 
 // Moves submitted jobs to the held list.
 static void take_incoming(moa_sched *s) {
@@ -169,15 +196,13 @@ static void take_incoming(moa_sched *s) {
         if (s->n_held == s->cap_held) {
             int nc = s->cap_held ? 2 * s->cap_held : 64;
             moa_job **h = realloc(s->held, (size_t)nc * sizeof *h);
-            if (!h) {  // cannot hold it: answer at once rather than lose it
+            if (!h) {  // cannot hold it: give it back at once rather than lose it
                 moa_log(MOA_LOG_ERROR, "scheduler: out of memory holding a job");
                 pthread_mutex_lock(&s->mu);
                 s->queued_units -= j->n_waiting;
                 pthread_mutex_unlock(&s->mu);
                 snprintf(j->err, sizeof j->err, "out of memory");
-                struct MHD_Connection *conn = j->conn;
-                atomic_store(&j->status, 500);
-                if (conn) MHD_resume_connection(conn);
+                j->on_done(j, MOA_SCHED_FAILED);
                 j = next;
                 continue;
             }
@@ -190,35 +215,11 @@ static void take_incoming(moa_sched *s) {
     }
 }
 
-// Deadlines (504) and clients that hung up (499).
-static void check_jobs(moa_sched *s, double now) {
-    if (s->n_held == 0) return;
-    if (s->cap_pfds < s->n_held) {
-        struct pollfd *p = realloc(s->pfds, (size_t)s->n_held * sizeof *p);
-        if (!p) return;  // checked again next time
-        s->pfds = p;
-        s->cap_pfds = s->n_held;
-    }
-    int n = s->n_held;
-    for (int i = 0; i < n; i++) {
-        s->pfds[i].fd = s->held[i]->fd;  // negative fds are skipped by poll
-        s->pfds[i].events = POLLRDHUP;
-        s->pfds[i].revents = 0;
-    }
-    if (poll(s->pfds, (nfds_t)n, 0) < 0) n = 0;
+// Jobs past their deadline go back.
+static void check_deadlines(moa_sched *s, double t) {
     // walk backwards: releasing shifts the later entries
-    for (int i = s->n_held - 1; i >= 0; i--) {
-        moa_job *j = s->held[i];
-        short re = i < n ? s->pfds[i].revents : 0;
-        if (re & (POLLRDHUP | POLLHUP | POLLERR)) {
-            job_release(s, i, 499, "the client closed the connection");
-        } else if (now >= j->deadline) {
-            char msg[128];
-            snprintf(msg, sizeof msg, "timed out after %g s (the server's timeout)",
-                     s->conf->timeout);
-            job_release(s, i, 504, msg);
-        }
-    }
+    for (int i = s->n_held - 1; i >= 0; i--)
+        if (t >= s->held[i]->deadline) job_release(s, i, MOA_SCHED_DEADLINE, NULL);
 }
 
 // Picks the job that should get the next slot: fewest units in the batch,
@@ -281,20 +282,21 @@ static void admit(moa_sched *s) {
         s->queued_units--;
         pthread_mutex_unlock(&s->mu);
         if (id < 0) {
-            // The HTTP side validated everything the engine checks, so this
-            // is a bug or out of memory: a 500, logged.
+            // The submitter validated everything the engine checks, so this
+            // is a bug or out of memory: the job fails, logged.
             u->state = MOA_UNIT_CANCELLED;
             moa_log(MOA_LOG_ERROR, "scheduler: moa_session_add: %s (%s)", err, moa_strerror(id));
             char msg[300];
             snprintf(msg, sizeof msg, "engine refused a sentence: %s", err);
-            job_release(s, ji, 500, msg);
+            job_release(s, ji, MOA_SCHED_FAILED, msg);
             continue;
         }
         u->eng_id = id;
         u->worker = wi;
         u->state = MOA_UNIT_LIVE;
+        u->admitted = ++s->admissions;
         j->n_live++;
-        if (!j->t_first_admit) j->t_first_admit = moa_sched_now();
+        if (!j->t_first_admit) j->t_first_admit = now(s);
         w->units++;
         w->rows += rows;
         s->rows_used += rows;
@@ -320,6 +322,7 @@ static void take_finished(moa_sched *s, moa_worker *w) {
         if (ci >= 0) {  // released during the step: its unit may be freed
             unit_gone(s, w, w->cancels[ci].rows);
             w->cancels[ci] = w->cancels[--w->n_cancels];
+            w->dropped++;
             moa_result_clear(&r);
             continue;
         }
@@ -339,7 +342,7 @@ static void take_finished(moa_sched *s, moa_worker *w) {
         if (s->heads) moa_heads_add(s->heads, u->src, u->src_len, &u->res);
         if (j->n_live == 0 && j->n_waiting == 0) {
             int idx = find_held(s, j);
-            if (idx >= 0) job_release(s, idx, 200, NULL);
+            if (idx >= 0) job_release(s, idx, MOA_SCHED_DONE, NULL);
         }
     }
 }
@@ -366,7 +369,7 @@ static void fail_worker(moa_sched *s, moa_worker *w, int rc) {
     int n = 0;
     for (int i = s->n_held - 1; i >= 0; i--)
         if (job_live_in(s->held[i], w->index)) {
-            job_release(s, i, 500, "the engine failed");
+            job_release(s, i, MOA_SCHED_FAILED, "the engine failed");
             n++;
         }
     moa_log(MOA_LOG_ERROR, "scheduler: moa_session_step failed: %s (worker %d); failed the %d "
@@ -375,34 +378,72 @@ static void fail_worker(moa_sched *s, moa_worker *w, int rc) {
     while (moa_session_take(w->sess, &r) == 1) moa_result_clear(&r);
 }
 
-static void publish_gauges(moa_sched *s, double now) {
+static void publish_gauges(moa_sched *s, double t) {
     pthread_mutex_lock(&s->mu);
     s->live_units = s->units_live;
     s->rows = s->rows_used;
     s->jobs = s->n_held;
-    if (now - s->rate_t0 >= 1.0) {
-        double r = (double)s->rate_done / (now - s->rate_t0);
+    if (t - s->rate_t0 >= 1.0) {
+        double r = (double)s->rate_done / (t - s->rate_t0);
         s->rate = s->rate > 0 ? 0.7 * s->rate + 0.3 * r : r;
-        s->rate_t0 = now;
+        s->rate_t0 = t;
         s->rate_done = 0;
     }
     pthread_mutex_unlock(&s->mu);
 }
 
-// Takes new jobs, admits waiting units to the workers not stepping, answers
-// the jobs with nothing left to compute (e.g. all from the cache). Under
-// lock, from the loop thread or a worker between its steps.
+// Takes new jobs, admits waiting units to the workers not stepping, gives
+// back the jobs with nothing left to compute (e.g. all from the cache).
+// Under lock, from the loop thread, a worker between its steps, or
+// moa_sched_cancel.
 static void schedule(moa_sched *s) {
     take_incoming(s);
     admit(s);
     for (int i = s->n_held - 1; i >= 0; i--)
-        if (s->held[i]->n_live == 0 && s->held[i]->n_waiting == 0) job_release(s, i, 200, NULL);
-    publish_gauges(s, moa_sched_now());
+        if (s->held[i]->n_live == 0 && s->held[i]->n_waiting == 0)
+            job_release(s, i, MOA_SCHED_DONE, NULL);
+    publish_gauges(s, now(s));
 }
 
-// A compute worker: steps its session while it holds units, and between
-// steps does the scheduler's work for itself (results, cancellations,
-// admissions), so it never waits for another worker or thread.
+// One round of the loop thread (deadlines only on its timer). Under lock.
+static void loop_round(moa_sched *s, int deadlines) {
+    if (deadlines) check_deadlines(s, now(s));
+    schedule(s);
+}
+
+// Gives back everything held or submitted: the scheduler stops. Under lock;
+// s->stopping is set.
+static void stop_round(moa_sched *s) {
+    take_incoming(s);
+    for (int i = s->n_held - 1; i >= 0; i--) job_release(s, i, MOA_SCHED_STOPPED, NULL);
+    publish_gauges(s, now(s));
+}
+
+// One iteration of a worker that holds units: ONE engine step with the
+// lock released, then the scheduler's work for itself (results, released
+// units, admissions), so it never waits for another worker or thread.
+// Under lock on entry and on return.
+static int worker_round(moa_sched *s, moa_worker *w) {
+    w->busy = 1;
+    pthread_mutex_unlock(&s->lock);
+    if (s->opts.during_step) s->opts.during_step(s->opts.step_ctx, w->index);
+    int rc = moa_session_step(w->sess);
+    pthread_mutex_lock(&s->lock);
+    w->busy = 0;
+    w->steps++;
+    if (rc < 0) {
+        fail_worker(s, w, rc);
+    } else {
+        if (rc > 0) moa_metrics_step(s->metrics, rc);
+        take_finished(s, w);
+    }
+    apply_cancels(s, w);
+    schedule(s);
+    return rc;
+}
+
+// A compute worker thread: steps its session while it holds units, sleeps
+// while it holds none.
 static void *worker_main(void *arg) {
     moa_worker *w = arg;
     moa_sched *s = w->s;
@@ -410,32 +451,19 @@ static void *worker_main(void *arg) {
     for (;;) {
         while (!s->wstop && w->units == 0) pthread_cond_wait(&w->cv, &s->lock);
         if (s->wstop) break;
-        w->busy = 1;
-        pthread_mutex_unlock(&s->lock);
-        int rc = moa_session_step(w->sess);
-        pthread_mutex_lock(&s->lock);
-        w->busy = 0;
-        if (rc < 0) {
-            fail_worker(s, w, rc);
-        } else {
-            if (rc > 0) moa_metrics_step(s->metrics, rc);
-            take_finished(s, w);
-        }
-        apply_cancels(s, w);
-        schedule(s);
+        worker_round(s, w);
     }
     pthread_mutex_unlock(&s->lock);
     return NULL;
 }
 
-// --- libuv callbacks ---------------------------------------------------------------------
+// --- libuv callbacks (threaded mode) -------------------------------------------------------
 
-// Every CHECK_INTERVAL_MS while jobs are held: deadlines and hang-ups.
+// Every CHECK_INTERVAL_MS while jobs are held: deadlines.
 static void on_timer(uv_timer_t *t) {
     moa_sched *s = t->data;
     pthread_mutex_lock(&s->lock);
-    check_jobs(s, moa_sched_now());
-    schedule(s);
+    loop_round(s, 1);
     int idle = s->n_held == 0;
     pthread_mutex_unlock(&s->lock);
     if (idle) uv_timer_stop(&s->timer);
@@ -451,16 +479,14 @@ static void on_wake(uv_async_t *a) {
     pthread_mutex_unlock(&s->mu);
     pthread_mutex_lock(&s->lock);
     if (stopping) {
-        take_incoming(s);
-        for (int i = s->n_held - 1; i >= 0; i--)
-            job_release(s, i, 503, "the server is shutting down");
+        stop_round(s);
         pthread_mutex_unlock(&s->lock);
         uv_timer_stop(&s->timer);
         uv_close((uv_handle_t *)&s->timer, close_cb);
         uv_close((uv_handle_t *)&s->wake, close_cb);
         return;
     }
-    schedule(s);
+    loop_round(s, 0);
     int held = s->n_held > 0;
     pthread_mutex_unlock(&s->lock);
     if (held && !uv_is_active((uv_handle_t *)&s->timer))
@@ -494,7 +520,8 @@ static void workers_free(moa_sched *s) {
 }
 
 moa_sched *moa_sched_create(const moa_model *m, const moa_conf *conf, moa_metrics *metrics,
-                            moa_heads *heads, char *err, size_t errlen) {
+                            moa_heads *heads, const moa_sched_opts *opts, char *err,
+                            size_t errlen) {
     moa_sched *s = calloc(1, sizeof *s);
     if (!s) {
         snprintf(err, errlen, "out of memory");
@@ -504,6 +531,8 @@ moa_sched *moa_sched_create(const moa_model *m, const moa_conf *conf, moa_metric
     s->conf = conf;
     s->metrics = metrics;
     s->heads = heads;
+    if (opts) s->opts = *opts;
+    if (!s->opts.now) s->opts.now = real_clock;
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->lock, NULL);
     // moa_conf_load checked that every share holds at least the largest beam.
@@ -526,12 +555,15 @@ moa_sched *moa_sched_create(const moa_model *m, const moa_conf *conf, moa_metric
             goto fail_session;
         }
         if (!(w->sess = moa_session_create(m, s->rows_per, err, errlen))) goto fail_session;
+        if (s->opts.manual) continue;
         if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
             snprintf(err, errlen, "cannot start compute worker thread %d", i);
             goto fail_session;
         }
         w->started = 1;
     }
+    s->rate_t0 = now(s);
+    if (s->opts.manual) return s;
     if (uv_loop_init(&s->loop) != 0) {
         snprintf(err, errlen, "uv_loop_init failed");
         goto fail_loop;
@@ -539,7 +571,6 @@ moa_sched *moa_sched_create(const moa_model *m, const moa_conf *conf, moa_metric
     uv_async_init(&s->loop, &s->wake, on_wake);
     uv_timer_init(&s->loop, &s->timer);
     s->wake.data = s->timer.data = s;
-    s->rate_t0 = moa_sched_now();
     if (uv_thread_create(&s->thread, thread_main, s) != 0) {
         snprintf(err, errlen, "cannot start the scheduler thread");
         goto fail_thread;
@@ -571,25 +602,53 @@ int moa_sched_submit(moa_sched *s, moa_job *j) {
     j->n_live = 0;
     j->next_waiting = 0;
     j->next = NULL;
-    j->t_submit = moa_sched_now();
+    j->t_submit = now(s);
     j->t_first_admit = j->t_done = 0;
-    atomic_store(&j->status, 0);
+    j->err[0] = 0;
     pthread_mutex_lock(&s->mu);
     if (s->stopping) {
         pthread_mutex_unlock(&s->mu);
-        return 503;
+        return MOA_SCHED_STOPPED;
     }
     if (s->queued_units > 0 && s->queued_units + waiting > s->conf->max_queue) {
         pthread_mutex_unlock(&s->mu);
-        return 429;
+        return MOA_SCHED_QUEUE_FULL;
     }
     s->queued_units += waiting;
     if (s->in_tail) s->in_tail->next = j;
     else s->in_head = j;
     s->in_tail = j;
     pthread_mutex_unlock(&s->mu);
-    uv_async_send(&s->wake);
+    if (!s->opts.manual) uv_async_send(&s->wake);
     return 0;
+}
+
+void moa_sched_cancel(moa_sched *s, moa_job *j) {
+    pthread_mutex_lock(&s->lock);
+    take_incoming(s);  // it may be submitted and not yet taken
+    int i = find_held(s, j);
+    if (i >= 0) {
+        job_release(s, i, MOA_SCHED_CANCELLED, NULL);
+        schedule(s);  // its room goes to the next units now, not at the next round
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+void moa_sched_poll(moa_sched *s) {
+    SCHED_ASSERT(s->opts.manual);
+    pthread_mutex_lock(&s->lock);
+    loop_round(s, 1);
+    pthread_mutex_unlock(&s->lock);
+}
+
+int moa_sched_step_worker(moa_sched *s, int wi) {
+    SCHED_ASSERT(s->opts.manual && wi >= 0 && wi < s->n_workers);
+    moa_worker *w = &s->workers[wi];
+    int rc = 0;
+    pthread_mutex_lock(&s->lock);
+    if (w->units > 0) rc = worker_round(s, w);
+    pthread_mutex_unlock(&s->lock);
+    return rc;
 }
 
 void moa_sched_get_stats(moa_sched *s, moa_sched_stats *st) {
@@ -604,14 +663,35 @@ void moa_sched_get_stats(moa_sched *s, moa_sched_stats *st) {
     pthread_mutex_unlock(&s->mu);
 }
 
+int moa_sched_workers(const moa_sched *s) { return s->n_workers; }
+
+void moa_sched_get_worker_stats(moa_sched *s, int wi, moa_sched_worker_stats *st) {
+    SCHED_ASSERT(wi >= 0 && wi < s->n_workers);
+    moa_worker *w = &s->workers[wi];
+    pthread_mutex_lock(&s->lock);
+    st->units = w->units;
+    st->rows = w->rows;
+    st->busy = w->busy;
+    st->session_live = w->busy ? -1 : moa_session_live(w->sess);
+    st->steps = w->steps;
+    st->dropped = w->dropped;
+    pthread_mutex_unlock(&s->lock);
+}
+
 void moa_sched_stop(moa_sched *s) {
     if (!s || s->stopped) return;
     pthread_mutex_lock(&s->mu);
     s->stopping = 1;
     pthread_mutex_unlock(&s->mu);
-    uv_async_send(&s->wake);
-    uv_thread_join(&s->thread);
-    uv_loop_close(&s->loop);
+    if (s->opts.manual) {
+        pthread_mutex_lock(&s->lock);
+        stop_round(s);
+        pthread_mutex_unlock(&s->lock);
+    } else {
+        uv_async_send(&s->wake);
+        uv_thread_join(&s->thread);
+        uv_loop_close(&s->loop);
+    }
     s->stopped = 1;
 }
 
@@ -620,7 +700,6 @@ void moa_sched_free(moa_sched *s) {
     moa_sched_stop(s);
     workers_free(s);
     free(s->held);
-    free(s->pfds);
     pthread_mutex_destroy(&s->lock);
     pthread_mutex_destroy(&s->mu);
     free(s);

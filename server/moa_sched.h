@@ -1,43 +1,53 @@
-// moa_sched.h — the batching scheduler: a libuv thread that takes requests
-// and compute_workers engine sessions, each stepped by its own thread; every
-// request's sentences decoded together, step by step.
+// moa_sched.h — the batching scheduler: compute_workers engine sessions, each
+// stepped by its own thread, and a libuv thread that takes jobs; every job's
+// sentences decoded together, step by step. It knows nothing of HTTP: a job
+// comes back through its completion callback with a reason, and the HTTP
+// layer (moa_http.c) turns reasons into statuses.
 //
-//     moa_sched *s = moa_sched_create(model, &conf, metrics, heads, err, sizeof err);
-//     // HTTP thread, per request: fill a job, suspend the connection, submit
-//     MHD_suspend_connection(conn);
-//     moa_sched_submit(s, job);      // later: job->status != 0, conn resumed
+//     moa_sched *s = moa_sched_create(model, &conf, metrics, heads, NULL, err, sizeof err);
+//     job->units = units; job->n_units = n; job->deadline = moa_sched_now() + 60;
+//     job->owner = me; job->on_done = done;     // done(job, MOA_SCHED_DONE, ...) later,
+//     int rc = moa_sched_submit(s, job);        // exactly once, from any thread
+//     if (rc) -> not taken (MOA_SCHED_QUEUE_FULL or MOA_SCHED_STOPPED), no callback
+//     moa_sched_cancel(s, job);                 // e.g. the client left: done(CANCELLED)
 //     ...
-//     moa_sched_stop(s);             // answers what is left with 503
+//     moa_sched_stop(s);                        // what is still held: done(STOPPED)
 //     moa_sched_free(s);
 //
-// The loop thread (libuv, woken by uv_async_send on each submission, and by
-// a 20 ms timer while it holds jobs) takes newly submitted jobs, answers
-// those past their deadline (504) or whose client has gone (socket closed:
-// 499), and admits waiting units to the workers that sleep for lack of work.
-// Each compute worker runs ONE moa_session_step at a time on its session
-// (newcomers encoded together, one decoder step for every live hypothesis;
-// the engine groups rows by routed expert), and between two steps does the
-// scheduler's work itself: takes its finished units, resumes the connection
-// of every job whose units are all done, and admits waiting units. So no
-// worker waits for another, and the loop thread sleeps while the model runs.
+// Threads (the default): the loop thread (libuv, woken by uv_async_send on
+// each submission, and by a 20 ms timer while it holds jobs) takes newly
+// submitted jobs, gives back those past their deadline, and admits waiting
+// units to the workers that sleep for lack of work. Each compute worker runs
+// ONE moa_session_step at a time on its session (newcomers encoded
+// together, one decoder step for every live hypothesis; the engine groups
+// rows by routed expert), and between two steps does the scheduler's work
+// itself: takes its finished units, gives back every job whose units are
+// all done, and admits waiting units. So no worker waits for another, and
+// the loop thread sleeps while the model runs.
+//
 // Admission is FAIR — always to the job with the fewest units in the batch,
 // oldest first, so a one-line request is not stuck behind a 500-line one —
 // within max_inflight and max_batch_rows (split evenly between the workers),
 // and balanced: a unit goes to the worker with the fewest rows, waiting for
 // a stepping worker's step to end when that one has fewer. All of this
 // state is under one lock, taken between steps only, never during one; a
-// session is touched only by its worker while it steps. A job released
-// while one of its units is in a stepping session (timeout, hang-up,
+// session is touched only by its worker while it steps. A job given back
+// while one of its units is in a stepping session (deadline, cancel,
 // failure elsewhere, stop) leaves that unit to the worker, which drops it
 // and any result it produced when its step ends.
 //
-// Ownership: a submitted job belongs to the scheduler until it sets
-// job->status and calls MHD_resume_connection(job->conn); after that the
-// scheduler never touches it again and the HTTP side reads the results.
+// Manual mode (opts.manual, for tests): no thread is started; the caller
+// drives the very functions the threads run — moa_sched_poll is one round
+// of the loop thread (its timer's), moa_sched_step_worker one iteration of
+// a worker — and may inject the clock (opts.now), so fairness, deadlines,
+// cancellation and balance are tested step by step, without sleeping.
+//
+// Ownership: a submitted job belongs to the scheduler until its on_done
+// runs; from the call on, the scheduler never touches it again and the
+// submitter reads the results (units[i].res of DONE units) and frees it.
 #ifndef MOA_SCHED_H
 #define MOA_SCHED_H
 
-#include <stdatomic.h>
 #include <stddef.h>
 
 #include "moa_conf.h"
@@ -45,12 +55,25 @@
 #include "moa_metrics.h"
 #include "moa_model.h"
 
-struct MHD_Connection;
 typedef struct moa_job moa_job;
 
+// Why a job came back (the on_done argument), or why moa_sched_submit did
+// not take it.
+typedef enum moa_sched_reason {
+    MOA_SCHED_DONE = 0,         // every unit DONE (its result in res)
+    MOA_SCHED_FAILED = 1,       // engine failure or out of memory; job->err says what
+    MOA_SCHED_DEADLINE = 2,     // job->deadline passed first
+    MOA_SCHED_CANCELLED = 3,    // moa_sched_cancel (the client left)
+    MOA_SCHED_STOPPED = 4,      // held at moa_sched_stop; submit: stopping
+    MOA_SCHED_QUEUE_FULL = 5,   // submit only: the waiting units would exceed max_queue
+} moa_sched_reason;
+
+// "done", "failed", ... (for logs and tests).
+const char *moa_sched_reason_name(moa_sched_reason r);
+
 typedef enum {
-    MOA_UNIT_WAITING = 0,   // not yet in the session
-    MOA_UNIT_LIVE = 1,      // in the session
+    MOA_UNIT_WAITING = 0,   // not yet in a session
+    MOA_UNIT_LIVE = 1,      // in a session
     MOA_UNIT_DONE = 2,      // res is filled (computed or from the cache)
     MOA_UNIT_CANCELLED = 3,
 } moa_unit_state;
@@ -65,6 +88,7 @@ typedef struct moa_unit {
     int from_cache;
     int eng_id;             // moa_session_add's id while LIVE
     int worker;             // the compute worker whose session holds it while LIVE
+    long admitted;          // its place in the order of admissions (1, 2, ...); 0: never
     moa_result res;         // when DONE
 } moa_unit;
 
@@ -72,15 +96,17 @@ struct moa_job {
     // filled by the submitter
     moa_unit *units;
     int n_units;
-    double deadline;        // monotonic seconds (moa_sched_now)
-    int fd;                 // client socket, polled for a hang-up; -1: unknown
-    struct MHD_Connection *conn;
-    // the outcome: 0 while the scheduler owns the job, then an HTTP status
-    // (200, 499 client gone, 500 engine failure, 503 shutting down, 504)
-    atomic_int status;
-    char err[256];          // message for statuses other than 200
-    double t_submit, t_first_admit, t_done;  // monotonic seconds
-    // scheduler-private
+    double deadline;        // in the scheduler's clock (moa_sched_now); INFINITY: none
+    void *owner;            // the submitter's; the scheduler never looks at it
+    // Called exactly once for every job moa_sched_submit took, from whichever
+    // thread gives it back (a worker, the loop thread, moa_sched_cancel's or
+    // moa_sched_stop's caller), with the scheduler's lock held: it must be
+    // quick (a wake-up: MHD_resume_connection) and must not call moa_sched_*.
+    void (*on_done)(moa_job *job, moa_sched_reason reason);
+    // the outcome, for the submitter once on_done ran
+    char err[256];          // with MOA_SCHED_FAILED: what failed
+    double t_submit, t_first_admit, t_done;  // scheduler clock
+    // scheduler-private (readable between calls in manual mode)
     int n_waiting, n_live, next_waiting;
     long seq;
     moa_job *next;
@@ -88,33 +114,77 @@ struct moa_job {
 
 typedef struct moa_sched moa_sched;
 
+// Creation options; NULL or all zero: threads and the monotonic clock.
+typedef struct moa_sched_opts {
+    int manual;                             // start no thread (see above)
+    double (*now)(void *ctx);               // the clock, seconds; NULL: moa_sched_now
+    void *now_ctx;
+    // Called by a worker right before each moa_session_step, with the lock
+    // released and the worker marked busy — for tests that act while a
+    // session steps (cancel, stop, submit). NULL: nothing.
+    void (*during_step)(void *ctx, int worker);
+    void *step_ctx;
+} moa_sched_opts;
+
 // Creates the compute workers' sessions (max_batch_rows / workers rows each;
-// moa_conf_compute_workers), starts the worker threads and the scheduler
-// thread.
-// heads may be NULL (no statistics, no traces forced). NULL on failure with
-// a message.
+// moa_conf_compute_workers) and, unless opts->manual, starts the worker
+// threads and the loop thread. heads may be NULL (no statistics, no traces
+// forced); conf, metrics and heads must outlive the scheduler. NULL on
+// failure with a message.
 moa_sched *moa_sched_create(const moa_model *m, const moa_conf *conf, moa_metrics *metrics,
-                            moa_heads *heads, char *err, size_t errlen);
-// Answers every job still held with 503, stops and joins the scheduler thread
-// (the worker threads are joined by moa_sched_free).
+                            moa_heads *heads, const moa_sched_opts *opts, char *err,
+                            size_t errlen);
+// Refuses further submissions and gives back every job still held (and
+// submitted) with MOA_SCHED_STOPPED; then stops and joins the loop thread
+// (the worker threads are joined by moa_sched_free). Idempotent.
 void moa_sched_stop(moa_sched *s);
 void moa_sched_free(moa_sched *s);  // stops first if needed; NULL is a no-op
 
 // Hands a job over (units WAITING or already DONE). Thread-safe; never
-// blocks on the model. Returns 0, or 429 when the waiting sentences would
-// exceed max_queue (a job arriving at an empty queue is always taken), or
-// 503 once stopping; then the job was not taken.
+// blocks on the model. Returns 0 (taken: on_done will run), or
+// MOA_SCHED_QUEUE_FULL when the waiting units would exceed max_queue (a
+// job arriving at an empty queue is always taken), or MOA_SCHED_STOPPED
+// once stopping; then the job was not taken and on_done never runs.
 int moa_sched_submit(moa_sched *s, moa_job *job);
+
+// Gives the job back with MOA_SCHED_CANCELLED (on_done runs before this
+// returns) and admits what the room it leaves allows; its units leave the
+// queue and the sessions (one in a stepping session: when its step ends).
+// A job already given back is left alone, so the caller may race the
+// scheduler — but the job's memory must still be valid. Thread-safe; never
+// call it from on_done.
+void moa_sched_cancel(moa_sched *s, moa_job *job);
+
+// Manual mode only (opts->manual), from one thread at a time:
+// One round of the loop thread: takes submitted jobs, gives back those past
+// their deadline, admits waiting units, gives back jobs with nothing left.
+void moa_sched_poll(moa_sched *s);
+// One iteration of worker w (0..moa_sched_workers-1): when its session holds
+// units, one moa_session_step, then its bookkeeping (results, released
+// units, admissions). Returns the rows decoded, 0 when it held nothing, or
+// a negative moa_errno when the step failed (its jobs came back FAILED).
+int moa_sched_step_worker(moa_sched *s, int w);
 
 // Snapshot of the scheduler's gauges; thread-safe.
 typedef struct moa_sched_stats {
     int queued_units;       // waiting for admission
-    int live_units;         // in the session
+    int live_units;         // in the sessions
     int rows;               // beam rows they hold
     int jobs;               // jobs held
     double sentences_per_s; // recent completion rate (for Retry-After)
 } moa_sched_stats;
 void moa_sched_get_stats(moa_sched *s, moa_sched_stats *st);
+
+// One worker's state; thread-safe.
+typedef struct moa_sched_worker_stats {
+    int units, rows;        // in its session, as the scheduler counts them
+    int session_live;       // moa_session_live of its session; -1 while it steps
+    int busy;               // stepping now
+    long steps;             // moa_session_step calls
+    long dropped;           // results thrown away: their job went back during the step
+} moa_sched_worker_stats;
+int moa_sched_workers(const moa_sched *s);
+void moa_sched_get_worker_stats(moa_sched *s, int w, moa_sched_worker_stats *st);
 
 // CLOCK_MONOTONIC in seconds.
 double moa_sched_now(void);

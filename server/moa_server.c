@@ -115,7 +115,7 @@ static int load_model(moa_server *srv, char *err, size_t errlen) {
         snprintf(err, errlen, "out of memory for routing statistics");
         return -1;
     }
-    srv->sched = moa_sched_create(srv->model, c, srv->metrics, srv->heads, err, errlen);
+    srv->sched = moa_sched_create(srv->model, c, srv->metrics, srv->heads, NULL, err, errlen);
     return srv->sched ? 0 : -1;
 }
 
@@ -137,7 +137,7 @@ static void log_start(const moa_server *srv, double load_s) {
             c->compute_workers > 0 ? "; compute_workers set explicitly"
                                    : "; compute workers follow the usable CPUs");
     moa_log(MOA_LOG_INFO, "threads: compute workers %d (a thread and an engine session each), "
-            "OpenBLAS (%s) %d per worker, http %d, scheduler 1, libuv pool unused "
+            "OpenBLAS (%s) %d per worker, http %d, scheduler 1, hang-up watch 1, libuv pool unused "
             "(UV_THREADPOOL_SIZE=%s)", workers,
             moa_blas_corename(), moa_get_num_threads(), c->http_threads,
             getenv("UV_THREADPOOL_SIZE"));

@@ -17,6 +17,7 @@ extern const moa_test_case moa_tests_tokenizer[];
 extern const moa_test_case moa_tests_engine[];
 extern const moa_test_case moa_tests_search[];
 extern const moa_test_case moa_tests_cpus[];
+extern const moa_test_case moa_tests_sched[];
 
 static const struct {
     const char *name;
@@ -25,6 +26,7 @@ static const struct {
     {"kernels", moa_tests_kernels},   {"loader", moa_tests_loader},
     {"tokenizer", moa_tests_tokenizer}, {"engine", moa_tests_engine},
     {"search", moa_tests_search},     {"cpus", moa_tests_cpus},
+    {"sched", moa_tests_sched},
 };
 
 int main(int argc, char **argv) {
