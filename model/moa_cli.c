@@ -7,7 +7,7 @@
 // Reads one sentence a line, decodes --batch sentences at a time through a
 // moa_session and writes the results in input order after each batch, so
 // output streams. Only the public APIs are used: model/moa_model.h and
-// tokenizer/moa_tokenizer.h. Options and limits: shared/docs/moa-spec.md §6.
+// tokenizer/moa_tokenizer.h. Options and limits: docs/moa-spec.md §6.
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -98,7 +98,7 @@ static void print_help(FILE *f) {
         "Usage: " CLI_NAME " --model DIR [options]\n"
         "\n"
         "Translates UTF-8 text, one sentence a line, with a Mixture-of-Attention-heads\n"
-        "model (shared/docs/moa-spec.md), or scores given translations (--score).\n"
+        "model (docs/moa-spec.md), or scores given translations (--score).\n"
         "\n"
         "Input and output:\n"
         "  --model DIR          model directory: config.json, model.safetensors,\n"

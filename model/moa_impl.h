@@ -194,8 +194,8 @@ int moa_beam_candidates(const float *logits, int n_hyp, int v, const float *lse,
 // some of top-k > 1, top-p < 1, temperature != 1.
 int moa_opts_sampling(const moa_search_opts *o);
 
-// xoshiro256** seeded through splitmix64 (documented in moa-spec §6 terms:
-// "a documented 64-bit PRNG").
+// xoshiro256** seeded through splitmix64 (spec §6 names
+// it: the sampling rule depends on it).
 typedef struct moa_rng {
     uint64_t s[4];
 } moa_rng;

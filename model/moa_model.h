@@ -24,7 +24,8 @@
 // number of threads. A moa_session (scratch buffers, KV caches, live
 // sentences) belongs to one thread at a time.
 //
-// Model format, maths and decoding rules: shared/docs/moa-spec.md.
+// Model format, maths and decoding rules: docs/moa-spec.md ("spec §N" in
+// the engine's comments is a section of that page).
 #ifndef MOA_MODEL_H
 #define MOA_MODEL_H
 
