@@ -41,7 +41,6 @@ CFLAGS := -std=c11 $(OPT) $(WARN) -pthread
 CXXFLAGS := -std=c++17 $(OPT) -Wall -Wextra -pthread
 
 LIB_C := $(wildcard model/moa_*.c)
-LIB_C := $(filter-out model/moa_cli.c,$(LIB_C))
 LIB_CXX := $(wildcard tokenizer/*.cc)
 LIB_OBJ := $(LIB_C:%.c=$(BUILD)/%.o) $(LIB_CXX:%.cc=$(BUILD)/%.o)
 TEST_C := $(wildcard tests/test_*.c) tests/run_tests.c
@@ -77,7 +76,8 @@ $(LIB): $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(CLI): $(BUILD)/model/moa_cli.o $(LIB)
+# The command-line translator (cli/), an application of libmoa like the server.
+$(CLI): $(BUILD)/cli/moa_cli.o $(LIB)
 	$(CC) $(LDFLAGS) -pthread $^ $(LDLIBS) -o $@
 
 $(RUNNER): $(TEST_OBJ) $(LIB)
