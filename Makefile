@@ -26,7 +26,7 @@ CC := gcc
 CXX := g++
 WARN := -Wall -Wextra -Wno-unused-parameter -Wshadow -Wstrict-prototypes
 BLAS_INC := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/include/x86_64-linux-gnu/openblas-pthread)
-CPPFLAGS := -Imodel -Itokenizer -Iserver -Itests $(BLAS_INC) -D_GNU_SOURCE
+CPPFLAGS := -Icommon -Imodel -Itokenizer -Iserver -Itests $(BLAS_INC) -D_GNU_SOURCE
 LDLIBS := -lopenblas -lcjson -lsentencepiece -lstdc++ -lm -lpthread
 
 ifeq ($(MODE),release)
@@ -40,7 +40,8 @@ endif
 CFLAGS := -std=c11 $(OPT) $(WARN) -pthread
 CXXFLAGS := -std=c++17 $(OPT) -Wall -Wextra -pthread
 
-LIB_C := $(wildcard model/moa_*.c)
+# libmoa: the engine, the tokenizer and what they share (error codes, UTF-8).
+LIB_C := $(wildcard common/moa_*.c model/moa_*.c)
 LIB_CXX := $(wildcard tokenizer/*.cc)
 LIB_OBJ := $(LIB_C:%.c=$(BUILD)/%.o) $(LIB_CXX:%.cc=$(BUILD)/%.o)
 TEST_C := $(wildcard tests/test_*.c) tests/run_tests.c
@@ -60,15 +61,15 @@ RUNNER := $(BUILD)/run_tests
 
 all: check-deps $(LIB) $(CLI) $(RUNNER) $(SERVER)
 
-$(BUILD)/%.o: %.c $(wildcard model/*.h tokenizer/*.h tests/*.h)
+$(BUILD)/%.o: %.c $(wildcard common/*.h model/*.h tokenizer/*.h tests/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/%.o: %.cc $(wildcard tokenizer/*.h)
+$(BUILD)/%.o: %.cc $(wildcard common/*.h tokenizer/*.h)
 	@mkdir -p $(dir $@)
 	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -c $< -o $@
 
-$(SERVER_OBJ): $(BUILD)/server/%.o: server/%.c $(wildcard server/*.h model/*.h tokenizer/*.h)
+$(SERVER_OBJ): $(BUILD)/server/%.o: server/%.c $(wildcard server/*.h common/*.h model/*.h tokenizer/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 

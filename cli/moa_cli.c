@@ -6,8 +6,8 @@
 //
 // Reads one sentence a line, decodes --batch sentences at a time through a
 // moa_session and writes the results in input order after each batch, so
-// output streams. Only the public APIs are used: model/moa_model.h and
-// tokenizer/moa_tokenizer.h. Options and limits: docs/moa-spec.md §6.
+// output streams. Only the public APIs are used: model/moa_model.h,
+// tokenizer/moa_tokenizer.h and common/moa_utf8.h. Options and limits: docs/moa-spec.md §6.
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -25,6 +25,7 @@
 
 #include "moa_model.h"
 #include "moa_tokenizer.h"
+#include "moa_utf8.h"
 
 #define CLI_NAME "moa-translate"
 #define CLI_VERSION "0.1.0"

@@ -32,30 +32,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "moa_errors.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 // --- errors ---------------------------------------------------------------
 
-#define MOA_ERRNO_MAP(XX)                                                    \
-    XX(OK, 0, "success")                                                     \
-    XX(EINVAL, -1, "invalid argument")                                       \
-    XX(ENOMEM, -2, "out of memory")                                          \
-    XX(EIO, -3, "cannot read file")                                          \
-    XX(EFORMAT, -4, "malformed model")                                       \
-    XX(ETOOLONG, -5, "sequence longer than the model allows")                \
-    XX(EFULL, -6, "session is full")                                         \
-    XX(ENOTFOUND, -7, "no such entry")
-
-typedef enum {
-#define MOA_ERRNO_ENUM(name, code, msg) MOA_##name = (code),
-    MOA_ERRNO_MAP(MOA_ERRNO_ENUM)
-#undef MOA_ERRNO_ENUM
-} moa_errno;
-
-// Returns a static string for an error code (never NULL).
-const char *moa_strerror(int err);
+// 0 or a negative moa_errno (MOA_EINVAL, MOA_ENOMEM, ...), and moa_strerror:
+// common/moa_errors.h, shared with the tokenizer.
 
 // --- model ----------------------------------------------------------------
 

@@ -14,6 +14,7 @@
 #include "moa_buf.h"
 #include "moa_log.h"
 #include "moa_text.h"
+#include "moa_utf8.h"
 
 #define SEED_MAX (UINT64_C(1) << 63)
 
@@ -660,7 +661,7 @@ int moa_api_translate_parse(moa_server *srv, const char *ctype, const char *auth
             snprintf(err, errlen, tr->is_array ? "text[%d] is empty" : "text is empty", i);
             goto done;
         }
-        long chars = moa_text_utf8_count(it->valuestring, len, &bad);
+        long chars = moa_utf8_count(it->valuestring, len, &bad);
         if (chars < 0) {
             if (tr->is_array) snprintf(err, errlen, "text[%d] is not valid UTF-8 (byte %zu)", i, bad);
             else snprintf(err, errlen, "text is not valid UTF-8 (byte %zu)", bad);

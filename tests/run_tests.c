@@ -16,6 +16,7 @@ extern const moa_test_case moa_tests_loader[];
 extern const moa_test_case moa_tests_tokenizer[];
 extern const moa_test_case moa_tests_engine[];
 extern const moa_test_case moa_tests_search[];
+extern const moa_test_case moa_tests_utf8[];
 
 static const struct {
     const char *name;
@@ -23,7 +24,7 @@ static const struct {
 } tables[] = {
     {"kernels", moa_tests_kernels},   {"loader", moa_tests_loader},
     {"tokenizer", moa_tests_tokenizer}, {"engine", moa_tests_engine},
-    {"search", moa_tests_search},
+    {"search", moa_tests_search},     {"utf8", moa_tests_utf8},
 };
 
 int main(int argc, char **argv) {
