@@ -831,8 +831,8 @@ static int session_push(moa_session *s, const int *src, int src_len, const int *
             if (err) snprintf(err, errlen, "target token %d out of range: %d", i, tgt[i]);
             return MOA_EINVAL;
         }
-    int sampling = !tgt && moa_opts_sampling(opts);
-    int beam = tgt || sampling ? 1 : opts->beam_size;
+    int sampling = !tgt && moa_search_opts_sampling(opts);
+    int beam = tgt ? 1 : moa_search_opts_rows(opts);
     if (beam > s->max_rows) {
         if (err) snprintf(err, errlen, "beam_size %d exceeds the session's %d rows", beam, s->max_rows);
         return MOA_EFULL;
@@ -974,7 +974,7 @@ static int run_batch(moa_session *s, const int *const *src, const int *src_len,
     int *ids = malloc((size_t)(n ? n : 1) * sizeof(int));
     if (!ids) return MOA_ENOMEM;
     for (int i = 0; i < n; i++) memset(&out[i], 0, sizeof out[i]);
-    int beam = tgt || moa_opts_sampling(opts) ? 1 : opts->beam_size;
+    int beam = tgt ? 1 : moa_search_opts_rows(opts);
     while (next < n || pending > 0) {
         // keep the session full: add while rows would remain free
         while (next < n && (pending + 1) * beam <= s->max_rows) {

@@ -8,6 +8,8 @@
 //     moa_session *s = moa_session_create(m, 64, err, sizeof err);
 //     moa_search_opts o;
 //     moa_search_opts_default(&o);
+//     o.beam_size = 8;                               // what the user asked for
+//     moa_search_opts_normalise(&o, MOA_OPT_GIVEN_BEAM, moa_model_config(m));
 //     int id = moa_session_add(s, src_ids, src_len, &o, NULL, err, sizeof err);
 //     while (moa_session_live(s) > 0) {
 //         moa_session_step(s);                       // one decoder step for all
@@ -118,6 +120,37 @@ typedef struct moa_search_opts {
 } moa_search_opts;
 
 void moa_search_opts_default(moa_search_opts *o);
+
+// Bits of moa_search_opts_normalise's `given`: the fields the caller set
+// explicitly (a request field, a command-line flag).
+#define MOA_OPT_GIVEN_BEAM 1u   // beam_size
+#define MOA_OPT_GIVEN_SEED 2u   // seed
+
+// Completes options the way the CLI and the server read them (spec §6), the
+// one place those defaults live. Start from moa_search_opts_default, set what
+// the user gave, then call this:
+// - top-p below 1 without top-k samples from the whole vocabulary: top-k = V;
+// - options that ask for sampling (top-k > 0, top-p < 1, temperature != 1)
+//   make beam_size 1 unless it was given (so top-k 1 alone is greedy);
+// - options that sample (moa_search_opts_sampling) get a random seed in
+//   0..2^63-1 unless it was given.
+// Checks nothing: moa_search_opts_check (or moa_session_add) does that after
+// the caller's own adjustments. Thread-safe.
+void moa_search_opts_normalise(moa_search_opts *o, unsigned given,
+                               const moa_config *cfg);
+
+// Whether these options sample (spec §6): top-k other than 1, and top-k > 1,
+// top-p < 1 or a temperature other than 1. Top-k 1 is greedy: with beam_size
+// above 1 it is beam search. The one rule the engine, the CLI and the server
+// follow.
+int moa_search_opts_sampling(const moa_search_opts *o);
+
+// Beam rows a sentence with these options takes in a session: 1 when it
+// samples, else beam_size. moa_session_add reserves exactly this many (and
+// 1 for forced decoding); a caller that books a session's rows (the
+// server's scheduler, the CLI) uses it too.
+int moa_search_opts_rows(const moa_search_opts *o);
+
 // Checks options against spec §6 for a model; 0 or MOA_EINVAL with a message.
 int moa_search_opts_check(const moa_search_opts *o, const moa_config *cfg,
                           char *err, size_t errlen);
@@ -156,6 +189,14 @@ typedef struct moa_result {
 // Frees what r owns and zeroes it; safe on an all-zero result.
 void moa_result_clear(moa_result *r);
 void moa_trace_free(moa_trace *t);
+
+struct cJSON;
+// Adds a trace's three parts to the cJSON object obj (spec §7): "encoder"
+// [layer][source position], "decoder_self" and "decoder_cross" [layer][t],
+// each entry {"experts": [k ints], "gates": [k numbers], "margin": number,
+// null when infinite}. The CLI (--trace) and the server ("trace": true) both
+// write traces with it. 0, or MOA_ENOMEM (obj may then hold a part).
+int moa_trace_json(const moa_trace *t, struct cJSON *obj);
 
 // --- sessions: continuous batching -----------------------------------------
 

@@ -9,7 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/random.h>
 
 #include "moa_buf.h"
 #include "moa_log.h"
@@ -510,27 +509,26 @@ static int parse_options(moa_tr *tr, fields *f, char *err, size_t errlen) {
     const moa_config *cfg = srv->cfg;
     moa_search_opts *o = &tr->opts;
     moa_search_opts_default(o);
-    int beam_given, nhyp_given, topk_given, topp_given, seed_given, r;
+    int beam_given, nhyp_given, seed_given, r;
     if ((beam_given = get_int(f, "beam_size", 1, 16, &o->beam_size)) < 0) return 400;
     if ((nhyp_given = get_int(f, "num_hypotheses", 1, 16, &o->num_hypotheses)) < 0) return 400;
     if (get_float(f, "length_penalty", &o->length_penalty) < 0) return 400;
     if (get_int(f, "max_length", 0, 1 << 30, &o->max_length) < 0) return 400;
     if (get_int(f, "min_length", 0, 1 << 30, &o->min_length) < 0) return 400;
     if (get_bool(f, "no_unk", &o->no_unk) < 0) return 400;
-    if ((topk_given = get_int(f, "sampling_topk", 0, 1 << 30, &o->sampling_topk)) < 0)
-        return 400;
-    if ((topp_given = get_float(f, "sampling_topp", &o->sampling_topp)) < 0) return 400;
+    if (get_int(f, "sampling_topk", 0, 1 << 30, &o->sampling_topk) < 0) return 400;
+    if (get_float(f, "sampling_topp", &o->sampling_topp) < 0) return 400;
     if (get_float(f, "sampling_temperature", &o->sampling_temperature) < 0) return 400;
     if ((seed_given = get_seed(f, &o->seed)) < 0) return 400;
     if (get_bool(f, "return_scores", &tr->want_scores) < 0) return 400;
     if (get_bool(f, "trace", &tr->want_trace) < 0) return 400;
     if ((r = get_int(f, "alternatives", 0, 15, &tr->alternatives)) < 0) return 400;
 
-    // topp alone samples from the whole vocabulary (as the CLI does)
-    if (topp_given && o->sampling_topk == 0 && o->sampling_topp < 1)
-        o->sampling_topk = cfg->vocab_size;
-    tr->sampling = o->sampling_topk > 0;
-    if (tr->sampling && !beam_given) o->beam_size = 1;
+    // The engine's defaults, as the CLI applies them: top-p alone samples from
+    // the whole vocabulary, beam 1 when sampling, a random seed.
+    moa_search_opts_normalise(o, (beam_given ? MOA_OPT_GIVEN_BEAM : 0) |
+                                     (seed_given ? MOA_OPT_GIVEN_SEED : 0), cfg);
+    tr->sampling = moa_search_opts_sampling(o);
     if (tr->alternatives > 0) {
         int want = tr->alternatives + 1;
         if (!nhyp_given || o->num_hypotheses < want) o->num_hypotheses = want;
@@ -540,11 +538,6 @@ static int parse_options(moa_tr *tr, fields *f, char *err, size_t errlen) {
                      tr->alternatives, want, o->beam_size);
             return 400;
         }
-    }
-    if (tr->sampling && !seed_given) {
-        uint64_t s = 0;
-        if (getrandom(&s, sizeof s, 0) != (ssize_t)sizeof s) s = (uint64_t)moa_sched_now() * 1000003u;
-        o->seed = s & (SEED_MAX - 1);
     }
     if (o->max_length > 0 && o->min_length > o->max_length) {
         snprintf(err, errlen, "min_length %d must not exceed max_length %d", o->min_length,
@@ -720,26 +713,6 @@ static cJSON *num_or_null(double v) {
     return isfinite(v) ? cJSON_CreateNumber(v) : cJSON_CreateNull();
 }
 
-static cJSON *trace_part(int layers, int n_pos, int k, const int *experts, const float *gates,
-                         const float *margin) {
-    cJSON *arr = cJSON_CreateArray();
-    for (int l = 0; arr && l < layers; l++) {
-        cJSON *la = cJSON_CreateArray();
-        cJSON_AddItemToArray(arr, la);
-        for (int p = 0; la && p < n_pos; p++) {
-            size_t row = (size_t)l * (size_t)n_pos + (size_t)p;
-            cJSON *e = cJSON_CreateObject();
-            cJSON_AddItemToArray(la, e);
-            cJSON_AddItemToObject(e, "experts", cJSON_CreateIntArray(experts + row * (size_t)k, k));
-            cJSON *g = cJSON_AddArrayToObject(e, "gates");
-            for (int j = 0; g && j < k; j++)
-                cJSON_AddItemToArray(g, num_or_null(gates[row * (size_t)k + (size_t)j]));
-            cJSON_AddItemToObject(e, "margin", num_or_null(margin[row]));
-        }
-    }
-    return arr;
-}
-
 static cJSON *pieces(const moa_tokenizer *tok, const int *ids, int n, int eos) {
     cJSON *arr = cJSON_CreateArray();
     for (int i = 0; arr && i < n; i++) {
@@ -760,15 +733,7 @@ static cJSON *unit_trace(moa_server *srv, const moa_unit *u) {
     if (!o) return NULL;
     cJSON_AddItemToObject(o, "source_pieces", pieces(srv->tok, u->src, u->src_len, srv->cfg->eos_id));
     cJSON_AddItemToObject(o, "target_pieces", pieces(srv->tok, h->tokens, h->n_tokens, -1));
-    if (!t) return o;
-    cJSON_AddItemToObject(o, "encoder", trace_part(t->layers_enc, t->src_len, t->k, t->enc_experts,
-                                                   t->enc_gates, t->enc_margin));
-    cJSON_AddItemToObject(o, "decoder_self", trace_part(t->layers_dec, t->tgt_len, t->k,
-                                                        t->dself_experts, t->dself_gates,
-                                                        t->dself_margin));
-    cJSON_AddItemToObject(o, "decoder_cross", trace_part(t->layers_dec, t->tgt_len, t->k,
-                                                         t->dcross_experts, t->dcross_gates,
-                                                         t->dcross_margin));
+    if (t) moa_trace_json(t, o);  // the engine's layout, as the CLI's --trace
     return o;
 }
 

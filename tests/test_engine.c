@@ -429,6 +429,43 @@ static void test_session_add_step_take_cancel(void) {
     moa_model_free(m);
 }
 
+// A session reserves exactly moa_search_opts_rows for a sentence, the number
+// the server's scheduler and the CLI book: top-k 1 with beam 16 is a 16-row
+// beam search, sampling one row.
+static void test_session_reserves_opts_rows(void) {
+    moa_model *m = load_tiny();
+    corpus c = load_corpus(1);
+    moa_session *s = moa_session_create(m, 16, NULL, 0);
+    struct { int beam, topk; float topp, temp; int rows; } cases[] = {
+        {16, 1, 1, 1, 16}, {1, 1, 1, 1, 1}, {4, 0, 1, 1, 4}, {1, 20, 1, 1, 1},
+        {1, 0, 0.9f, 1, 1}, {1, 0, 1, 2.0f, 1}, {16, 1, 1, 0.5f, 16}, {7, 0, 1, 1, 7},
+    };
+    char err[256];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        moa_search_opts o;
+        moa_search_opts_default(&o);
+        o.beam_size = cases[i].beam;
+        o.sampling_topk = cases[i].topk;
+        o.sampling_topp = cases[i].topp;
+        o.sampling_temperature = cases[i].temp;
+        ASSERT_EQ_INT(moa_search_opts_rows(&o), cases[i].rows);
+        ASSERT_TRUE(moa_session_add(s, c.ids[0], c.len[0], &o, NULL, err, sizeof err) >= 0);
+        ASSERT_TRUE(moa_session_step(s) >= 0);
+        ASSERT_EQ_INT(moa_session_rows(s), cases[i].rows);
+        moa_result r;
+        for (int steps = 0; moa_session_live(s) > 0; steps++) {
+            ASSERT_TRUE(steps < 10000);
+            ASSERT_TRUE(moa_session_step(s) >= 0);
+        }
+        ASSERT_EQ_INT(moa_session_rows(s), 0);
+        ASSERT_EQ_INT(moa_session_take(s, &r), 1);
+        moa_result_clear(&r);
+    }
+    moa_session_free(s);
+    corpus_free(&c);
+    moa_model_free(m);
+}
+
 static void test_bad_input_rejected(void) {
     moa_model *m = load_tiny();
     const moa_config *c = moa_model_config(m);
@@ -481,6 +518,7 @@ const moa_test_case moa_tests_engine[] = {
     {"sampling_seeded_and_topk1_is_greedy", test_sampling_seeded_and_topk1_is_greedy},
     {"trace_consistent_with_scoring", test_trace_consistent_with_scoring},
     {"session_add_step_take_cancel", test_session_add_step_take_cancel},
+    {"session_reserves_opts_rows", test_session_reserves_opts_rows},
     {"bad_input_rejected", test_bad_input_rejected},
     {"empty_source", test_empty_source},
     {NULL, NULL},
