@@ -81,6 +81,9 @@ $(LIB): $(LIB_OBJ)
 $(CLI): $(BUILD)/cli/moa_cli.o $(LIB)
 	$(CC) $(LDFLAGS) -pthread $^ $(LDLIBS) -o $@
 
+# White-box tests include the engine's source.
+$(BUILD)/tests/test_engine.o: model/moa_engine.c
+
 $(RUNNER): $(TEST_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -pthread $^ $(LDLIBS) -o $@
 

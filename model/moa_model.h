@@ -184,10 +184,17 @@ typedef struct moa_result {
     void *user;             // what the caller passed to moa_session_add
     int n_hyps;
     moa_hypothesis *hyps;   // best first
+    // A result from a session lives in ONE block: mem, which the hypotheses,
+    // their tokens, log-probs and traces point into. NULL for a result built
+    // field by field with malloc (a copy, say): then each array is freed.
+    void *mem;
 } moa_result;
 
-// Frees what r owns and zeroes it; safe on an all-zero result.
+// Frees what r owns (mem, or else every array) and zeroes it; safe on an
+// all-zero result.
 void moa_result_clear(moa_result *r);
+// Frees a trace built with malloc, array by array; the traces of a session's
+// results belong to the result's block (moa_result_clear).
 void moa_trace_free(moa_trace *t);
 
 struct cJSON;
@@ -202,8 +209,10 @@ int moa_trace_json(const moa_trace *t, struct cJSON *obj);
 
 typedef struct moa_session moa_session;
 
-// A session decodes up to max_rows beam rows at once (sum of beam sizes of
-// live sentences). Returns NULL with a message on failure.
+// A session decodes up to max_rows beam rows at once (sum of
+// moa_search_opts_rows of live sentences). Its scratch, one arena, is sized
+// here for max_rows rows (moa_session_allocs). Returns NULL with a message
+// on failure.
 moa_session *moa_session_create(const moa_model *m, int max_rows,
                                 char *err, size_t errlen);
 void moa_session_free(moa_session *s);  // NULL is a no-op
@@ -227,6 +236,14 @@ int moa_session_step(moa_session *s);
 int moa_session_take(moa_session *s, moa_result *r);
 // Drops a queued or live sentence; 0 or MOA_ENOTFOUND.
 int moa_session_cancel(moa_session *s, int id);
+// Heap allocations the session has made since moa_session_create (creation
+// included). The session's scratch is one arena, sized at creation and
+// grown only when a step admits sentences that need more; sentences live in
+// blocks the session recycles; a result is one block. So a step that admits
+// and retires nothing allocates nothing, and in a steady flow of sentences
+// only the results do (once the pools hold blocks of the right sizes). For
+// tests and monitoring; call from the session's thread.
+uint64_t moa_session_allocs(const moa_session *s);
 
 // --- convenience ----------------------------------------------------------
 

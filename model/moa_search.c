@@ -366,6 +366,11 @@ fail_enc:
 
 void moa_result_clear(moa_result *r) {
     if (!r) return;
+    if (r->mem) {  // a session's result: everything in one block
+        free(r->mem);
+        memset(r, 0, sizeof *r);
+        return;
+    }
     for (int i = 0; i < r->n_hyps; i++) {
         free(r->hyps[i].tokens);
         free(r->hyps[i].token_logprobs);
