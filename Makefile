@@ -27,7 +27,7 @@ CC := gcc
 CXX := g++
 WARN := -Wall -Wextra -Wno-unused-parameter -Wshadow -Wstrict-prototypes
 BLAS_INC := $(shell pkg-config --cflags openblas 2>/dev/null || echo -I/usr/include/x86_64-linux-gnu/openblas-pthread)
-CPPFLAGS := -Imodel -Itokenizer -Iserver -Itests $(BLAS_INC) -D_GNU_SOURCE
+CPPFLAGS := -Icommon -Imodel -Itokenizer -Iserver -Itests $(BLAS_INC) -D_GNU_SOURCE
 LDLIBS := -lopenblas -lcjson -lsentencepiece -lstdc++ -lm -lpthread
 
 ifeq ($(MODE),release)
@@ -41,8 +41,8 @@ endif
 CFLAGS := -std=c11 $(OPT) $(WARN) -pthread
 CXXFLAGS := -std=c++17 $(OPT) -Wall -Wextra -pthread
 
-LIB_C := $(wildcard model/moa_*.c)
-LIB_C := $(filter-out model/moa_cli.c,$(LIB_C))
+# libmoa: the engine, the tokenizer and what they share (error codes, UTF-8).
+LIB_C := $(wildcard common/moa_*.c model/moa_*.c)
 LIB_CXX := $(wildcard tokenizer/*.cc)
 LIB_OBJ := $(LIB_C:%.c=$(BUILD)/%.o) $(LIB_CXX:%.cc=$(BUILD)/%.o)
 TEST_C := $(wildcard tests/test_*.c) tests/run_tests.c
@@ -67,15 +67,15 @@ RUNNER := $(BUILD)/run_tests
 
 all: check-deps $(LIB) $(CLI) $(RUNNER) $(SERVER)
 
-$(BUILD)/%.o: %.c $(wildcard model/*.h tokenizer/*.h tests/*.h)
+$(BUILD)/%.o: %.c $(wildcard common/*.h model/*.h tokenizer/*.h tests/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/%.o: %.cc $(wildcard tokenizer/*.h)
+$(BUILD)/%.o: %.cc $(wildcard common/*.h tokenizer/*.h)
 	@mkdir -p $(dir $@)
 	$(CXX) $(CPPFLAGS) $(CXXFLAGS) -c $< -o $@
 
-$(SERVER_OBJ): $(BUILD)/server/%.o: server/%.c $(wildcard server/*.h model/*.h tokenizer/*.h)
+$(SERVER_OBJ): $(BUILD)/server/%.o: server/%.c $(wildcard server/*.h common/*.h model/*.h tokenizer/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 
@@ -83,8 +83,12 @@ $(LIB): $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(CLI): $(BUILD)/model/moa_cli.o $(LIB)
+# The command-line translator (cli/), an application of libmoa like the server.
+$(CLI): $(BUILD)/cli/moa_cli.o $(LIB)
 	$(CC) $(LDFLAGS) -pthread $^ $(LDLIBS) -o $@
+
+# White-box tests include the engine's source.
+$(BUILD)/tests/test_engine.o: model/moa_engine.c
 
 # The runner also links the server's modules but its main (tests/test_sched.c).
 RUNNER_SERVER_OBJ := $(filter-out $(BUILD)/server/moa_server.o,$(SERVER_OBJ))

@@ -8,6 +8,16 @@
 // gates are applied on the scatter back. The decoder self-attention cache
 // holds 2·h floats per token per layer (K and V of the shared projections),
 // independent of E and k.
+//
+// Memory: nothing is allocated per step in the steady state. A session's
+// scratch (every batched pass's arrays, logits, attention scores, reorder
+// staging) is ONE arena, sized at creation for max_rows rows and grown only
+// when a step admits a batch that needs more (longer sources, more newcomer
+// tokens). Each sentence lives in two blocks, one taken when it is added
+// (its header and source) and one when it is admitted (search state, KV
+// caches, traces, finished hypotheses), both from pools of blocks the
+// session recycles: a finished sentence's blocks serve the next one. A
+// result is one block, handed to the caller. moa_session_allocs counts it all.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,8 +59,20 @@ typedef struct sent {
     int *ds_e;   float *ds_g, *ds_m;
     int *dc_e;   float *dc_g, *dc_m;
 
+    // Finished hypotheses, in finishing order, until the sentence retires:
+    // [beam][cap] tokens and log-probs, and with traces their decoder rows
+    // [beam][Ldec][cap][k] (margins [beam][Ldec][cap]).
     int n_fin;
-    moa_hypothesis fin[MOA_MAX_BEAM];
+    struct {
+        int n_tokens;
+        double log_prob, score;
+    } fin[MOA_MAX_BEAM];
+    int *fin_tok;
+    float *fin_lp;
+    int *fds_e;  float *fds_g, *fds_m;
+    int *fdc_e;  float *fdc_g, *fdc_m;
+
+    void *body;             // the block of everything from tokens on (NULL while queued)
     moa_rng rng;
 } sent;
 
@@ -69,7 +91,20 @@ typedef struct work {
     float *gout;            // n·k × max(d, h)  products per expert
     int *grp;               // n·k  (row·k + pick) grouped by expert
     int *grp_off;           // E + 1
+    int *tok, *pos;         // n    token ids and positions to embed
 } work;
+
+// Blocks a session recycles (sentence headers, sentence bodies). Each block
+// starts with this header; the memory handed out follows it, 64-byte aligned.
+typedef struct pool_blk {
+    size_t size;                // usable bytes
+    struct pool_blk *next;      // next free block
+    char pad[64 - sizeof(size_t) - sizeof(void *)];
+} pool_blk;
+
+typedef struct pool {
+    pool_blk *free;             // blocks given back, ready for reuse
+} pool;
 
 struct moa_session {
     const moa_model *m;
@@ -84,89 +119,239 @@ struct moa_session {
     moa_result *done;       // finished, waiting for moa_session_take
     int done_head, n_done, cap_done;
 
+    // The arena: one block holding w's arrays (w.cap rows) and the ones
+    // below, carved by arena_reserve.
+    void *arena;
     work w;                 // grows to the largest batch seen
     float *logits;          // max_rows × V, raw (unnormalised) after a step
     float *lse;             // max_rows: log-sum-exp of each logits row
-    float *att;             // attention scores, max over keys
+    float *att;             // attention scores: att_cap floats
     size_t att_cap;
     int *row_sent;          // row → index into sents
     int *row_slot;          // row → slot of that sentence
     moa_cand cand[2 * MOA_MAX_BEAM];
     float *sample_f;        // 2·V
     int *sample_i;          // V
-    float *reorder;         // scratch for cache reorders
+    float *reorder;         // staging for cache reorders: reorder_cap floats
     size_t reorder_cap;
+
+    pool heads, bodies;     // sentence blocks for reuse
+    uint64_t n_allocs;      // heap allocations so far (moa_session_allocs)
 };
 
-// --- small helpers ---------------------------------------------------------------
+// --- memory: the arena, the block pools, counted allocations -----------------------
 
-static void *xcalloc(size_t n, size_t sz) { return n ? calloc(n, sz) : calloc(1, 1); }
+#define ALIGN 64
 
-static int grow(void **p, size_t *cap, size_t need, size_t elem) {
-    if (need <= *cap) return 0;
-    size_t n = *cap ? *cap : 64;
+// Lays arrays out in one block, each 64-byte aligned. A first pass with
+// base NULL measures (the TAKEs then assign nothing); a second one over the
+// block assigns the addresses.
+typedef struct carve {
+    char *base;
+    size_t off;
+} carve;
+
+static void *carve_take(carve *cv, size_t bytes) {
+    size_t at = (cv->off + ALIGN - 1) / ALIGN * ALIGN;
+    cv->off = at + bytes;
+    return cv->base ? cv->base + at : NULL;
+}
+
+#define TAKE(cv, ptr, bytes)                                                 \
+    do {                                                                     \
+        void *p_ = carve_take((cv), (bytes));                                \
+        if ((cv)->base) (ptr) = p_;                                          \
+    } while (0)
+
+// Every heap allocation of a session goes through here or sess_realloc, so
+// moa_session_allocs counts them all. 64-byte aligned; free() releases it.
+static void *sess_alloc(moa_session *s, size_t bytes) {
+    size_t n = (bytes + ALIGN - 1) / ALIGN * ALIGN;
+    void *p = aligned_alloc(ALIGN, n ? n : ALIGN);
+    if (p) s->n_allocs++;
+    return p;
+}
+
+static void *sess_realloc(moa_session *s, void *old, size_t bytes) {
+    void *p = realloc(old, bytes ? bytes : 1);
+    if (p) s->n_allocs++;
+    return p;
+}
+
+// A capacity of at least need: cap, or doubled from it (64 to start).
+static size_t grown(size_t cap, size_t need) {
+    if (need <= cap) return cap;
+    size_t n = cap ? cap : 64;
     while (n < need) n *= 2;
-    void *q = realloc(*p, n * elem);
-    if (!q) return MOA_ENOMEM;
-    *p = q;
-    *cap = n;
-    return 0;
+    return n;
 }
 
-static void work_free(work *w) {
-    free(w->x); free(w->xn); free(w->y); free(w->h1); free(w->kb); free(w->vb);
-    free(w->router); free(w->pick_e); free(w->pick_g); free(w->margin);
-    free(w->q); free(w->a); free(w->gin); free(w->gout); free(w->grp);
-    free(w->grp_off);
-    memset(w, 0, sizeof *w);
+// Rounds a block size up to a quarter power of two (at most 25% more), so
+// that sentences of about the same length fit each other's blocks.
+static size_t size_class(size_t n) {
+    if (n <= 256) return 256;
+    int e = 63 - __builtin_clzll((unsigned long long)n);  // 2^e <= n
+    size_t g = (size_t)1 << (e - 2);
+    return (n + g - 1) / g * g;
 }
 
-// Makes w hold n rows; keeps nothing of its previous content.
-static int work_reserve(work *w, const moa_config *c, int n) {
-    if (n <= w->cap) return 0;
-    work_free(w);
+// A block of at least `bytes`: the smallest free one that fits, else a new
+// one. On a miss the largest free block (too small anyway) is released, so a
+// pool never holds more blocks than were ever in use at once. NULL: out of
+// memory. The content is whatever its last user left.
+static void *pool_get(moa_session *s, pool *p, size_t bytes) {
+    pool_blk **best = NULL, **largest = NULL;
+    for (pool_blk **b = &p->free; *b; b = &(*b)->next) {
+        if ((*b)->size >= bytes && (!best || (*b)->size < (*best)->size)) best = b;
+        if (!largest || (*b)->size > (*largest)->size) largest = b;
+    }
+    if (best) {
+        pool_blk *k = *best;
+        *best = k->next;
+        return k + 1;
+    }
+    if (largest) {
+        pool_blk *k = *largest;
+        *largest = k->next;
+        free(k);
+    }
+    size_t size = size_class(bytes);
+    pool_blk *k = sess_alloc(s, sizeof *k + size);
+    if (!k) return NULL;
+    k->size = size;
+    return k + 1;
+}
+
+static void pool_put(pool *p, void *mem) {
+    if (!mem) return;
+    pool_blk *k = (pool_blk *)mem - 1;
+    k->next = p->free;
+    p->free = k;
+}
+
+static void pool_close(pool *p) {
+    while (p->free) {
+        pool_blk *k = p->free;
+        p->free = k->next;
+        free(k);
+    }
+}
+
+// The arena's layout for `rows` rows of batched passes, att floats of
+// attention scores and reorder floats of staging; base NULL only measures.
+// Returns its size in bytes.
+static size_t arena_layout(moa_session *s, char *base, int rows, size_t att, size_t reorder) {
+    const moa_config *c = s->c;
     size_t d = c->d_model, h = c->head_dim, k = c->top_k, E = c->num_experts;
-    size_t wide = d > h ? d : h;
-    size_t N = (size_t)n;
-    w->x = malloc(N * d * sizeof(float));
-    w->xn = malloc(N * d * sizeof(float));
-    w->y = malloc(N * d * sizeof(float));
-    w->h1 = malloc(N * c->ffn_dim * sizeof(float));
-    w->kb = malloc(N * h * sizeof(float));
-    w->vb = malloc(N * h * sizeof(float));
-    w->router = malloc(N * E * sizeof(float));
-    w->pick_e = malloc(N * k * sizeof(int));
-    w->pick_g = malloc(N * k * sizeof(float));
-    w->margin = malloc(N * sizeof(float));
-    w->q = malloc(N * k * h * sizeof(float));
-    w->a = malloc(N * k * h * sizeof(float));
-    w->gin = malloc(N * k * wide * sizeof(float));
-    w->gout = malloc(N * k * wide * sizeof(float));
-    w->grp = malloc(N * k * sizeof(int));
-    w->grp_off = malloc((E + 1) * sizeof(int));
-    if (!w->x || !w->xn || !w->y || !w->h1 || !w->kb || !w->vb || !w->router ||
-        !w->pick_e || !w->pick_g || !w->margin || !w->q || !w->a || !w->gin ||
-        !w->gout || !w->grp || !w->grp_off) {
-        work_free(w);
-        return MOA_ENOMEM;
-    }
-    w->cap = n;
+    size_t V = c->vocab_size, F = c->ffn_dim, wide = d > h ? d : h;
+    size_t N = (size_t)rows, R = (size_t)s->max_rows;
+    carve cv = {base, 0};
+    work *w = &s->w;
+    TAKE(&cv, w->x, N * d * sizeof(float));
+    TAKE(&cv, w->xn, N * d * sizeof(float));
+    TAKE(&cv, w->y, N * d * sizeof(float));
+    TAKE(&cv, w->h1, N * F * sizeof(float));
+    TAKE(&cv, w->kb, N * h * sizeof(float));
+    TAKE(&cv, w->vb, N * h * sizeof(float));
+    TAKE(&cv, w->router, N * E * sizeof(float));
+    TAKE(&cv, w->pick_e, N * k * sizeof(int));
+    TAKE(&cv, w->pick_g, N * k * sizeof(float));
+    TAKE(&cv, w->margin, N * sizeof(float));
+    TAKE(&cv, w->q, N * k * h * sizeof(float));
+    TAKE(&cv, w->a, N * k * h * sizeof(float));
+    TAKE(&cv, w->gin, N * k * wide * sizeof(float));
+    TAKE(&cv, w->gout, N * k * wide * sizeof(float));
+    TAKE(&cv, w->grp, N * k * sizeof(int));
+    TAKE(&cv, w->grp_off, (E + 1) * sizeof(int));
+    TAKE(&cv, w->tok, N * sizeof(int));
+    TAKE(&cv, w->pos, N * sizeof(int));
+    TAKE(&cv, s->logits, R * V * sizeof(float));
+    TAKE(&cv, s->lse, R * sizeof(float));
+    TAKE(&cv, s->row_sent, R * sizeof(int));
+    TAKE(&cv, s->row_slot, R * sizeof(int));
+    TAKE(&cv, s->sample_f, 2 * V * sizeof(float));
+    TAKE(&cv, s->sample_i, V * sizeof(int));
+    TAKE(&cv, s->att, att * sizeof(float));
+    TAKE(&cv, s->reorder, reorder * sizeof(float));
+    return cv.off;
+}
+
+// Makes the arena hold at least `rows` rows, att attention floats and
+// reorder staging floats. Only at the start of a step (or at creation): a
+// new arena keeps nothing of the old one's content.
+static int arena_reserve(moa_session *s, int rows, size_t att, size_t reorder) {
+    if (s->arena && rows <= s->w.cap && att <= s->att_cap && reorder <= s->reorder_cap)
+        return 0;
+    if (rows < s->w.cap) rows = s->w.cap;
+    att = grown(s->att_cap, att);
+    reorder = grown(s->reorder_cap, reorder);
+    char *a = sess_alloc(s, arena_layout(s, NULL, rows, att, reorder));
+    if (!a) return MOA_ENOMEM;
+    free(s->arena);
+    s->arena = a;
+    arena_layout(s, a, rows, att, reorder);
+    s->w.cap = rows;
+    s->att_cap = att;
+    s->reorder_cap = reorder;
     return 0;
 }
 
-static void sent_free(sent *s) {
-    if (!s) return;
-    free(s->src); free(s->tgt); free(s->tokens); free(s->lps); free(s->scores);
-    free(s->kc); free(s->vc); free(s->xk); free(s->xv);
-    free(s->enc_e); free(s->enc_g); free(s->enc_m);
-    free(s->ds_e); free(s->ds_g); free(s->ds_m);
-    free(s->dc_e); free(s->dc_g); free(s->dc_m);
-    for (int i = 0; i < s->n_fin; i++) {
-        free(s->fin[i].tokens);
-        free(s->fin[i].token_logprobs);
-        moa_trace_free(s->fin[i].trace);
+// Floats reorder() stages for a sentence at most: its beam's KV rows (or
+// trace rows) of every layer at full length, and their tokens.
+static size_t reorder_need(const moa_config *c, const sent *st) {
+    size_t hk = c->head_dim > c->top_k ? (size_t)c->head_dim : (size_t)c->top_k;
+    return (size_t)st->beam * c->decoder_layers * st->cap * hk + (size_t)st->beam * st->cap;
+}
+
+// The body of a sentence (everything its search needs once admitted), laid
+// out as arena_layout does. Returns its size in bytes.
+static size_t body_layout(const moa_config *c, sent *st, char *base) {
+    size_t Ld = c->decoder_layers, Le = c->encoder_layers, h = c->head_dim, k = c->top_k;
+    size_t B = (size_t)st->beam, cap = (size_t)st->cap, n = (size_t)st->src_len;
+    carve cv = {base, 0};
+    TAKE(&cv, st->tokens, B * cap * sizeof(int));
+    TAKE(&cv, st->lps, B * cap * sizeof(float));
+    TAKE(&cv, st->scores, B * sizeof(double));
+    TAKE(&cv, st->kc, B * Ld * cap * h * sizeof(float));
+    TAKE(&cv, st->vc, B * Ld * cap * h * sizeof(float));
+    TAKE(&cv, st->xk, Ld * n * h * sizeof(float));
+    TAKE(&cv, st->xv, Ld * n * h * sizeof(float));
+    TAKE(&cv, st->fin_tok, B * cap * sizeof(int));
+    TAKE(&cv, st->fin_lp, B * cap * sizeof(float));
+    if (st->o.trace) {
+        TAKE(&cv, st->enc_e, Le * n * k * sizeof(int));
+        TAKE(&cv, st->enc_g, Le * n * k * sizeof(float));
+        TAKE(&cv, st->enc_m, Le * n * sizeof(float));
+        int **e[4] = {&st->ds_e, &st->dc_e, &st->fds_e, &st->fdc_e};
+        float **g[4] = {&st->ds_g, &st->dc_g, &st->fds_g, &st->fdc_g};
+        float **m[4] = {&st->ds_m, &st->dc_m, &st->fds_m, &st->fdc_m};
+        for (int i = 0; i < 4; i++) {
+            TAKE(&cv, *e[i], B * Ld * cap * k * sizeof(int));
+            TAKE(&cv, *g[i], B * Ld * cap * k * sizeof(float));
+            TAKE(&cv, *m[i], B * Ld * cap * sizeof(float));
+        }
     }
-    free(s);
+    return cv.off;
+}
+
+// Gives an admitted sentence its body. The block may hold an earlier
+// sentence's data: every array is written before it is read (the KV caches
+// and traces position by position, tokens as they are chosen), except the
+// scores, which start at 0.
+static int sent_alloc(moa_session *s, sent *st) {
+    size_t bytes = body_layout(s->c, st, NULL);
+    st->body = pool_get(s, &s->bodies, bytes);
+    if (!st->body) return MOA_ENOMEM;
+    body_layout(s->c, st, st->body);
+    memset(st->scores, 0, (size_t)st->beam * sizeof(double));
+    return 0;
+}
+
+// Gives a sentence's blocks back to the pools (the header block is st).
+static void sent_release(moa_session *s, sent *st) {
+    if (!st) return;
+    pool_put(&s->bodies, st->body);
+    pool_put(&s->heads, st);
 }
 
 // --- the MoA attention pieces ------------------------------------------------------
@@ -328,36 +513,24 @@ static void embed(const moa_model *m, const int *tok, const int *pos, int n,
 
 // --- encoder ------------------------------------------------------------------------
 
-static int ensure_att(moa_session *s, size_t n) {
-    return grow((void **)&s->att, &s->att_cap, n, sizeof(float));
-}
-
 // Encodes sentences list[0..nl) in one batch (no padding: their tokens are
-// concatenated), then computes each one's cross-attention K/V.
-static int encode(moa_session *s, sent **list, int nl) {
+// concatenated), then computes each one's cross-attention K/V. The arena
+// holds their tokens and the longest one's attention (moa_session_step).
+static void encode(moa_session *s, sent **list, int nl) {
     const moa_model *m = s->m;
     const moa_config *c = s->c;
     int d = c->d_model, h = c->head_dim, k = c->top_k;
-    int N = 0, longest = 0;
-    for (int i = 0; i < nl; i++) {
-        N += list[i]->src_len;
-        if (list[i]->src_len > longest) longest = list[i]->src_len;
-    }
-    int rc = work_reserve(&s->w, c, N > s->max_rows ? N : s->max_rows);
-    if (rc) return rc;
-    if ((rc = ensure_att(s, (size_t)longest * longest * k))) return rc;
+    int N = 0;
+    for (int i = 0; i < nl; i++) N += list[i]->src_len;
     work *w = &s->w;
+    MOA_ASSERT(N <= w->cap);
 
-    int *tok = malloc((size_t)N * sizeof(int)), *pos = malloc((size_t)N * sizeof(int));
-    if (!tok || !pos) { free(tok); free(pos); return MOA_ENOMEM; }
     for (int i = 0, r = 0; i < nl; i++)
         for (int t = 0; t < list[i]->src_len; t++, r++) {
-            tok[r] = list[i]->src[t];
-            pos[r] = c->pad_id + 1 + t;
+            w->tok[r] = list[i]->src[t];
+            w->pos[r] = c->pad_id + 1 + t;
         }
-    embed(m, tok, pos, N, m->enc_embed, w->x);
-    free(tok);
-    free(pos);
+    embed(m, w->tok, w->pos, N, m->enc_embed, w->x);
 
     for (int l = 0; l < c->encoder_layers; l++) {
         const moa_enc_layer *L = &m->enc[l];
@@ -398,7 +571,6 @@ static int encode(moa_session *s, sent **list, int nl) {
             memcpy(list[i]->xv + (size_t)l * n * h, w->vb + (size_t)r0 * h, n * h * sizeof(float));
         }
     }
-    return 0;
 }
 
 // --- decoder step --------------------------------------------------------------------
@@ -412,7 +584,7 @@ static int decode_rows(moa_session *s, int R) {
     int d = c->d_model, h = c->head_dim, k = c->top_k, V = c->vocab_size;
     int Ld = c->decoder_layers;
     work *w = &s->w;
-    int tok[R > 0 ? R : 1], pos[R > 0 ? R : 1];
+    int *tok = w->tok, *pos = w->pos;
     for (int r = 0; r < R; r++) {
         sent *st = s->sents[s->row_sent[r]];
         int b = s->row_slot[r];
@@ -476,74 +648,38 @@ static int decode_rows(moa_session *s, int R) {
 
 // --- search bookkeeping ---------------------------------------------------------------
 
-static moa_trace *make_trace(const moa_config *c, const sent *st, int slot, int n_tok) {
-    int k = c->top_k, Le = c->encoder_layers, Ld = c->decoder_layers;
-    moa_trace *t = calloc(1, sizeof *t);
-    if (!t) return NULL;
-    t->layers_enc = Le;
-    t->layers_dec = Ld;
-    t->k = k;
-    t->src_len = st->src_len;
-    t->tgt_len = n_tok;
-    size_t ne = (size_t)Le * st->src_len, nd = (size_t)Ld * n_tok;
-    t->enc_experts = malloc(ne * k * sizeof(int) + 1);
-    t->enc_gates = malloc(ne * k * sizeof(float) + 1);
-    t->enc_margin = malloc(ne * sizeof(float) + 1);
-    t->dself_experts = malloc(nd * k * sizeof(int) + 1);
-    t->dself_gates = malloc(nd * k * sizeof(float) + 1);
-    t->dself_margin = malloc(nd * sizeof(float) + 1);
-    t->dcross_experts = malloc(nd * k * sizeof(int) + 1);
-    t->dcross_gates = malloc(nd * k * sizeof(float) + 1);
-    t->dcross_margin = malloc(nd * sizeof(float) + 1);
-    if (!t->enc_experts || !t->enc_gates || !t->enc_margin || !t->dself_experts ||
-        !t->dself_gates || !t->dself_margin || !t->dcross_experts ||
-        !t->dcross_gates || !t->dcross_margin) {
-        moa_trace_free(t);
-        return NULL;
-    }
-    memcpy(t->enc_experts, st->enc_e, ne * k * sizeof(int));
-    memcpy(t->enc_gates, st->enc_g, ne * k * sizeof(float));
-    memcpy(t->enc_margin, st->enc_m, ne * sizeof(float));
-    for (int l = 0; l < Ld; l++) {
-        size_t src = ((size_t)slot * Ld + l) * st->cap, dst = (size_t)l * n_tok;
-        memcpy(t->dself_experts + dst * k, st->ds_e + src * k, (size_t)n_tok * k * sizeof(int));
-        memcpy(t->dself_gates + dst * k, st->ds_g + src * k, (size_t)n_tok * k * sizeof(float));
-        memcpy(t->dself_margin + dst, st->ds_m + src, (size_t)n_tok * sizeof(float));
-        memcpy(t->dcross_experts + dst * k, st->dc_e + src * k, (size_t)n_tok * k * sizeof(int));
-        memcpy(t->dcross_gates + dst * k, st->dc_g + src * k, (size_t)n_tok * k * sizeof(float));
-        memcpy(t->dcross_margin + dst, st->dc_m + src, (size_t)n_tok * sizeof(float));
-    }
-    return t;
-}
-
 // Finishes the hypothesis in `slot` extended by `token` (eos, or the last
-// forced token) with log-prob lp and total score `total`.
-static int finish(const moa_config *c, sent *st, int slot, int token, float lp,
-                  double total) {
-    int n = st->step + 1;
-    moa_hypothesis *hy = &st->fin[st->n_fin];
-    memset(hy, 0, sizeof *hy);
-    hy->tokens = malloc((size_t)n * sizeof(int));
-    hy->token_logprobs = malloc((size_t)n * sizeof(float));
-    if (!hy->tokens || !hy->token_logprobs) {
-        free(hy->tokens);
-        free(hy->token_logprobs);
-        return MOA_ENOMEM;
-    }
-    memcpy(hy->tokens, st->tokens + (size_t)slot * st->cap, (size_t)st->step * sizeof(int));
-    memcpy(hy->token_logprobs, st->lps + (size_t)slot * st->cap, (size_t)st->step * sizeof(float));
-    hy->tokens[st->step] = token;
-    hy->token_logprobs[st->step] = lp;
-    hy->n_tokens = n;
-    hy->log_prob = total;
+// forced token) with log-prob lp and total score `total`: copies its tokens,
+// log-probs and trace rows into the sentence's finished storage (the slot
+// itself goes on being reused by the search).
+static void finish(const moa_config *c, sent *st, int slot, int token, float lp,
+                   double total) {
+    int n = st->step + 1, f = st->n_fin;
+    size_t cap = (size_t)st->cap;
+    int *tk = st->fin_tok + (size_t)f * cap;
+    float *lq = st->fin_lp + (size_t)f * cap;
+    memcpy(tk, st->tokens + (size_t)slot * cap, (size_t)st->step * sizeof(int));
+    memcpy(lq, st->lps + (size_t)slot * cap, (size_t)st->step * sizeof(float));
+    tk[st->step] = token;
+    lq[st->step] = lp;
+    st->fin[f].n_tokens = n;
+    st->fin[f].log_prob = total;
     float lpen = st->forced ? 1.0f : st->o.length_penalty;
-    hy->score = total / pow((double)n, (double)lpen);
+    st->fin[f].score = total / pow((double)n, (double)lpen);
     if (st->o.trace) {
-        hy->trace = make_trace(c, st, slot, n);
-        if (!hy->trace) return MOA_ENOMEM;
+        int Ld = c->decoder_layers, k = c->top_k;
+        for (int l = 0; l < Ld; l++) {
+            size_t src = ((size_t)slot * Ld + l) * cap, dst = ((size_t)f * Ld + l) * cap;
+            size_t nk = (size_t)n * k;
+            memcpy(st->fds_e + dst * k, st->ds_e + src * k, nk * sizeof(int));
+            memcpy(st->fds_g + dst * k, st->ds_g + src * k, nk * sizeof(float));
+            memcpy(st->fds_m + dst, st->ds_m + src, (size_t)n * sizeof(float));
+            memcpy(st->fdc_e + dst * k, st->dc_e + src * k, nk * sizeof(int));
+            memcpy(st->fdc_g + dst * k, st->dc_g + src * k, nk * sizeof(float));
+            memcpy(st->fdc_m + dst, st->dc_m + src, (size_t)n * sizeof(float));
+        }
     }
     st->n_fin++;
-    return 0;
 }
 
 // For every slot j with parent[j] != j, copies the first `used` elements of
@@ -578,10 +714,9 @@ static int reorder(moa_session *s, sent *st, const int *parent, int n) {
     if (identity) return 0;
     int Ld = c->decoder_layers, h = c->head_dim, k = c->top_k;
     size_t cap = (size_t)st->cap, pos = (size_t)st->step + 1, toks = (size_t)st->step;
-    // the largest array staged: KV, n slots × Ld layers × pos × h floats
-    size_t need = (size_t)n * Ld * pos * (h > k ? h : k) + (size_t)n * pos;
-    int rc = grow((void **)&s->reorder, &s->reorder_cap, need, sizeof(float));
-    if (rc) return rc;
+    // the largest array staged: KV, n slots × Ld layers × pos × h floats;
+    // the arena was sized for the whole sentence at its admission
+    MOA_ASSERT((size_t)n * Ld * pos * (h > k ? h : k) + (size_t)n * pos <= s->reorder_cap);
     char *scr = (char *)s->reorder;
     size_t kv_slot = (size_t)Ld * cap * h;
     reorder_array(st->kc, sizeof(float), kv_slot, Ld, cap * h, pos * h, parent, n, scr);
@@ -607,11 +742,11 @@ static int reorder(moa_session *s, sent *st, const int *parent, int n) {
 // (log-prob logit - lse); `last` finishes it. 1 when finished, 0, or <0.
 static int extend_single(const moa_config *c, sent *st, int tok, const float *logits,
                          float lse, int last) {
-    int t = st->step, rc;
+    int t = st->step;
     float l = logits[tok] - lse;
     double total = st->scores[0] + (double)l;
     if (last) {
-        if ((rc = finish(c, st, 0, tok, l, total))) return rc;
+        finish(c, st, 0, tok, l, total);
         return 1;
     }
     st->tokens[t] = tok;
@@ -648,8 +783,7 @@ static int advance(moa_session *s, sent *st, float *lp, const float *lse) {
     for (int i = 0; i < nc; i++) {
         const moa_cand *cd = &s->cand[i];
         if (cd->token == c->eos_id) {
-            if (i < B && st->n_fin < B)
-                if ((rc = finish(c, st, cd->hyp, cd->token, cd->lp, cd->score))) return rc;
+            if (i < B && st->n_fin < B) finish(c, st, cd->hyp, cd->token, cd->lp, cd->score);
         } else if (n_new < B) {
             parent[n_new] = cd->hyp;
             ntok[n_new] = cd->token;
@@ -672,24 +806,82 @@ static int advance(moa_session *s, sent *st, float *lp, const float *lse) {
 
 // --- results -------------------------------------------------------------------
 
-static int by_score_then_order(const void *a, const void *b) {
-    const moa_hypothesis *x = a, *y = b;
-    if (x->score != y->score) return x->score > y->score ? -1 : 1;
-    return 0;  // qsort is not stable: the caller sorts with an index key
+// The caller's copy of finished hypotheses ord[0..want) of a sentence, laid
+// out in ONE block (moa_result.mem): the hypotheses, then each one's tokens,
+// log-probs (lps) and trace. base NULL only measures; returns the size.
+static size_t result_layout(const moa_config *c, const sent *st, const int *ord, int want,
+                            int lps, char *base, moa_result *r) {
+    size_t Le = c->encoder_layers, Ld = c->decoder_layers, k = c->top_k;
+    size_t cap = (size_t)st->cap, ne = Le * st->src_len;
+    carve cv = {base, 0};
+    moa_hypothesis *hy = NULL;
+    TAKE(&cv, hy, (size_t)(want ? want : 1) * sizeof *hy);
+    if (base) {
+        memset(hy, 0, (size_t)(want ? want : 1) * sizeof *hy);
+        r->hyps = hy;
+    }
+    for (int i = 0; i < want; i++) {
+        int f = ord[i], n = st->fin[f].n_tokens;
+        size_t nd = Ld * n;
+        moa_hypothesis *h = &hy[i];
+        TAKE(&cv, h->tokens, (size_t)n * sizeof(int));
+        if (lps) TAKE(&cv, h->token_logprobs, (size_t)n * sizeof(float));
+        moa_trace *t = NULL;
+        if (st->o.trace) {
+            TAKE(&cv, t, sizeof *t);
+            TAKE(&cv, t->enc_experts, ne * k * sizeof(int));
+            TAKE(&cv, t->enc_gates, ne * k * sizeof(float));
+            TAKE(&cv, t->enc_margin, ne * sizeof(float));
+            TAKE(&cv, t->dself_experts, nd * k * sizeof(int));
+            TAKE(&cv, t->dself_gates, nd * k * sizeof(float));
+            TAKE(&cv, t->dself_margin, nd * sizeof(float));
+            TAKE(&cv, t->dcross_experts, nd * k * sizeof(int));
+            TAKE(&cv, t->dcross_gates, nd * k * sizeof(float));
+            TAKE(&cv, t->dcross_margin, nd * sizeof(float));
+        }
+        if (!base) continue;
+        memcpy(h->tokens, st->fin_tok + (size_t)f * cap, (size_t)n * sizeof(int));
+        if (lps) memcpy(h->token_logprobs, st->fin_lp + (size_t)f * cap, (size_t)n * sizeof(float));
+        h->n_tokens = n;
+        h->log_prob = st->fin[f].log_prob;
+        h->score = st->fin[f].score;
+        if (!t) continue;
+        h->trace = t;
+        t->layers_enc = (int)Le;
+        t->layers_dec = (int)Ld;
+        t->k = (int)k;
+        t->src_len = st->src_len;
+        t->tgt_len = n;
+        memcpy(t->enc_experts, st->enc_e, ne * k * sizeof(int));
+        memcpy(t->enc_gates, st->enc_g, ne * k * sizeof(float));
+        memcpy(t->enc_margin, st->enc_m, ne * sizeof(float));
+        for (size_t l = 0; l < Ld; l++) {
+            size_t src = ((size_t)f * Ld + l) * cap, dst = l * n, nk = (size_t)n * k;
+            memcpy(t->dself_experts + dst * k, st->fds_e + src * k, nk * sizeof(int));
+            memcpy(t->dself_gates + dst * k, st->fds_g + src * k, nk * sizeof(float));
+            memcpy(t->dself_margin + dst, st->fds_m + src, (size_t)n * sizeof(float));
+            memcpy(t->dcross_experts + dst * k, st->fdc_e + src * k, nk * sizeof(int));
+            memcpy(t->dcross_gates + dst * k, st->fdc_g + src * k, nk * sizeof(float));
+            memcpy(t->dcross_margin + dst, st->fdc_m + src, (size_t)n * sizeof(float));
+        }
+    }
+    return cv.off;
 }
 
-// Moves a finished sentence's best hypotheses into the done queue.
+// Queues a finished sentence's best hypotheses for moa_session_take, as one
+// block the caller owns.
 static int retire(moa_session *s, sent *st) {
     int want = st->forced || st->sampling ? 1 : st->o.num_hypotheses;
-    // stable insertion sort by score (finishing order breaks ties)
-    for (int i = 1; i < st->n_fin; i++) {
-        moa_hypothesis key = st->fin[i];
+    // by score, best first; a stable insertion sort, so finishing order
+    // breaks ties
+    int ord[MOA_MAX_BEAM];
+    for (int i = 0; i < st->n_fin; i++) {
         int j = i;
-        while (j > 0 && by_score_then_order(&key, &st->fin[j - 1]) < 0) {
-            st->fin[j] = st->fin[j - 1];
+        while (j > 0 && st->fin[i].score > st->fin[ord[j - 1]].score) {
+            ord[j] = ord[j - 1];
             j--;
         }
-        st->fin[j] = key;
+        ord[j] = i;
     }
     if (want > st->n_fin) want = st->n_fin;
     if (s->done_head + s->n_done == s->cap_done) {
@@ -698,29 +890,22 @@ static int retire(moa_session *s, sent *st) {
             s->done_head = 0;
         } else {
             int nc = s->cap_done ? 2 * s->cap_done : 16;
-            moa_result *q = realloc(s->done, (size_t)nc * sizeof *q);
+            moa_result *q = sess_realloc(s, s->done, (size_t)nc * sizeof *q);
             if (!q) return MOA_ENOMEM;
             s->done = q;
             s->cap_done = nc;
         }
     }
+    int lps = st->o.token_logprobs || st->forced;
+    char *mem = sess_alloc(s, result_layout(s->c, st, ord, want, lps, NULL, NULL));
+    if (!mem) return MOA_ENOMEM;
     moa_result *r = &s->done[s->done_head + s->n_done];
     memset(r, 0, sizeof *r);
     r->id = st->id;
     r->user = st->user;
-    r->hyps = calloc((size_t)(want ? want : 1), sizeof *r->hyps);
-    if (!r->hyps) return MOA_ENOMEM;
+    r->mem = mem;
     r->n_hyps = want;
-    for (int i = 0; i < want; i++) {
-        r->hyps[i] = st->fin[i];
-        if (!st->o.token_logprobs && !st->forced) {
-            free(r->hyps[i].token_logprobs);
-            r->hyps[i].token_logprobs = NULL;
-        }
-    }
-    // the rest stay owned by st and are freed with it
-    memmove(st->fin, st->fin + want, (size_t)(st->n_fin - want) * sizeof *st->fin);
-    st->n_fin -= want;
+    result_layout(s->c, st, ord, want, lps, mem, r);
     s->n_done++;
     return 0;
 }
@@ -735,20 +920,16 @@ moa_session *moa_session_create(const moa_model *m, int max_rows, char *err,
     }
     moa_session *s = calloc(1, sizeof *s);
     if (!s) goto fail_alloc;
+    s->n_allocs = 1;
     s->m = m;
     s->c = &m->cfg;
     s->max_rows = max_rows;
     const moa_config *c = s->c;
-    s->logits = malloc((size_t)max_rows * c->vocab_size * sizeof(float));
-    s->lse = malloc((size_t)max_rows * sizeof(float));
-    s->row_sent = malloc((size_t)max_rows * sizeof(int));
-    s->row_slot = malloc((size_t)max_rows * sizeof(int));
-    s->sample_f = malloc((size_t)2 * c->vocab_size * sizeof(float));
-    s->sample_i = malloc((size_t)c->vocab_size * sizeof(int));
-    if (!s->logits || !s->lse || !s->row_sent || !s->row_slot || !s->sample_f || !s->sample_i)
+    // Room for every row decoding, and for the decoder's attention over the
+    // longest sequence; the encoder's needs and the reorder staging come
+    // with the sentences.
+    if (arena_reserve(s, max_rows, (size_t)c->top_k * (c->max_positions + 1), 0))
         goto fail_alloc;
-    if (work_reserve(&s->w, c, max_rows)) goto fail_alloc;
-    if (ensure_att(s, (size_t)c->top_k * (c->max_positions + 1))) goto fail_alloc;
     return s;
 fail_alloc:
     if (err) snprintf(err, errlen, "moa_session_create: out of memory for %d rows", max_rows);
@@ -758,48 +939,20 @@ fail_alloc:
 
 void moa_session_free(moa_session *s) {
     if (!s) return;
-    for (int i = 0; i < s->n_sents; i++) sent_free(s->sents[i]);
+    for (int i = 0; i < s->n_sents; i++) sent_release(s, s->sents[i]);
     free(s->sents);
     for (int i = 0; i < s->n_done; i++) moa_result_clear(&s->done[s->done_head + i]);
     free(s->done);
-    work_free(&s->w);
-    free(s->logits); free(s->lse); free(s->att); free(s->row_sent); free(s->row_slot);
-    free(s->sample_f); free(s->sample_i); free(s->reorder);
+    free(s->arena);
+    pool_close(&s->heads);
+    pool_close(&s->bodies);
     free(s);
 }
 
+uint64_t moa_session_allocs(const moa_session *s) { return s->n_allocs; }
+
 int moa_session_live(const moa_session *s) { return s->n_sents; }
 int moa_session_rows(const moa_session *s) { return s->rows_used; }
-
-// Allocates a sentence's per-slot buffers (at admission, not per step).
-static int sent_alloc(const moa_config *c, sent *st) {
-    int Ld = c->decoder_layers, Le = c->encoder_layers, h = c->head_dim, k = c->top_k;
-    size_t B = (size_t)st->beam, cap = (size_t)st->cap, n = (size_t)st->src_len;
-    st->tokens = xcalloc(B * cap, sizeof(int));
-    st->lps = xcalloc(B * cap, sizeof(float));
-    st->scores = xcalloc(B, sizeof(double));
-    st->kc = xcalloc(B * Ld * cap * h, sizeof(float));
-    st->vc = xcalloc(B * Ld * cap * h, sizeof(float));
-    st->xk = xcalloc((size_t)Ld * n * h, sizeof(float));
-    st->xv = xcalloc((size_t)Ld * n * h, sizeof(float));
-    if (!st->tokens || !st->lps || !st->scores || !st->kc || !st->vc || !st->xk || !st->xv)
-        return MOA_ENOMEM;
-    if (st->o.trace) {
-        st->enc_e = xcalloc((size_t)Le * n * k, sizeof(int));
-        st->enc_g = xcalloc((size_t)Le * n * k, sizeof(float));
-        st->enc_m = xcalloc((size_t)Le * n, sizeof(float));
-        st->ds_e = xcalloc(B * Ld * cap * k, sizeof(int));
-        st->ds_g = xcalloc(B * Ld * cap * k, sizeof(float));
-        st->ds_m = xcalloc(B * Ld * cap, sizeof(float));
-        st->dc_e = xcalloc(B * Ld * cap * k, sizeof(int));
-        st->dc_g = xcalloc(B * Ld * cap * k, sizeof(float));
-        st->dc_m = xcalloc(B * Ld * cap, sizeof(float));
-        if (!st->enc_e || !st->enc_g || !st->enc_m || !st->ds_e || !st->ds_g ||
-            !st->ds_m || !st->dc_e || !st->dc_g || !st->dc_m)
-            return MOA_ENOMEM;
-    }
-    return 0;
-}
 
 static int session_push(moa_session *s, const int *src, int src_len, const int *tgt,
                         int tgt_len, const moa_search_opts *opts, void *user,
@@ -831,35 +984,41 @@ static int session_push(moa_session *s, const int *src, int src_len, const int *
             if (err) snprintf(err, errlen, "target token %d out of range: %d", i, tgt[i]);
             return MOA_EINVAL;
         }
-    int sampling = !tgt && moa_opts_sampling(opts);
-    int beam = tgt || sampling ? 1 : opts->beam_size;
+    int sampling = !tgt && moa_search_opts_sampling(opts);
+    int beam = tgt ? 1 : moa_search_opts_rows(opts);
     if (beam > s->max_rows) {
         if (err) snprintf(err, errlen, "beam_size %d exceeds the session's %d rows", beam, s->max_rows);
         return MOA_EFULL;
     }
     if (s->n_sents == s->cap_sents) {
         int nc = s->cap_sents ? 2 * s->cap_sents : 16;
-        sent **q = realloc(s->sents, (size_t)nc * sizeof *q);
+        sent **q = sess_realloc(s, s->sents, (size_t)nc * sizeof *q);
         if (!q) goto fail_nomem;
         s->sents = q;
         s->cap_sents = nc;
     }
-    sent *st = calloc(1, sizeof *st);
-    if (!st) goto fail_nomem;
+    // The header block: the sentence and its source (and target).
+    carve cv = {NULL, 0};
+    carve_take(&cv, sizeof(sent));
+    carve_take(&cv, (size_t)(src_len + 1) * sizeof(int));
+    if (tgt) carve_take(&cv, (size_t)(tgt_len + 1) * sizeof(int));
+    cv.base = pool_get(s, &s->heads, cv.off);
+    if (!cv.base) goto fail_nomem;
+    cv.off = 0;
+    sent *st = carve_take(&cv, sizeof *st);
+    memset(st, 0, sizeof *st);
     st->o = *opts;
     st->user = user;
     st->sampling = sampling;
     st->forced = tgt != NULL;
     st->beam = beam;
     st->src_len = src_len + 1;
-    st->src = malloc((size_t)st->src_len * sizeof(int));
-    if (!st->src) { sent_free(st); goto fail_nomem; }
+    st->src = carve_take(&cv, (size_t)st->src_len * sizeof(int));
     if (src_len) memcpy(st->src, src, (size_t)src_len * sizeof(int));
     st->src[src_len] = c->eos_id;
     if (tgt) {
         st->tgt_len = tgt_len + 1;
-        st->tgt = malloc((size_t)st->tgt_len * sizeof(int));
-        if (!st->tgt) { sent_free(st); goto fail_nomem; }
+        st->tgt = carve_take(&cv, (size_t)st->tgt_len * sizeof(int));
         if (tgt_len) memcpy(st->tgt, tgt, (size_t)tgt_len * sizeof(int));
         st->tgt[tgt_len] = c->eos_id;
         st->max_len = st->tgt_len;
@@ -889,7 +1048,7 @@ int moa_session_add(moa_session *s, const int *src, int src_len,
 static void remove_sent(moa_session *s, int idx) {
     sent *st = s->sents[idx];
     if (st->state == SENT_LIVE) s->rows_used -= st->beam;
-    sent_free(st);
+    sent_release(s, st);
     memmove(s->sents + idx, s->sents + idx + 1, (size_t)(s->n_sents - idx - 1) * sizeof *s->sents);
     s->n_sents--;
 }
@@ -908,18 +1067,38 @@ int moa_session_step(moa_session *s) {
     int rc;
     // admit newcomers while rows remain, in arrival order
     sent *fresh[256];
-    int nf = 0;
+    int nf = 0, rows = s->rows_used, N = 0;
+    size_t longest = 0, staging = 0;
     for (int i = 0; i < s->n_sents && nf < 256; i++) {
         sent *st = s->sents[i];
         if (st->state != SENT_QUEUED) continue;
-        if (s->rows_used + st->beam > s->max_rows) break;
-        if ((rc = sent_alloc(c, st))) return rc;
-        st->state = SENT_LIVE;
-        st->n_live = 1;
-        s->rows_used += st->beam;
+        if (rows + st->beam > s->max_rows) break;
+        rows += st->beam;
+        N += st->src_len;
+        if ((size_t)st->src_len > longest) longest = (size_t)st->src_len;
+        if (reorder_need(c, st) > staging) staging = reorder_need(c, st);
         fresh[nf++] = st;
     }
-    if (nf && (rc = encode(s, fresh, nf))) return rc;
+    if (nf) {
+        // The arena grows now if it must, never later in the step: the
+        // newcomers' tokens, the longest one's attention, its reorders.
+        rc = arena_reserve(s, N > s->max_rows ? N : s->max_rows,
+                           longest * longest * (size_t)c->top_k, staging);
+        for (int i = 0; i < nf && !rc; i++) rc = sent_alloc(s, fresh[i]);
+        if (rc) {  // all stay queued, without bodies
+            for (int i = 0; i < nf; i++) {
+                pool_put(&s->bodies, fresh[i]->body);
+                fresh[i]->body = NULL;
+            }
+            return rc;
+        }
+        for (int i = 0; i < nf; i++) {
+            fresh[i]->state = SENT_LIVE;
+            fresh[i]->n_live = 1;
+            s->rows_used += fresh[i]->beam;
+        }
+        encode(s, fresh, nf);
+    }
 
     // rows: every live hypothesis of every live sentence, grouped by sentence
     int R = 0;
@@ -933,7 +1112,7 @@ int moa_session_step(moa_session *s) {
         }
     }
     if (R == 0) return 0;
-    if ((rc = work_reserve(&s->w, c, R))) return rc;
+    MOA_ASSERT(R <= s->w.cap);  // R <= rows_used <= max_rows <= w.cap
     if ((rc = decode_rows(s, R))) return rc;
 
     // search bookkeeping, sentence by sentence; finished ones retire
@@ -974,7 +1153,7 @@ static int run_batch(moa_session *s, const int *const *src, const int *src_len,
     int *ids = malloc((size_t)(n ? n : 1) * sizeof(int));
     if (!ids) return MOA_ENOMEM;
     for (int i = 0; i < n; i++) memset(&out[i], 0, sizeof out[i]);
-    int beam = tgt || moa_opts_sampling(opts) ? 1 : opts->beam_size;
+    int beam = tgt ? 1 : moa_search_opts_rows(opts);
     while (next < n || pending > 0) {
         // keep the session full: add while rows would remain free
         while (next < n && (pending + 1) * beam <= s->max_rows) {

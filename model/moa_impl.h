@@ -190,12 +190,8 @@ void moa_mask_row(float *lp, const moa_config *cfg, const moa_search_opts *o,
 int moa_beam_candidates(const float *logits, int n_hyp, int v, const float *lse,
                         const double *hyp_score, int want, moa_cand *out);
 
-// Whether these options sample (spec §6): beam 1 and top-k other than 1 with
-// some of top-k > 1, top-p < 1, temperature != 1.
-int moa_opts_sampling(const moa_search_opts *o);
-
-// xoshiro256** seeded through splitmix64 (documented in moa-spec §6 terms:
-// "a documented 64-bit PRNG").
+// xoshiro256** seeded through splitmix64 (spec §6 names
+// it: the sampling rule depends on it).
 typedef struct moa_rng {
     uint64_t s[4];
 } moa_rng;

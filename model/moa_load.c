@@ -35,17 +35,6 @@
 
 // --- errors ------------------------------------------------------------------
 
-const char *moa_strerror(int err) {
-    switch (err) {
-#define MOA_ERRNO_CASE(name, code, msg) \
-    case code:                          \
-        return msg;
-        MOA_ERRNO_MAP(MOA_ERRNO_CASE)
-#undef MOA_ERRNO_CASE
-    }
-    return "unknown error";
-}
-
 __attribute__((format(printf, 4, 5)))
 static int fail(char *err, size_t errlen, int code, const char *fmt, ...) {
     if (err && errlen) {

@@ -8,6 +8,8 @@
 //     moa_session *s = moa_session_create(m, 64, err, sizeof err);
 //     moa_search_opts o;
 //     moa_search_opts_default(&o);
+//     o.beam_size = 8;                               // what the user asked for
+//     moa_search_opts_normalise(&o, MOA_OPT_GIVEN_BEAM, moa_model_config(m));
 //     int id = moa_session_add(s, src_ids, src_len, &o, NULL, err, sizeof err);
 //     while (moa_session_live(s) > 0) {
 //         moa_session_step(s);                       // one decoder step for all
@@ -24,12 +26,15 @@
 // number of threads. A moa_session (scratch buffers, KV caches, live
 // sentences) belongs to one thread at a time.
 //
-// Model format, maths and decoding rules: shared/docs/moa-spec.md.
+// Model format, maths and decoding rules: docs/moa-spec.md ("spec §N" in
+// the engine's comments is a section of that page).
 #ifndef MOA_MODEL_H
 #define MOA_MODEL_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "moa_errors.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -37,24 +42,8 @@ extern "C" {
 
 // --- errors ---------------------------------------------------------------
 
-#define MOA_ERRNO_MAP(XX)                                                    \
-    XX(OK, 0, "success")                                                     \
-    XX(EINVAL, -1, "invalid argument")                                       \
-    XX(ENOMEM, -2, "out of memory")                                          \
-    XX(EIO, -3, "cannot read file")                                          \
-    XX(EFORMAT, -4, "malformed model")                                       \
-    XX(ETOOLONG, -5, "sequence longer than the model allows")                \
-    XX(EFULL, -6, "session is full")                                         \
-    XX(ENOTFOUND, -7, "no such entry")
-
-typedef enum {
-#define MOA_ERRNO_ENUM(name, code, msg) MOA_##name = (code),
-    MOA_ERRNO_MAP(MOA_ERRNO_ENUM)
-#undef MOA_ERRNO_ENUM
-} moa_errno;
-
-// Returns a static string for an error code (never NULL).
-const char *moa_strerror(int err);
+// 0 or a negative moa_errno (MOA_EINVAL, MOA_ENOMEM, ...), and moa_strerror:
+// common/moa_errors.h, shared with the tokenizer.
 
 // --- model ----------------------------------------------------------------
 
@@ -131,6 +120,37 @@ typedef struct moa_search_opts {
 } moa_search_opts;
 
 void moa_search_opts_default(moa_search_opts *o);
+
+// Bits of moa_search_opts_normalise's `given`: the fields the caller set
+// explicitly (a request field, a command-line flag).
+#define MOA_OPT_GIVEN_BEAM 1u   // beam_size
+#define MOA_OPT_GIVEN_SEED 2u   // seed
+
+// Completes options the way the CLI and the server read them (spec §6), the
+// one place those defaults live. Start from moa_search_opts_default, set what
+// the user gave, then call this:
+// - top-p below 1 without top-k samples from the whole vocabulary: top-k = V;
+// - options that ask for sampling (top-k > 0, top-p < 1, temperature != 1)
+//   make beam_size 1 unless it was given (so top-k 1 alone is greedy);
+// - options that sample (moa_search_opts_sampling) get a random seed in
+//   0..2^63-1 unless it was given.
+// Checks nothing: moa_search_opts_check (or moa_session_add) does that after
+// the caller's own adjustments. Thread-safe.
+void moa_search_opts_normalise(moa_search_opts *o, unsigned given,
+                               const moa_config *cfg);
+
+// Whether these options sample (spec §6): top-k other than 1, and top-k > 1,
+// top-p < 1 or a temperature other than 1. Top-k 1 is greedy: with beam_size
+// above 1 it is beam search. The one rule the engine, the CLI and the server
+// follow.
+int moa_search_opts_sampling(const moa_search_opts *o);
+
+// Beam rows a sentence with these options takes in a session: 1 when it
+// samples, else beam_size. moa_session_add reserves exactly this many (and
+// 1 for forced decoding); a caller that books a session's rows (the
+// server's scheduler, the CLI) uses it too.
+int moa_search_opts_rows(const moa_search_opts *o);
+
 // Checks options against spec §6 for a model; 0 or MOA_EINVAL with a message.
 int moa_search_opts_check(const moa_search_opts *o, const moa_config *cfg,
                           char *err, size_t errlen);
@@ -164,18 +184,35 @@ typedef struct moa_result {
     void *user;             // what the caller passed to moa_session_add
     int n_hyps;
     moa_hypothesis *hyps;   // best first
+    // A result from a session lives in ONE block: mem, which the hypotheses,
+    // their tokens, log-probs and traces point into. NULL for a result built
+    // field by field with malloc (a copy, say): then each array is freed.
+    void *mem;
 } moa_result;
 
-// Frees what r owns and zeroes it; safe on an all-zero result.
+// Frees what r owns (mem, or else every array) and zeroes it; safe on an
+// all-zero result.
 void moa_result_clear(moa_result *r);
+// Frees a trace built with malloc, array by array; the traces of a session's
+// results belong to the result's block (moa_result_clear).
 void moa_trace_free(moa_trace *t);
+
+struct cJSON;
+// Adds a trace's three parts to the cJSON object obj (spec §7): "encoder"
+// [layer][source position], "decoder_self" and "decoder_cross" [layer][t],
+// each entry {"experts": [k ints], "gates": [k numbers], "margin": number,
+// null when infinite}. The CLI (--trace) and the server ("trace": true) both
+// write traces with it. 0, or MOA_ENOMEM (obj may then hold a part).
+int moa_trace_json(const moa_trace *t, struct cJSON *obj);
 
 // --- sessions: continuous batching -----------------------------------------
 
 typedef struct moa_session moa_session;
 
-// A session decodes up to max_rows beam rows at once (sum of beam sizes of
-// live sentences). Returns NULL with a message on failure.
+// A session decodes up to max_rows beam rows at once (sum of
+// moa_search_opts_rows of live sentences). Its scratch, one arena, is sized
+// here for max_rows rows (moa_session_allocs). Returns NULL with a message
+// on failure.
 moa_session *moa_session_create(const moa_model *m, int max_rows,
                                 char *err, size_t errlen);
 void moa_session_free(moa_session *s);  // NULL is a no-op
@@ -199,6 +236,14 @@ int moa_session_step(moa_session *s);
 int moa_session_take(moa_session *s, moa_result *r);
 // Drops a queued or live sentence; 0 or MOA_ENOTFOUND.
 int moa_session_cancel(moa_session *s, int id);
+// Heap allocations the session has made since moa_session_create (creation
+// included). The session's scratch is one arena, sized at creation and
+// grown only when a step admits sentences that need more; sentences live in
+// blocks the session recycles; a result is one block. So a step that admits
+// and retires nothing allocates nothing, and in a steady flow of sentences
+// only the results do (once the pools hold blocks of the right sizes). For
+// tests and monitoring; call from the session's thread.
+uint64_t moa_session_allocs(const moa_session *s);
 
 // --- convenience ----------------------------------------------------------
 

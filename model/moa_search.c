@@ -1,9 +1,14 @@
 // moa_search.c — decoding rules of spec §4 and §6 that do not touch the
-// network: options, masking, beam candidates, sampling, the PRNG, results.
+// network: options (defaults, normalisation, rows, checks), masking, beam
+// candidates, sampling, the PRNG, results and their JSON traces.
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "moa_impl.h"
 
@@ -25,10 +30,37 @@ void moa_search_opts_default(moa_search_opts *o) {
     o->sampling_temperature = 1.0f;
 }
 
-int moa_opts_sampling(const moa_search_opts *o) {
+int moa_search_opts_sampling(const moa_search_opts *o) {
     if (o->sampling_topk == 1) return 0;
     return o->sampling_topk > 1 || o->sampling_topp < 1.0f ||
            o->sampling_temperature != 1.0f;
+}
+
+int moa_search_opts_rows(const moa_search_opts *o) {
+    return moa_search_opts_sampling(o) ? 1 : o->beam_size;
+}
+
+// A seed for a request that gave none: from the kernel, or, where getrandom
+// fails (a seccomp filter, an old kernel), from the clock and the pid.
+static uint64_t random_seed(void) {
+    uint64_t seed;
+    if (getrandom(&seed, sizeof seed, 0) != (ssize_t)sizeof seed) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        seed = (uint64_t)ts.tv_nsec * UINT64_C(0x9E3779B97F4A7C15) ^ (uint64_t)ts.tv_sec ^
+               ((uint64_t)getpid() << 32);
+    }
+    return seed & ((UINT64_C(1) << 63) - 1);
+}
+
+void moa_search_opts_normalise(moa_search_opts *o, unsigned given, const moa_config *cfg) {
+    if (o->sampling_topp < 1.0f && o->sampling_topk == 0) o->sampling_topk = cfg->vocab_size;
+    // Top-k 1 asks for sampling too, though it decodes greedily: a request
+    // that names only it gets beam 1 (spec §6: "1 = greedy"), not beam search.
+    int asks = o->sampling_topk > 0 || o->sampling_topp < 1.0f ||
+               o->sampling_temperature != 1.0f;
+    if (asks && !(given & MOA_OPT_GIVEN_BEAM)) o->beam_size = 1;
+    if (moa_search_opts_sampling(o) && !(given & MOA_OPT_GIVEN_SEED)) o->seed = random_seed();
 }
 
 #define OPT_FAIL(...)                                  \
@@ -61,9 +93,9 @@ int moa_search_opts_check(const moa_search_opts *o, const moa_config *cfg,
     if (!(o->sampling_temperature > 0 && o->sampling_temperature <= 100))
         OPT_FAIL("sampling_temperature must be in (0, 100], got %g",
                  o->sampling_temperature);
-    if (moa_opts_sampling(o) && o->beam_size != 1)
+    if (moa_search_opts_sampling(o) && o->beam_size != 1)
         OPT_FAIL("sampling needs beam_size 1, got %d", o->beam_size);
-    if (moa_opts_sampling(o) && o->num_hypotheses != 1)
+    if (moa_search_opts_sampling(o) && o->num_hypotheses != 1)
         OPT_FAIL("sampling returns one hypothesis: num_hypotheses must be 1");
     if (o->seed > (1ull << 63))
         OPT_FAIL("seed must be 0-2^63");
@@ -268,8 +300,77 @@ void moa_trace_free(moa_trace *t) {
     free(t);
 }
 
+// JSON has no infinity: a margin of +INFINITY (k == E) is written null.
+static cJSON *json_num(double v) {
+    return isfinite(v) ? cJSON_CreateNumber(v) : cJSON_CreateNull();
+}
+
+// {"experts": [k], "gates": [k], "margin": m}, or NULL (nothing left over).
+static cJSON *trace_entry(int k, const int *experts, const float *gates, float margin) {
+    cJSON *e = cJSON_CreateObject();
+    if (!e || !cJSON_AddItemToObject(e, "experts", cJSON_CreateIntArray(experts, k)))
+        goto fail;
+    cJSON *g = cJSON_AddArrayToObject(e, "gates");
+    if (!g) goto fail;
+    for (int j = 0; j < k; j++)
+        if (!cJSON_AddItemToArray(g, json_num(gates[j]))) goto fail;
+    if (!cJSON_AddItemToObject(e, "margin", json_num(margin))) goto fail;
+    return e;
+fail:
+    cJSON_Delete(e);
+    return NULL;
+}
+
+// One part of a trace: [layer][pos] entries, rows of k experts and gates and
+// one margin each (moa_trace's layout). NULL when out of memory.
+static cJSON *trace_part(int layers, int n_pos, int k, const int *experts, const float *gates,
+                         const float *margin) {
+    cJSON *arr = cJSON_CreateArray();
+    for (int l = 0; arr && l < layers; l++) {
+        cJSON *la = cJSON_CreateArray();
+        if (!cJSON_AddItemToArray(arr, la)) goto fail;  // false for NULL too
+        for (int p = 0; p < n_pos; p++) {
+            size_t row = (size_t)l * (size_t)n_pos + (size_t)p;
+            cJSON *e = trace_entry(k, experts + row * (size_t)k, gates + row * (size_t)k,
+                                   margin[row]);
+            if (!cJSON_AddItemToArray(la, e)) goto fail;
+        }
+    }
+    return arr;
+fail:
+    cJSON_Delete(arr);
+    return NULL;
+}
+
+int moa_trace_json(const moa_trace *t, cJSON *obj) {
+    cJSON *enc = trace_part(t->layers_enc, t->src_len, t->k, t->enc_experts, t->enc_gates,
+                            t->enc_margin);
+    if (!enc || !cJSON_AddItemToObject(obj, "encoder", enc)) goto fail_enc;
+    cJSON *ds = trace_part(t->layers_dec, t->tgt_len, t->k, t->dself_experts, t->dself_gates,
+                           t->dself_margin);
+    if (!ds || !cJSON_AddItemToObject(obj, "decoder_self", ds)) goto fail_ds;
+    cJSON *dc = trace_part(t->layers_dec, t->tgt_len, t->k, t->dcross_experts,
+                           t->dcross_gates, t->dcross_margin);
+    if (!dc || !cJSON_AddItemToObject(obj, "decoder_cross", dc)) goto fail_dc;
+    return 0;
+fail_dc:
+    cJSON_Delete(dc);
+    return MOA_ENOMEM;
+fail_ds:
+    cJSON_Delete(ds);
+    return MOA_ENOMEM;
+fail_enc:
+    cJSON_Delete(enc);
+    return MOA_ENOMEM;
+}
+
 void moa_result_clear(moa_result *r) {
     if (!r) return;
+    if (r->mem) {  // a session's result: everything in one block
+        free(r->mem);
+        memset(r, 0, sizeof *r);
+        return;
+    }
     for (int i = 0; i < r->n_hyps; i++) {
         free(r->hyps[i].tokens);
         free(r->hyps[i].token_logprobs);

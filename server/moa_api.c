@@ -9,11 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/random.h>
 
 #include "moa_buf.h"
 #include "moa_log.h"
 #include "moa_text.h"
+#include "moa_utf8.h"
 
 #define SEED_MAX (UINT64_C(1) << 63)
 
@@ -508,27 +508,26 @@ static int parse_options(moa_tr *tr, fields *f, char *err, size_t errlen) {
     const moa_config *cfg = srv->cfg;
     moa_search_opts *o = &tr->opts;
     moa_search_opts_default(o);
-    int beam_given, nhyp_given, topk_given, topp_given, seed_given, r;
+    int beam_given, nhyp_given, seed_given, r;
     if ((beam_given = get_int(f, "beam_size", 1, 16, &o->beam_size)) < 0) return 400;
     if ((nhyp_given = get_int(f, "num_hypotheses", 1, 16, &o->num_hypotheses)) < 0) return 400;
     if (get_float(f, "length_penalty", &o->length_penalty) < 0) return 400;
     if (get_int(f, "max_length", 0, 1 << 30, &o->max_length) < 0) return 400;
     if (get_int(f, "min_length", 0, 1 << 30, &o->min_length) < 0) return 400;
     if (get_bool(f, "no_unk", &o->no_unk) < 0) return 400;
-    if ((topk_given = get_int(f, "sampling_topk", 0, 1 << 30, &o->sampling_topk)) < 0)
-        return 400;
-    if ((topp_given = get_float(f, "sampling_topp", &o->sampling_topp)) < 0) return 400;
+    if (get_int(f, "sampling_topk", 0, 1 << 30, &o->sampling_topk) < 0) return 400;
+    if (get_float(f, "sampling_topp", &o->sampling_topp) < 0) return 400;
     if (get_float(f, "sampling_temperature", &o->sampling_temperature) < 0) return 400;
     if ((seed_given = get_seed(f, &o->seed)) < 0) return 400;
     if (get_bool(f, "return_scores", &tr->want_scores) < 0) return 400;
     if (get_bool(f, "trace", &tr->want_trace) < 0) return 400;
     if ((r = get_int(f, "alternatives", 0, 15, &tr->alternatives)) < 0) return 400;
 
-    // topp alone samples from the whole vocabulary (as the CLI does)
-    if (topp_given && o->sampling_topk == 0 && o->sampling_topp < 1)
-        o->sampling_topk = cfg->vocab_size;
-    tr->sampling = o->sampling_topk > 0;
-    if (tr->sampling && !beam_given) o->beam_size = 1;
+    // The engine's defaults, as the CLI applies them: top-p alone samples from
+    // the whole vocabulary, beam 1 when sampling, a random seed.
+    moa_search_opts_normalise(o, (beam_given ? MOA_OPT_GIVEN_BEAM : 0) |
+                                     (seed_given ? MOA_OPT_GIVEN_SEED : 0), cfg);
+    tr->sampling = moa_search_opts_sampling(o);
     if (tr->alternatives > 0) {
         int want = tr->alternatives + 1;
         if (!nhyp_given || o->num_hypotheses < want) o->num_hypotheses = want;
@@ -538,11 +537,6 @@ static int parse_options(moa_tr *tr, fields *f, char *err, size_t errlen) {
                      tr->alternatives, want, o->beam_size);
             return 400;
         }
-    }
-    if (tr->sampling && !seed_given) {
-        uint64_t s = 0;
-        if (getrandom(&s, sizeof s, 0) != (ssize_t)sizeof s) s = (uint64_t)moa_sched_now() * 1000003u;
-        o->seed = s & (SEED_MAX - 1);
     }
     if (o->max_length > 0 && o->min_length > o->max_length) {
         snprintf(err, errlen, "min_length %d must not exceed max_length %d", o->min_length,
@@ -659,7 +653,7 @@ int moa_api_translate_parse(moa_server *srv, const char *ctype, const char *auth
             snprintf(err, errlen, tr->is_array ? "text[%d] is empty" : "text is empty", i);
             goto done;
         }
-        long chars = moa_text_utf8_count(it->valuestring, len, &bad);
+        long chars = moa_utf8_count(it->valuestring, len, &bad);
         if (chars < 0) {
             if (tr->is_array) snprintf(err, errlen, "text[%d] is not valid UTF-8 (byte %zu)", i, bad);
             else snprintf(err, errlen, "text is not valid UTF-8 (byte %zu)", bad);
@@ -718,26 +712,6 @@ static cJSON *num_or_null(double v) {
     return isfinite(v) ? cJSON_CreateNumber(v) : cJSON_CreateNull();
 }
 
-static cJSON *trace_part(int layers, int n_pos, int k, const int *experts, const float *gates,
-                         const float *margin) {
-    cJSON *arr = cJSON_CreateArray();
-    for (int l = 0; arr && l < layers; l++) {
-        cJSON *la = cJSON_CreateArray();
-        cJSON_AddItemToArray(arr, la);
-        for (int p = 0; la && p < n_pos; p++) {
-            size_t row = (size_t)l * (size_t)n_pos + (size_t)p;
-            cJSON *e = cJSON_CreateObject();
-            cJSON_AddItemToArray(la, e);
-            cJSON_AddItemToObject(e, "experts", cJSON_CreateIntArray(experts + row * (size_t)k, k));
-            cJSON *g = cJSON_AddArrayToObject(e, "gates");
-            for (int j = 0; g && j < k; j++)
-                cJSON_AddItemToArray(g, num_or_null(gates[row * (size_t)k + (size_t)j]));
-            cJSON_AddItemToObject(e, "margin", num_or_null(margin[row]));
-        }
-    }
-    return arr;
-}
-
 static cJSON *pieces(const moa_tokenizer *tok, const int *ids, int n, int eos) {
     cJSON *arr = cJSON_CreateArray();
     for (int i = 0; arr && i < n; i++) {
@@ -761,14 +735,7 @@ static cJSON *unit_trace(moa_server *srv, const moa_unit *u) {
     if (!t) return o;
     // the expert count, which the picks alone do not tell (an expert may go unpicked)
     cJSON_AddNumberToObject(o, "num_experts", srv->cfg->num_experts);
-    cJSON_AddItemToObject(o, "encoder", trace_part(t->layers_enc, t->src_len, t->k, t->enc_experts,
-                                                   t->enc_gates, t->enc_margin));
-    cJSON_AddItemToObject(o, "decoder_self", trace_part(t->layers_dec, t->tgt_len, t->k,
-                                                        t->dself_experts, t->dself_gates,
-                                                        t->dself_margin));
-    cJSON_AddItemToObject(o, "decoder_cross", trace_part(t->layers_dec, t->tgt_len, t->k,
-                                                         t->dcross_experts, t->dcross_gates,
-                                                         t->dcross_margin));
+    moa_trace_json(t, o);  // the engine's layout, as the CLI's --trace
     return o;
 }
 

@@ -120,11 +120,8 @@ const char *moa_sched_reason_name(moa_sched_reason r) {
     return "unknown";
 }
 
-// Beam rows a unit takes in the session (sampling decodes one row).
-static int unit_rows(const moa_unit *u) {
-    int sampling = u->opts.sampling_topk > 0;
-    return sampling ? 1 : u->opts.beam_size;
-}
+// Beam rows a unit takes in the session: what the engine reserves for it.
+static int unit_rows(const moa_unit *u) { return moa_search_opts_rows(&u->opts); }
 
 // --- giving jobs back ----------------------------------------------------------------
 
@@ -438,6 +435,12 @@ static int worker_round(moa_sched *s, moa_worker *w) {
         take_finished(s, w);
     }
     apply_cancels(s, w);
+    // Every unit booked here is in the session, live or about to be; a
+    // session holding more rows than booked means the two disagree on a
+    // sentence's rows (the e2e suite looks for this line).
+    if (rc >= 0 && moa_session_rows(w->sess) > w->rows)
+        moa_log(MOA_LOG_ERROR, "scheduler: worker %d booked %d rows, its session holds %d",
+                w->index, w->rows, moa_session_rows(w->sess));
     schedule(s);
     return rc;
 }

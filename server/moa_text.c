@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "moa_tokenizer.h"
 
 // --- segments ---------------------------------------------------------------------
 
@@ -33,23 +32,6 @@ int moa_segs_push(moa_segs *s, size_t off, size_t len, int translate) {
     }
     s->v[s->n++] = (moa_seg){off, len, translate};
     return 0;
-}
-
-// --- UTF-8 ------------------------------------------------------------------------
-
-long moa_text_utf8_count(const char *str, size_t n, size_t *bad) {
-    const unsigned char *s = (const unsigned char *)str;
-    long count = 0;
-    for (size_t i = 0; i < n;) {
-        int l = s[i] ? moa_utf8_len(str + i, n - i) : 0;  // NUL: invalid here
-        if (!l) {
-            if (bad) *bad = i;
-            return -1;
-        }
-        i += (size_t)l;
-        count++;
-    }
-    return count;
 }
 
 // --- plain text: lines and their whitespace -----------------------------------------

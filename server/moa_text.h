@@ -49,8 +49,4 @@ typedef int (*moa_fits_fn)(void *ctx, const char *s, size_t n);
 int moa_text_split_long(const char *text, size_t off, size_t len,
                         moa_fits_fn fits, void *ctx, moa_segs *out);
 
-// Checks UTF-8 (no NUL, no overlongs, no surrogates). Returns the number of
-// code points, or -1 with the offset of the first bad byte in *bad.
-long moa_text_utf8_count(const char *s, size_t n, size_t *bad);
-
 #endif

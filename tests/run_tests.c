@@ -18,6 +18,7 @@ extern const moa_test_case moa_tests_engine[];
 extern const moa_test_case moa_tests_search[];
 extern const moa_test_case moa_tests_cpus[];
 extern const moa_test_case moa_tests_sched[];
+extern const moa_test_case moa_tests_utf8[];
 
 static const struct {
     const char *name;
@@ -27,6 +28,7 @@ static const struct {
     {"tokenizer", moa_tests_tokenizer}, {"engine", moa_tests_engine},
     {"search", moa_tests_search},     {"cpus", moa_tests_cpus},
     {"sched", moa_tests_sched},
+    {"utf8", moa_tests_utf8},
 };
 
 int main(int argc, char **argv) {

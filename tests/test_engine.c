@@ -106,8 +106,12 @@ static void grouped_products_match_naive(int packed) {
         op[e].p = buf[2 * e + 1];
     }
     aw.q_p = qp; aw.o_p = op;
-    work w = {0};
-    ASSERT_EQ_INT(work_reserve(&w, &c, n), 0);
+    // the work arrays of a session's arena, for n rows
+    moa_session s = {0};
+    s.c = &c;
+    s.max_rows = n;
+    ASSERT_EQ_INT(arena_reserve(&s, n, 0, 0), 0);
+    work w = s.w;
     route(&c, &w, &aw, xn, n);
     project_q(&c, &w, &aw, xn);
     memcpy(w.a, a_in, sizeof a_in);
@@ -151,7 +155,7 @@ static void grouped_products_match_naive(int packed) {
     }
     // every (row, pick) appears exactly once in the expert groups
     ASSERT_EQ_INT(w.grp_off[E], n * k);
-    work_free(&w);
+    free(s.arena);
     for (int i = 0; i < 10; i++) free(buf[i]);
 }
 
@@ -429,6 +433,141 @@ static void test_session_add_step_take_cancel(void) {
     moa_model_free(m);
 }
 
+// A session reserves exactly moa_search_opts_rows for a sentence, the number
+// the server's scheduler and the CLI book: top-k 1 with beam 16 is a 16-row
+// beam search, sampling one row.
+static void test_session_reserves_opts_rows(void) {
+    moa_model *m = load_tiny();
+    corpus c = load_corpus(1);
+    moa_session *s = moa_session_create(m, 16, NULL, 0);
+    struct { int beam, topk; float topp, temp; int rows; } cases[] = {
+        {16, 1, 1, 1, 16}, {1, 1, 1, 1, 1}, {4, 0, 1, 1, 4}, {1, 20, 1, 1, 1},
+        {1, 0, 0.9f, 1, 1}, {1, 0, 1, 2.0f, 1}, {16, 1, 1, 0.5f, 16}, {7, 0, 1, 1, 7},
+    };
+    char err[256];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        moa_search_opts o;
+        moa_search_opts_default(&o);
+        o.beam_size = cases[i].beam;
+        o.sampling_topk = cases[i].topk;
+        o.sampling_topp = cases[i].topp;
+        o.sampling_temperature = cases[i].temp;
+        ASSERT_EQ_INT(moa_search_opts_rows(&o), cases[i].rows);
+        ASSERT_TRUE(moa_session_add(s, c.ids[0], c.len[0], &o, NULL, err, sizeof err) >= 0);
+        ASSERT_TRUE(moa_session_step(s) >= 0);
+        ASSERT_EQ_INT(moa_session_rows(s), cases[i].rows);
+        moa_result r;
+        for (int steps = 0; moa_session_live(s) > 0; steps++) {
+            ASSERT_TRUE(steps < 10000);
+            ASSERT_TRUE(moa_session_step(s) >= 0);
+        }
+        ASSERT_EQ_INT(moa_session_rows(s), 0);
+        ASSERT_EQ_INT(moa_session_take(s, &r), 1);
+        moa_result_clear(&r);
+    }
+    moa_session_free(s);
+    corpus_free(&c);
+    moa_model_free(m);
+}
+
+// --- memory: no allocation per step ---------------------------------------------------
+
+// One step; returns how many results it retired (taken and cleared).
+static int step_and_take(moa_session *s, int *steps) {
+    ASSERT_TRUE(moa_session_step(s) >= 0);
+    ASSERT_TRUE(++*steps < 100000);
+    int n = 0;
+    moa_result r;
+    while (moa_session_take(s, &r) == 1) {
+        ASSERT_TRUE(r.n_hyps >= 1 && r.mem != NULL);
+        moa_result_clear(&r);
+        n++;
+    }
+    return n;
+}
+
+// After a first round has sized the arena and filled the pools, a second
+// round of the same sentences allocates nothing to add them, nothing in any
+// step, and one block per result: beam hypotheses that finish mid-search,
+// reorders, traces and per-token log-probs included.
+static void test_no_allocation_per_step(void) {
+    moa_model *m = load_tiny();
+    corpus c = load_corpus(6);
+    moa_session *s = moa_session_create(m, 24, NULL, 0);
+    char err[256];
+    int steps = 0, quiet = 0;
+    for (int round = 0; round < 2; round++) {
+        uint64_t a0 = moa_session_allocs(s);
+        for (int i = 0; i < c.n; i++) {
+            moa_search_opts o;
+            moa_search_opts_default(&o);
+            o.num_hypotheses = 2;
+            o.trace = i % 2;
+            o.token_logprobs = i % 3 == 0;
+            ASSERT_TRUE(moa_session_add(s, c.ids[i], c.len[i], &o, NULL, err, sizeof err) >= 0);
+        }
+        if (round == 1) ASSERT_EQ_INT((long)(moa_session_allocs(s) - a0), 0);
+        int done = 0;
+        while (moa_session_live(s) > 0) {
+            uint64_t before = moa_session_allocs(s);
+            int n = step_and_take(s, &steps);
+            done += n;
+            if (round == 1) {
+                // the only allocations: one block per result handed out
+                ASSERT_EQ_INT((long)(moa_session_allocs(s) - before), n);
+                quiet += n == 0;
+            }
+        }
+        ASSERT_EQ_INT(done, c.n);
+    }
+    ASSERT_TRUE(quiet >= 10);  // steps with no result, and no allocation
+    moa_session_free(s);
+    corpus_free(&c);
+    moa_model_free(m);
+}
+
+// A continuous flow (what the server's workers do): a sentence is added as
+// soon as one is taken. Longest first, so every newcomer fits a block a
+// finished sentence left; once the first ones have retired, adding and
+// stepping allocate only the results.
+static void test_no_allocation_in_steady_flow(void) {
+    moa_model *m = load_tiny();
+    corpus c = load_corpus(40);
+    // order by source length, longest first
+    for (int i = 1; i < c.n; i++)
+        for (int j = i; j > 0 && c.len[j] > c.len[j - 1]; j--) {
+            int l = c.len[j]; c.len[j] = c.len[j - 1]; c.len[j - 1] = l;
+            int *p = c.ids[j]; c.ids[j] = c.ids[j - 1]; c.ids[j - 1] = p;
+        }
+    moa_session *s = moa_session_create(m, 8, NULL, 0);  // two sentences of beam 4
+    moa_search_opts o;
+    moa_search_opts_default(&o);
+    o.trace = 1;
+    char err[256];
+    int next = 0, done = 0, steps = 0, checked = 0;
+    for (; next < 2; next++)
+        ASSERT_TRUE(moa_session_add(s, c.ids[next], c.len[next], &o, NULL, err, sizeof err) >= 0);
+    while (moa_session_live(s) > 0) {
+        uint64_t before = moa_session_allocs(s);
+        int n = step_and_take(s, &steps);
+        if (done >= 2) {  // warmed up: the pools hold the first sentences' blocks
+            ASSERT_EQ_INT((long)(moa_session_allocs(s) - before), n);
+            checked++;
+        }
+        done += n;
+        for (int i = 0; i < n && next < c.n; i++, next++) {
+            before = moa_session_allocs(s);
+            ASSERT_TRUE(moa_session_add(s, c.ids[next], c.len[next], &o, NULL, err, sizeof err) >= 0);
+            if (done >= 2) ASSERT_EQ_INT((long)(moa_session_allocs(s) - before), 0);
+        }
+    }
+    ASSERT_EQ_INT(done, c.n);
+    ASSERT_TRUE(checked > 100);
+    moa_session_free(s);
+    corpus_free(&c);
+    moa_model_free(m);
+}
+
 static void test_bad_input_rejected(void) {
     moa_model *m = load_tiny();
     const moa_config *c = moa_model_config(m);
@@ -481,6 +620,9 @@ const moa_test_case moa_tests_engine[] = {
     {"sampling_seeded_and_topk1_is_greedy", test_sampling_seeded_and_topk1_is_greedy},
     {"trace_consistent_with_scoring", test_trace_consistent_with_scoring},
     {"session_add_step_take_cancel", test_session_add_step_take_cancel},
+    {"session_reserves_opts_rows", test_session_reserves_opts_rows},
+    {"no_allocation_per_step", test_no_allocation_per_step},
+    {"no_allocation_in_steady_flow", test_no_allocation_in_steady_flow},
     {"bad_input_rejected", test_bad_input_rejected},
     {"empty_source", test_empty_source},
     {NULL, NULL},

@@ -1,5 +1,7 @@
 // test_search.c — decoding rules that do not need a network: options,
 // masking, beam candidate ranking, the PRNG, sampling.
+#include <cjson/cJSON.h>
+
 #include "moa_impl.h"
 #include "moa_test.h"
 
@@ -21,7 +23,7 @@ static void test_opts_defaults_valid(void) {
     ASSERT_NEAR(o.length_penalty, 1.0, 0);
     ASSERT_EQ_INT(o.min_length, 1);
     ASSERT_EQ_INT(moa_search_opts_check(&o, &c, NULL, 0), 0);
-    ASSERT_EQ_INT(moa_opts_sampling(&o), 0);
+    ASSERT_EQ_INT(moa_search_opts_sampling(&o), 0);
 }
 
 static void expect_bad(moa_search_opts o, const char *phrase) {
@@ -54,11 +56,121 @@ static void test_sampling_switch(void) {
     moa_search_opts o;
     moa_search_opts_default(&o);
     o.sampling_topk = 1; o.sampling_temperature = 0.5f;
-    ASSERT_EQ_INT(moa_opts_sampling(&o), 0);  // top-k 1 is greedy
+    ASSERT_EQ_INT(moa_search_opts_sampling(&o), 0);  // top-k 1 is greedy
     o.sampling_topk = 0;
-    ASSERT_EQ_INT(moa_opts_sampling(&o), 1);  // temperature alone samples
+    ASSERT_EQ_INT(moa_search_opts_sampling(&o), 1);  // temperature alone samples
     o.sampling_temperature = 1; o.sampling_topp = 0.9f;
-    ASSERT_EQ_INT(moa_opts_sampling(&o), 1);
+    ASSERT_EQ_INT(moa_search_opts_sampling(&o), 1);
+}
+
+// Options as a user gives them, completed by moa_search_opts_normalise.
+static moa_search_opts given_opts(int beam, int topk, float topp, float temp, int seed,
+                                  unsigned *given) {
+    moa_search_opts o;
+    moa_search_opts_default(&o);
+    *given = 0;
+    if (beam) { o.beam_size = beam; *given |= MOA_OPT_GIVEN_BEAM; }
+    if (seed >= 0) { o.seed = (uint64_t)seed; *given |= MOA_OPT_GIVEN_SEED; }
+    o.sampling_topk = topk;
+    o.sampling_topp = topp;
+    o.sampling_temperature = temp;
+    return o;
+}
+
+// The defaults the CLI and the server share (spec §6).
+static void test_opts_normalise(void) {
+    moa_config c = small_cfg();
+    unsigned g;
+    // nothing asked: beam search, seed untouched
+    moa_search_opts o = given_opts(0, 0, 1, 1, -1, &g);
+    moa_search_opts_normalise(&o, g, &c);
+    ASSERT_EQ_INT(o.beam_size, 4);
+    ASSERT_EQ_INT(o.sampling_topk, 0);
+    ASSERT_TRUE(o.seed == 0);
+    ASSERT_EQ_INT(moa_search_opts_sampling(&o), 0);
+    // top-p alone: the whole vocabulary, beam 1, a random seed below 2^63
+    o = given_opts(0, 0, 0.9f, 1, -1, &g);
+    moa_search_opts_normalise(&o, g, &c);
+    ASSERT_EQ_INT(o.sampling_topk, c.vocab_size);
+    ASSERT_EQ_INT(o.beam_size, 1);
+    ASSERT_EQ_INT(moa_search_opts_sampling(&o), 1);
+    ASSERT_TRUE(o.seed < (1ull << 63));
+    ASSERT_EQ_INT(moa_search_opts_check(&o, &c, NULL, 0), 0);
+    uint64_t s1 = o.seed;
+    o = given_opts(0, 0, 0.9f, 1, -1, &g);
+    moa_search_opts_normalise(&o, g, &c);
+    ASSERT_TRUE(o.seed != s1);  // 2^-63 to fail by chance
+    // top-p 1 is the default value: it changes nothing
+    o = given_opts(0, 0, 1, 1, -1, &g);
+    moa_search_opts_normalise(&o, g, &c);
+    ASSERT_EQ_INT(o.beam_size, 4);
+    ASSERT_EQ_INT(o.sampling_topk, 0);
+    // temperature alone samples (the engine's rule), so beam 1 and a seed
+    o = given_opts(0, 0, 1, 0.5f, -1, &g);
+    moa_search_opts_normalise(&o, g, &c);
+    ASSERT_EQ_INT(o.beam_size, 1);
+    ASSERT_EQ_INT(moa_search_opts_sampling(&o), 1);
+    ASSERT_EQ_INT(moa_search_opts_check(&o, &c, NULL, 0), 0);
+    // a given seed stays
+    o = given_opts(0, 5, 1, 1, 42, &g);
+    moa_search_opts_normalise(&o, g, &c);
+    ASSERT_TRUE(o.seed == 42);
+    ASSERT_EQ_INT(o.beam_size, 1);
+    // top-k 1 alone is greedy: beam 1, not sampling, no seed drawn
+    o = given_opts(0, 1, 1, 0.7f, -1, &g);
+    moa_search_opts_normalise(&o, g, &c);
+    ASSERT_EQ_INT(o.beam_size, 1);
+    ASSERT_EQ_INT(moa_search_opts_sampling(&o), 0);
+    ASSERT_TRUE(o.seed == 0);
+    // top-k 1 with a beam given: beam search of that beam, valid
+    o = given_opts(16, 1, 1, 1, -1, &g);
+    moa_search_opts_normalise(&o, g, &c);
+    ASSERT_EQ_INT(o.beam_size, 16);
+    ASSERT_EQ_INT(moa_search_opts_sampling(&o), 0);
+    ASSERT_EQ_INT(moa_search_opts_check(&o, &c, NULL, 0), 0);
+    // sampling with a beam given above 1 stays an error for the check
+    o = given_opts(4, 5, 1, 1, -1, &g);
+    moa_search_opts_normalise(&o, g, &c);
+    ASSERT_EQ_INT(o.beam_size, 4);
+    expect_bad(o, "sampling needs beam_size 1");
+}
+
+// Rows a sentence takes: one when sampling, else the beam. Top-k 1 with
+// beam 16 is a 16-row beam search (the scheduler once booked it as 1 row).
+static void test_opts_rows(void) {
+    moa_search_opts o;
+    moa_search_opts_default(&o);
+    ASSERT_EQ_INT(moa_search_opts_rows(&o), 4);
+    o.sampling_topk = 1;
+    o.beam_size = 16;
+    ASSERT_EQ_INT(moa_search_opts_rows(&o), 16);
+    o.beam_size = 1;
+    ASSERT_EQ_INT(moa_search_opts_rows(&o), 1);
+    o.sampling_topk = 20;
+    ASSERT_EQ_INT(moa_search_opts_rows(&o), 1);
+    o.sampling_topk = 0;
+    o.sampling_temperature = 2;
+    ASSERT_EQ_INT(moa_search_opts_rows(&o), 1);
+    o.sampling_temperature = 1;
+    o.beam_size = 7;
+    ASSERT_EQ_INT(moa_search_opts_rows(&o), 7);
+}
+
+// A trace as JSON: the layout of spec §7, infinite margins as null.
+static void test_trace_json(void) {
+    int ee[] = {1, 0, 2, 1}, de[] = {3, 2}, ce[] = {0, 3};
+    float eg[] = {0.5f, 0.25f, 0.75f, 0.125f}, dg[] = {0.5f, 0.5f}, cg[] = {1, 0};
+    float em[] = {1.5f, INFINITY}, dm[] = {0.25f}, cm[] = {2};
+    moa_trace t = {1, 1, 2, 2, 1, ee, eg, em, de, dg, dm, ce, cg, cm};
+    cJSON *o = cJSON_CreateObject();
+    ASSERT_EQ_INT(moa_trace_json(&t, o), 0);
+    char *s = cJSON_PrintUnformatted(o);
+    ASSERT_STR_EQ(s, "{\"encoder\":[[{\"experts\":[1,0],\"gates\":[0.5,0.25],\"margin\":1.5},"
+                     "{\"experts\":[2,1],\"gates\":[0.75,0.125],\"margin\":null}]],"
+                     "\"decoder_self\":[[{\"experts\":[3,2],\"gates\":[0.5,0.5],\"margin\":0.25}]],"
+                     "\"decoder_cross\":[[{\"experts\":[0,3],\"gates\":[1,0],\"margin\":2}]]}");
+    free(s);
+    cJSON_Delete(o);
 }
 
 static void test_mask_rules(void) {
@@ -212,6 +324,9 @@ const moa_test_case moa_tests_search[] = {
     {"opts_defaults_valid", test_opts_defaults_valid},
     {"opts_rejections", test_opts_rejections},
     {"sampling_switch", test_sampling_switch},
+    {"opts_normalise", test_opts_normalise},
+    {"opts_rows", test_opts_rows},
+    {"trace_json", test_trace_json},
     {"mask_rules", test_mask_rules},
     {"beam_candidates_ties", test_beam_candidates_ties},
     {"beam_candidates_skip_masked", test_beam_candidates_skip_masked},

@@ -648,22 +648,6 @@ static void *tok_worker(void *arg) {
 }
 
 // One tokenizer shared by several threads at once (header: read-only after load).
-// moa_utf8_len, the one UTF-8 walker the CLI and the server share.
-static void test_utf8_len(void) {
-    ASSERT_EQ_INT(moa_utf8_len("a", 1), 1);
-    ASSERT_EQ_INT(moa_utf8_len("", 1), 1);                  // NUL: one byte
-    ASSERT_EQ_INT(moa_utf8_len("\xc3\xa4x", 3), 2);          // ä
-    ASSERT_EQ_INT(moa_utf8_len("\xe2\x82\xac", 3), 3);      // €
-    ASSERT_EQ_INT(moa_utf8_len("\xf0\x9f\x98\x80", 4), 4);  // U+1F600
-    ASSERT_EQ_INT(moa_utf8_len("\xe2\x82\xac", 2), 0);      // truncated
-    ASSERT_EQ_INT(moa_utf8_len("\x80", 1), 0);              // lone continuation
-    ASSERT_EQ_INT(moa_utf8_len("\xc0\xaf", 2), 0);          // overlong
-    ASSERT_EQ_INT(moa_utf8_len("\xe0\x80\xaf", 3), 0);      // overlong
-    ASSERT_EQ_INT(moa_utf8_len("\xed\xa0\x80", 3), 0);      // surrogate
-    ASSERT_EQ_INT(moa_utf8_len("\xf4\x90\x80\x80", 4), 0);  // above U+10FFFF
-    ASSERT_EQ_INT(moa_utf8_len("\xc3x", 2), 0);             // bad continuation
-}
-
 static void test_threads(void) {
     moa_tokenizer *t = load_fixture();
     char *strs[40], *buf;
@@ -708,7 +692,6 @@ const moa_test_case moa_tests_tokenizer[] = {
     {"decode_skips_specials", test_decode_skips_specials},
     {"decode_unk", test_decode_unk},
     {"decode_out_of_range", test_decode_out_of_range},
-    {"utf8_len", test_utf8_len},
     {"threads", test_threads},
     {NULL, NULL},
 };

@@ -25,7 +25,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "moa_model.h"
+#include "moa_errors.h"
+#include "moa_utf8.h"
 
 // Ids fixed by the spec (§3): the first four lines of vocab.txt.
 enum { BOS_ID = 0, PAD_ID = 1, EOS_ID = 2, UNK_ID = 3, NUM_SPECIALS = 4 };
@@ -56,62 +57,16 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...) {
 
 // --- UTF-8 -------------------------------------------------------------------
 
-int moa_utf8_len(const char *str, size_t n) {
-    const unsigned char *s = (const unsigned char *)str;
-    unsigned c = s[0], min;
-    int len;
-    if (c < 0x80) return 1;
-    if (c >= 0xC2 && c <= 0xDF) len = 2, min = 0x80;
-    else if (c >= 0xE0 && c <= 0xEF) len = 3, min = 0x800;
-    else if (c >= 0xF0 && c <= 0xF4) len = 4, min = 0x10000;
-    else return 0;
-    if ((size_t)len > n) return 0;
-    unsigned cp = c & (0x3F >> (len - 1));
-    for (int i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        cp = (cp << 6) | (s[i] & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-    return len;
-}
-
-// Checks that s[0..len) is well-formed UTF-8 (RFC 3629: shortest form only, no
-// surrogates, nothing above U+10FFFF) and has no NUL byte. Returns 0, or
-// MOA_EINVAL with the offset of the first byte of the bad sequence in err.
+// Checks that s[0..len) is well-formed UTF-8 without NUL bytes
+// (common/moa_utf8.h). Returns 0, or MOA_EINVAL with the offset of the first
+// byte of the bad sequence in err.
 static int check_text(const char *text, size_t len, char *err, size_t errlen) {
-    const unsigned char *s = (const unsigned char *)text;
-    size_t i = 0;
-    while (i < len) {
-        unsigned c = s[i];
-        if (c == 0) {
-            set_err(err, errlen, "NUL byte at byte %zu", i);
-            return MOA_EINVAL;
-        }
-        if (c < 0x80) { i++; continue; }
-        const char *why = NULL;
-        size_t need = 0;
-        unsigned cp = 0, min = 0;
-        if (c < 0xC0) why = "unexpected continuation byte";
-        else if (c < 0xE0) { need = 1; cp = c & 0x1F; min = 0x80; }
-        else if (c < 0xF0) { need = 2; cp = c & 0x0F; min = 0x800; }
-        else if (c < 0xF8) { need = 3; cp = c & 0x07; min = 0x10000; }
-        else why = "byte that never occurs in UTF-8";
-        for (size_t k = 1; !why && k <= need; k++) {
-            if (i + k >= len || (s[i + k] & 0xC0) != 0x80)
-                why = "truncated sequence";
-            else
-                cp = (cp << 6) | (s[i + k] & 0x3F);
-        }
-        if (!why && cp < min) why = "overlong encoding";
-        if (!why && cp >= 0xD800 && cp <= 0xDFFF) why = "UTF-16 surrogate";
-        if (!why && cp > 0x10FFFF) why = "code point above U+10FFFF";
-        if (why) {
-            set_err(err, errlen, "invalid UTF-8 at byte %zu: %s", i, why);
-            return MOA_EINVAL;
-        }
-        i += need + 1;
-    }
-    return 0;
+    size_t bad = 0;
+    const char *why = "";
+    if (moa_utf8_check(text, len, &bad, &why) == 0) return 0;
+    if (text[bad] == 0) set_err(err, errlen, "NUL byte at byte %zu", bad);
+    else set_err(err, errlen, "invalid UTF-8 at byte %zu: %s", bad, why);
+    return MOA_EINVAL;
 }
 
 static bool all_ascii_space(const char *s, size_t len) {

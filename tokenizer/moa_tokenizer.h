@@ -20,11 +20,15 @@
 //
 // Thread-safety: a loaded tokenizer is read-only; encode/decode may be called
 // from any number of threads at once. Return values: 0 or a negative
-// moa_errno code (model/moa_model.h) with a message in err (may be NULL).
+// moa_errno code (common/moa_errors.h, the engine's table) with a message in
+// err (may be NULL). UTF-8 helpers for callers that walk text themselves:
+// common/moa_utf8.h.
 #ifndef MOA_TOKENIZER_H
 #define MOA_TOKENIZER_H
 
 #include <stddef.h>
+
+#include "moa_errors.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -64,12 +68,6 @@ int moa_tokenizer_encode_pieces(const moa_tokenizer *t, const char *text,
 // Ids out of range are refused with MOA_EINVAL. *text is malloc'ed.
 int moa_tokenizer_decode(const moa_tokenizer *t, const int *ids, int n,
                          char **text, char *err, size_t errlen);
-
-// Length in bytes (1-4) of the well-formed UTF-8 sequence at s, n >= 1
-// bytes available (RFC 3629: shortest form, no surrogates, at most
-// U+10FFFF; a NUL byte counts as a sequence of 1), or 0 if it is not one.
-// For callers that walk text themselves (JSON escaping, character counts).
-int moa_utf8_len(const char *s, size_t n);
 
 #ifdef __cplusplus
 }

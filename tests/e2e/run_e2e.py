@@ -342,6 +342,26 @@ def test_sampling_seeded_reproducible():
 
 
 @test
+def test_topk1_beam16_booked_as_16_rows():
+    """sampling_topk 1 is greedy, not sampling (spec §6): with beam_size 16 the
+    engine runs a 16-row beam search, and the scheduler must book the 16 rows
+    it reserves. After each step a worker logs an error when its session holds
+    more rows than it booked; the request's first step always comes before
+    its answer, so the line would be in the log by now."""
+    s = main_server()
+    text = "Delete unused files\nSearch R Help\nOpen the file manager"
+    a = translate(s, {"text": text, "sampling_topk": 1, "beam_size": 16})
+    b = translate(s, {"text": text, "beam_size": 16})
+    check(a["translatedText"] == b["translatedText"], f"{a} vs {b}")
+    check("seed" not in a, "top-k 1 does not sample: no seed")
+    g = translate(s, {"text": text, "sampling_topk": 1})
+    check(g["translatedText"] == translate(s, {"text": text, "beam_size": 1})["translatedText"],
+          "top-k 1 alone is greedy")
+    bad = [l for l in s.read_log().splitlines() if "booked" in l]
+    check(not bad, f"scheduler and engine disagree on rows: {bad[:3]}")
+
+
+@test
 def test_traces():
     s = main_server()
     j = translate(s, {"text": "Delete unused files\nSearch R Help", "trace": True, "beam_size": 2})

@@ -6,8 +6,9 @@
 //
 // Reads one sentence a line, decodes --batch sentences at a time through a
 // moa_session and writes the results in input order after each batch, so
-// output streams. Only the public APIs are used: model/moa_model.h and
-// tokenizer/moa_tokenizer.h. Options and limits: shared/docs/moa-spec.md §6.
+// output streams. Only the public APIs are used: model/moa_model.h,
+// tokenizer/moa_tokenizer.h and common/moa_utf8.h. Options and limits: docs/moa-spec.md §6.
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -19,12 +20,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "moa_model.h"
 #include "moa_tokenizer.h"
+#include "moa_utf8.h"
 
 #define CLI_NAME "moa-translate"
 #define CLI_VERSION "0.1.0"
@@ -52,7 +53,7 @@ typedef struct cli_args {
     const char *output;         // NULL or "-": stdout
     const char *score;          // forced decoding of a TSV file, or NULL
     moa_search_opts opts;
-    int beam_given, topk_given, topp_given, temp_given, seed_given;
+    int beam_given, temp_given, seed_given;
     int threads;                // workers, each its own session and thread
     int blas_threads;           // OpenBLAS threads inside each worker
     int batch;
@@ -98,7 +99,7 @@ static void print_help(FILE *f) {
         "Usage: " CLI_NAME " --model DIR [options]\n"
         "\n"
         "Translates UTF-8 text, one sentence a line, with a Mixture-of-Attention-heads\n"
-        "model (shared/docs/moa-spec.md), or scores given translations (--score).\n"
+        "model (docs/moa-spec.md), or scores given translations (--score).\n"
         "\n"
         "Input and output:\n"
         "  --model DIR          model directory: config.json, model.safetensors,\n"
@@ -127,8 +128,8 @@ static void print_help(FILE *f) {
         "(length counts eos).\n"
         "\n"
         "Search (spec section 4):\n"
-        "  --beam N             beam size, 1..16 (default 4; 1 = greedy; 1 when\n"
-        "                       --sample-topk or --sample-topp is given)\n"
+        "  --beam N             beam size, 1..16 (default 4; 1 = greedy; 1 when a\n"
+        "                       sampling flag below is given)\n"
         "  --nbest N            hypotheses per sentence, 1..beam (default 1)\n"
         "  --length-penalty F   rank hypotheses by log_prob / length^F, 0..10\n"
         "                       (default 1.0)\n"
@@ -140,15 +141,18 @@ static void print_help(FILE *f) {
         "                       0..max-length (default 1)\n"
         "  --no-unk             never produce <unk>\n"
         "\n"
-        "Sampling (needs --beam 1, which is the default once a flag below is given):\n"
+        "Sampling (needs --beam 1, which is the default once a flag below is given;\n"
+        "it samples when top-k is above 1, top-p below 1 or the temperature not 1):\n"
         "  --sample-topk N      draw from the N most probable tokens, 0..vocab_size\n"
-        "                       (default 0: no sampling; 1 = greedy)\n"
+        "                       (default 0: no limit; 1 = greedy, with --beam N a\n"
+        "                       beam search)\n"
         "  --sample-topp F      then from the smallest set of most probable tokens\n"
         "                       whose probability reaches F, (0,1] (default 1.0);\n"
-        "                       given without --sample-topk it samples from the\n"
+        "                       below 1 without --sample-topk it samples from the\n"
         "                       whole vocabulary (top-k = vocab_size)\n"
         "  --temperature F      divide the logits by F before drawing, (0,100]\n"
-        "                       (default 1.0; sampling only)\n"
+        "                       (default 1.0; alone, it samples from the whole\n"
+        "                       vocabulary)\n"
         "  --seed N             0..2^63 (default: random, shown by --verbose). The\n"
         "                       sentence on input line i (from 0) is drawn with seed\n"
         "                       N+i, so a run is reproducible whatever --batch is\n"
@@ -275,12 +279,10 @@ static int parse_args(int argc, char **argv, cli_args *a) {
         case OPT_TOPK:
             r = parse_int("sample-topk", optarg, 0, INT32_MAX, "0..vocab_size",
                           &o->sampling_topk);
-            a->topk_given = 1;
             break;
         case OPT_TOPP:
             r = parse_float("sample-topp", optarg, 0, 1, 1, "(0,1]",
                             &o->sampling_topp);
-            a->topp_given = 1;
             break;
         case OPT_TEMP:
             r = parse_float("temperature", optarg, 0, 1, 100, "(0,100]",
@@ -329,22 +331,15 @@ static int parse_args(int argc, char **argv, cli_args *a) {
 // (spec §6). 0, or -1 with a message naming the flag.
 static int finish_opts(cli_args *a, const moa_config *cfg) {
     moa_search_opts *o = &a->opts;
-    int sampling = (a->topk_given && o->sampling_topk > 0) || a->topp_given;
-    if (a->topp_given && o->sampling_topk == 0) o->sampling_topk = cfg->vocab_size;
-    if (sampling && !a->beam_given) o->beam_size = 1;
-    if (sampling && !a->seed_given) {
-        uint64_t seed;
-        if (getrandom(&seed, sizeof seed, 0) != (ssize_t)sizeof seed) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            seed = (uint64_t)ts.tv_nsec * UINT64_C(0x9E3779B97F4A7C15) ^
-                   (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 32);
-        }
-        o->seed = seed & (CLI_SEED_MAX - 1);
-    }
+    // The engine's defaults, as the server applies them (top-p without top-k,
+    // beam 1 when sampling, a random seed).
+    moa_search_opts_normalise(o, (a->beam_given ? MOA_OPT_GIVEN_BEAM : 0) |
+                                     (a->seed_given ? MOA_OPT_GIVEN_SEED : 0), cfg);
+    int sampling = moa_search_opts_sampling(o);
     if (!sampling && (a->temp_given || a->seed_given))
         fprintf(stderr, CLI_NAME ": warning: --temperature and --seed only "
-                "matter when sampling (--sample-topk, --sample-topp)\n");
+                "matter when sampling (--sample-topk above 1, --sample-topp below 1, "
+                "--temperature other than 1)\n");
     if (a->json) o->token_logprobs = 1;
     o->trace = a->trace;
 
@@ -441,39 +436,15 @@ static void json_source_ids(FILE *f, const int *src, int n, int eos) {
     fprintf(f, "%d]", eos);
 }
 
-// One trace section: [layer][pos] entries of k experts, gates and a margin.
-static void json_trace_part(FILE *f, int layers, int n_pos, int k,
-                            const int *experts, const float *gates,
-                            const float *margin) {
-    fputc('[', f);
-    for (int l = 0; l < layers; l++) {
-        fputs(l ? ", [" : "[", f);
-        for (int p = 0; p < n_pos; p++) {
-            size_t row = (size_t)l * (size_t)n_pos + (size_t)p;
-            fputs(p ? ", {\"experts\": " : "{\"experts\": ", f);
-            json_ints(f, experts + row * (size_t)k, k);
-            fputs(", \"gates\": ", f);
-            json_floats(f, gates + row * (size_t)k, k);
-            fputs(", \"margin\": ", f);
-            json_float(f, margin[row]);  // +INFINITY (k == E) -> null
-            fputc('}', f);
-        }
-        fputc(']', f);
-    }
-    fputc(']', f);
-}
-
+// A routing trace in the engine's JSON layout (moa_trace_json, spec §7), the
+// one the server writes too. Out of memory it writes null and says so.
 static void json_trace(FILE *f, const moa_trace *t) {
-    fputs("{\"encoder\": ", f);
-    json_trace_part(f, t->layers_enc, t->src_len, t->k, t->enc_experts,
-                    t->enc_gates, t->enc_margin);
-    fputs(", \"decoder_self\": ", f);
-    json_trace_part(f, t->layers_dec, t->tgt_len, t->k, t->dself_experts,
-                    t->dself_gates, t->dself_margin);
-    fputs(", \"decoder_cross\": ", f);
-    json_trace_part(f, t->layers_dec, t->tgt_len, t->k, t->dcross_experts,
-                    t->dcross_gates, t->dcross_margin);
-    fputc('}', f);
+    cJSON *o = cJSON_CreateObject();
+    char *s = o && moa_trace_json(t, o) == 0 ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    if (!s) fprintf(stderr, CLI_NAME ": out of memory writing a trace\n");
+    fputs(s ? s : "null", f);
+    free(s);
 }
 
 static void json_error(FILE *f, long index, const char *msg) {
@@ -876,7 +847,7 @@ static void print_model_info(const moa_model *m, const cli_args *a) {
     const moa_search_opts *o = &a->opts;
     if (a->score)
         fprintf(stderr, CLI_NAME ": scoring %s\n", a->score);
-    else if (o->sampling_topk > 0)
+    else if (moa_search_opts_sampling(o))
         fprintf(stderr, CLI_NAME ": sampling top-k %d, top-p %g, temperature "
                 "%g, seed %" PRIu64 "\n", o->sampling_topk,
                 (double)o->sampling_topp, (double)o->sampling_temperature,
@@ -896,7 +867,7 @@ static FILE *open_file(const char *path, const char *mode, FILE *std) {
 // Per-worker buffers: items, session, --score arrays. 0 or -1.
 static int ctx_alloc(cli_ctx *c, const moa_model *model, char *err, size_t errlen) {
     const cli_args *a = c->args;
-    int rows = a->score ? a->batch : a->batch * a->opts.beam_size;
+    int rows = a->score ? a->batch : a->batch * moa_search_opts_rows(&a->opts);
     c->sess = moa_session_create(model, rows, err, errlen);
     if (!c->sess) return -1;
     c->chunk = a->batch * CLI_CHUNK;
