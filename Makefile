@@ -50,6 +50,8 @@ TEST_OBJ := $(TEST_C:%.c=$(BUILD)/%.o)
 SERVER_C := $(wildcard server/*.c)
 SERVER_OBJ := $(SERVER_C:%.c=$(BUILD)/%.o)
 SERVER_LIBS := -lmicrohttpd -luv
+# The server's text modules (no HTTP, no libuv) are unit-tested by the runner.
+TEXT_OBJ := $(BUILD)/server/moa_text.o $(BUILD)/server/moa_split.o $(BUILD)/server/moa_protect.o
 
 LIB := $(BUILD)/libmoa.a
 SERVER := $(BUILD)/moa-server
@@ -61,7 +63,7 @@ RUNNER := $(BUILD)/run_tests
 
 all: check-deps $(LIB) $(CLI) $(RUNNER) $(SERVER)
 
-$(BUILD)/%.o: %.c $(wildcard model/*.h tokenizer/*.h tests/*.h)
+$(BUILD)/%.o: %.c $(wildcard model/*.h tokenizer/*.h tests/*.h server/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 
@@ -80,7 +82,7 @@ $(LIB): $(LIB_OBJ)
 $(CLI): $(BUILD)/model/moa_cli.o $(LIB)
 	$(CC) $(LDFLAGS) -pthread $^ $(LDLIBS) -o $@
 
-$(RUNNER): $(TEST_OBJ) $(LIB)
+$(RUNNER): $(TEST_OBJ) $(TEXT_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -pthread $^ $(LDLIBS) -o $@
 
 # The HTTP server (server/README.md).

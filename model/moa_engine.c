@@ -48,6 +48,8 @@ typedef struct sent {
     int *enc_e;  float *enc_g, *enc_m;
     int *ds_e;   float *ds_g, *ds_m;
     int *dc_e;   float *dc_g, *dc_m;
+    // Cross-attention, only when o.attention: [beam][Ldec][cap][src_len].
+    float *xa;
 
     int n_fin;
     moa_hypothesis fin[MOA_MAX_BEAM];
@@ -161,10 +163,12 @@ static void sent_free(sent *s) {
     free(s->enc_e); free(s->enc_g); free(s->enc_m);
     free(s->ds_e); free(s->ds_g); free(s->ds_m);
     free(s->dc_e); free(s->dc_g); free(s->dc_m);
+    free(s->xa);
     for (int i = 0; i < s->n_fin; i++) {
         free(s->fin[i].tokens);
         free(s->fin[i].token_logprobs);
         moa_trace_free(s->fin[i].trace);
+        free(s->fin[i].attention);
     }
     free(s);
 }
@@ -455,6 +459,15 @@ static int decode_rows(moa_session *s, int R) {
             int b = s->row_slot[r], n = st->src_len;
             const float *K = st->xk + (size_t)l * n * h, *Vx = st->xv + (size_t)l * n * h;
             moa_attend(w->q + (size_t)r * k * h, k, K, Vx, n, h, s->att, w->a + (size_t)r * k * h);
+            if (st->o.attention) {
+                // s->att holds the k heads' softmax rows: their gate-weighted mean
+                float *dst = st->xa + (((size_t)b * Ld + l) * st->cap + st->step) * n, gs = 0;
+                const float *g = w->pick_g + (size_t)r * k;
+                for (int j = 0; j < k; j++) gs += g[j];
+                memset(dst, 0, (size_t)n * sizeof(float));
+                for (int j = 0; j < k; j++)
+                    moa_axpy(dst, gs > 0 ? g[j] / gs : 1.0f / k, s->att + (size_t)j * n, n);
+            }
             if (st->o.trace) {
                 size_t at = ((size_t)b * Ld + l) * st->cap + st->step;
                 record_picks(c, w, r, st->dc_e + at * k, st->dc_g + at * k, st->dc_m + at);
@@ -542,6 +555,17 @@ static int finish(const moa_config *c, sent *st, int slot, int token, float lp,
         hy->trace = make_trace(c, st, slot, n);
         if (!hy->trace) return MOA_ENOMEM;
     }
+    if (st->o.attention) {
+        int Ld = c->decoder_layers;
+        size_t row = (size_t)st->src_len;
+        hy->attention = malloc((size_t)Ld * n * row * sizeof(float));
+        if (!hy->attention) return MOA_ENOMEM;
+        for (int l = 0; l < Ld; l++)
+            memcpy(hy->attention + (size_t)l * n * row,
+                   st->xa + ((size_t)slot * Ld + l) * st->cap * row, (size_t)n * row * sizeof(float));
+        hy->attention_layers = Ld;
+        hy->attention_cols = st->src_len;
+    }
     st->n_fin++;
     return 0;
 }
@@ -596,6 +620,15 @@ static int reorder(moa_session *s, sent *st, const int *parent, int n) {
         reorder_array(st->dc_g, sizeof(float), tr_slot, Ld, cap * k, pos * k, parent, n, scr);
         reorder_array(st->ds_m, sizeof(float), trm_slot, Ld, cap, pos, parent, n, scr);
         reorder_array(st->dc_m, sizeof(float), trm_slot, Ld, cap, pos, parent, n, scr);
+    }
+    if (st->o.attention) {
+        size_t row = (size_t)st->src_len;
+        if ((rc = grow((void **)&s->reorder, &s->reorder_cap, (size_t)n * Ld * pos * row,
+                       sizeof(float))))
+            return rc;
+        scr = (char *)s->reorder;
+        reorder_array(st->xa, sizeof(float), (size_t)Ld * cap * row, Ld, cap * row, pos * row,
+                      parent, n, scr);
     }
     double sc[MOA_MAX_BEAM];
     for (int j = 0; j < n; j++) sc[j] = st->scores[parent[j]];
@@ -798,6 +831,8 @@ static int sent_alloc(const moa_config *c, sent *st) {
             !st->ds_m || !st->dc_e || !st->dc_g || !st->dc_m)
             return MOA_ENOMEM;
     }
+    if (st->o.attention && !(st->xa = xcalloc(B * Ld * cap * n, sizeof(float))))
+        return MOA_ENOMEM;
     return 0;
 }
 

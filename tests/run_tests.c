@@ -16,6 +16,8 @@ extern const moa_test_case moa_tests_loader[];
 extern const moa_test_case moa_tests_tokenizer[];
 extern const moa_test_case moa_tests_engine[];
 extern const moa_test_case moa_tests_search[];
+extern const moa_test_case moa_tests_split[];
+extern const moa_test_case moa_tests_protect[];
 
 static const struct {
     const char *name;
@@ -23,7 +25,8 @@ static const struct {
 } tables[] = {
     {"kernels", moa_tests_kernels},   {"loader", moa_tests_loader},
     {"tokenizer", moa_tests_tokenizer}, {"engine", moa_tests_engine},
-    {"search", moa_tests_search},
+    {"search", moa_tests_search},     {"split", moa_tests_split},
+    {"protect", moa_tests_protect},
 };
 
 int main(int argc, char **argv) {
