@@ -45,8 +45,7 @@ struct moa_tr {
     moa_server *srv;
     int n_texts, is_array, html;
     int split, protect;         // split_sentences, protect_placeholders in effect
-    unit_x *ux;                 // per unit
-    int n_regular;              // units of the texts' segments (attribute units follow)
+    unit_x *ux;                 // per unit (the texts' own, then attribute values)
     pending_attr *pend;
     int n_pend, cap_pend;
     char **texts;               // copies of the request's texts
@@ -455,10 +454,11 @@ static int add_unit(moa_tr *tr, int *cap) {
     return 0;
 }
 
-// Attention is asked for only up to this many source tokens (its memory
-// grows with source × target tokens × layers × beam); longer sentences put
-// dropped items back by their relative position.
-#define ATTN_MAX_TOKENS 400
+// Attention is asked for only up to this many source tokens (split_tokens'
+// default): its memory grows with source × target tokens × layers × beam,
+// ~4 MB at 200 tokens and beam 4. Longer sentences put dropped items back
+// by their relative position.
+#define ATTN_MAX_TOKENS 200
 
 // One sentence [off, off+len) of text t becomes a unit: protected (ph: the
 // items of its stretch; NULL: not protected), tokenized. Returns 1 (a unit),
@@ -627,8 +627,8 @@ static int build_units(moa_tr *tr, char *err, size_t errlen) {
         }
         moa_segs_free(&raw);
     }
-    tr->n_regular = tr->n_units;
-    // title/alt values inside inline tags: units of their own
+    // title/alt values inside inline tags: units of their own, after every
+    // text's own units (the answer walks those in segment order)
     for (int k = 0; k < tr->n_pend; k++) {
         pending_attr pa = tr->pend[k];
         moa_phs ph = {0};

@@ -393,6 +393,19 @@ static int printf_class(const char *s, size_t n) {
 
 static int ph_in(const moa_ph *h, size_t a, size_t b) { return h->off >= a && h->off + h->len <= b; }
 
+// Does the tag h (of ph) have its partner inside [a, b) (same name, nesting
+// counted)?
+static int partner_inside(const moa_phs *ph, size_t a, size_t b, const moa_ph *h) {
+    int k = (int)(h - ph->v), step = h->tag == MOA_TAG_OPEN ? 1 : -1, depth = 0;
+    for (int i = k; i >= 0 && i < ph->n; i += step) {
+        const moa_ph *q = &ph->v[i];
+        if (q->kind != MOA_PH_TAG || !ph_in(q, a, b) || strcmp(q->name, h->name)) continue;
+        if (q->tag == h->tag) depth++;
+        else if ((q->tag == MOA_TAG_OPEN || q->tag == MOA_TAG_CLOSE) && --depth == 0) return 1;
+    }
+    return 0;
+}
+
 void moa_protect_trim(const char *t, size_t *off, size_t *len, const moa_phs *ph) {
     size_t a = *off, b = *off + *len;
     for (int changed = 1; changed;) {
@@ -407,14 +420,18 @@ void moa_protect_trim(const char *t, size_t *off, size_t *len, const moa_phs *ph
             if (h->off + h->len == b) last = h;
         }
         // a close tag first, an open tag last, an empty element at either end
-        // wrap nothing of the sentence; nor does a comment
-        if (first && first->tag != MOA_TAG_OPEN && first != last) {
+        // wrap nothing of the sentence; nor does a comment. An open tag first
+        // (close tag last) whose partner is in another sentence wraps all of
+        // this one: it stays outside too (<b>One. Two.</b>)
+        if (first && first != last &&
+            (first->tag != MOA_TAG_OPEN || !partner_inside(ph, a, b, first))) {
             a = first->off + first->len;
             changed = 1;
             continue;
         }
         if (last && (last->tag == MOA_TAG_OPEN || last->tag == MOA_TAG_COMMENT ||
-                     (last->tag == MOA_TAG_EMPTY && last != first))) {
+                     (last->tag == MOA_TAG_EMPTY && last != first) ||
+                     (last->tag == MOA_TAG_CLOSE && !partner_inside(ph, a, b, last)))) {
             b = last->off;
             changed = 1;
             continue;

@@ -156,14 +156,14 @@ size_t moa_split_sentence_end(const char *t, size_t start, size_t i, size_t end,
         }
     }
     if (j >= end) return 0;  // the end of the range is a sentence end anyway
-    if (!holds_word(t, start, i, keep, nk)) return 0;
-    if (cjk) return j;
+    if (cjk) return holds_word(t, start, i, keep, nk) ? j : 0;
+    // the cheap tests first: holds_word walks back to the sentence's start
     if (!is_ws(t[j])) return 0;
     size_t k = j;
     while (k < end && is_ws(t[k])) k++;
     if (k >= end || !opens_sentence(t, k, end, keep, nk)) return 0;
     if (lone_period && period_is_abbrev(t, start, i, t[k] >= '0' && t[k] <= '9')) return 0;
-    return j;
+    return holds_word(t, start, i, keep, nk) ? j : 0;
 }
 
 // --- cutting -----------------------------------------------------------------------
