@@ -961,8 +961,9 @@ static int decode_into(moa_server *srv, const moa_hypothesis *h, moa_buf *b, cha
 // (malloc'ed; NULL when there is none): the mean of the decoder layers above
 // the first. The first layer's attention is a poor alignment: put back by it,
 // a placeholder deleted from the default model's output returns to its place
-// 33% of the time, against 78% with the layers above it and 74% with all
-// three (bench/RESULTS.md).
+// 32% of the time (no better than by relative position, 33%), against 78%
+// with the layers above it and 77% with all three (bench/align_eval.c,
+// bench/RESULTS.md).
 static float *alignment(const moa_hypothesis *h) {
     if (!h->attention || h->attention_layers < 1) return NULL;
     size_t n = (size_t)h->n_tokens * (size_t)h->attention_cols;
