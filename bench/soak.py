@@ -532,6 +532,8 @@ def main() -> int:
     p.add_argument("--out", default=os.path.join(REPO, "bench", "soak"))
     p.add_argument("--log", default=os.path.join(REPO, "build", "bench", "soak", "server.log"))
     a = p.parse_args()
+    if os.path.abspath(a.model).startswith(REPO + os.sep):
+        a.model = os.path.relpath(os.path.abspath(a.model), REPO)  # as the results name it
     if not a.window:
         a.window = min(5.0, a.minutes / 6)
     return Soak(a).run()
