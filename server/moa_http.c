@@ -363,11 +363,17 @@ static void on_job_done(moa_job *j, moa_sched_reason why) {
 }
 
 // Whether the client of a held request has gone, from its socket polled for
-// GONE_EVENTS: it closed or shut down its sending side (read-side EOF), or
-// the connection broke. The one place that decides it.
-#define GONE_EVENTS POLLRDHUP
+// GONE_EVENTS: the connection was reset or broke (POLLERR), or is shut in
+// both directions (POLLHUP; poll reports both whatever it is asked for).
+// The one place that decides it. A read-side EOF (POLLRDHUP) is NOT a
+// hang-up: the request is complete, and a client that shut down its sending
+// side after it (shutdown(SHUT_WR), nc -N, some HTTP/1.0 clients) still
+// reads the answer. The price: a client that closed its socket sends the
+// same FIN, so it is not noticed here; its work runs to the end (or the
+// deadline) and the answer's write finds it gone.
+#define GONE_EVENTS 0
 static int client_gone(const struct pollfd *p) {
-    return (p->revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
+    return (p->revents & (POLLHUP | POLLERR)) != 0;
 }
 
 static void watch_add(moa_http *h, req *r) {

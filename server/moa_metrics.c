@@ -19,6 +19,14 @@ static const double sec_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 #define N_SEC (sizeof sec_bounds / sizeof sec_bounds[0])
 static const double row_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096};
 #define N_ROW (sizeof row_bounds / sizeof row_bounds[0])
+// Sentences per step: 1 is its own bucket, so "shared with another
+// sentence" reads as count - bucket{le="1"}.
+static const double sent_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
+#define N_SENT (sizeof sent_bounds / sizeof sent_bounds[0])
+// The label of each way a job comes back from the scheduler (moa_metrics_job).
+static const char *const job_reasons[] = {"done", "failed", "deadline", "cancelled", "stopped",
+                                          "queue_full"};
+#define N_REASON (sizeof job_reasons / sizeof job_reasons[0])
 
 typedef struct hist {
     uint64_t b[20];             // per bucket (not cumulative); last is +Inf
@@ -30,8 +38,9 @@ struct moa_metrics {
     pthread_mutex_t mu;
     uint64_t requests[N_EP][N_ST + 1];  // last column: any other status
     int other_status[N_EP];             // the last "other" status seen, for the label
-    hist req_dur, queue_dur, compute_dur, rows;
+    hist req_dur, queue_dur, compute_dur, rows, step_sents;
     uint64_t sentences, src_tokens, tgt_tokens, steps, translate_requests;
+    uint64_t jobs[N_REASON + 1];        // last: a reason this file does not know
 };
 
 static void hist_add(hist *h, const double *bounds, size_t nb, double v) {
@@ -92,10 +101,19 @@ void moa_metrics_translate(moa_metrics *m, double queue_s, double compute_s, lon
     pthread_mutex_unlock(&m->mu);
 }
 
-void moa_metrics_step(moa_metrics *m, int rows) {
+void moa_metrics_step(moa_metrics *m, int rows, int sentences) {
     pthread_mutex_lock(&m->mu);
     hist_add(&m->rows, row_bounds, N_ROW, rows);
+    hist_add(&m->step_sents, sent_bounds, N_SENT, sentences);
     m->steps++;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void moa_metrics_job(moa_metrics *m, const char *reason) {
+    size_t i = 0;
+    while (i < N_REASON && strcmp(reason, job_reasons[i])) i++;
+    pthread_mutex_lock(&m->mu);
+    m->jobs[i]++;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -122,6 +140,20 @@ void moa_metrics_render(moa_metrics *m, moa_buf *o) {
                 "last leaving it.", &m->compute_dur, sec_bounds, N_SEC);
     hist_render(o, "moa_batch_rows", "Beam rows decoded per engine step (all requests).",
                 &m->rows, row_bounds, N_ROW);
+    hist_render(o, "moa_batch_sentences", "Sentences decoded together in each engine step "
+                "(all requests): above 1, sentences shared a step.", &m->step_sents,
+                sent_bounds, N_SENT);
+    // every reason, also at 0: a rate() over a series that appears late misses its start
+    moa_buf_puts(o, "# HELP moa_scheduler_jobs_total /translate requests that reached the "
+                    "scheduler, by how they came back: done, failed, deadline (504), "
+                    "cancelled (the client hung up: 499), stopped (503), queue_full (refused: "
+                    "429).\n# TYPE moa_scheduler_jobs_total counter\n");
+    for (size_t i = 0; i < N_REASON; i++)
+        moa_buf_printf(o, "moa_scheduler_jobs_total{reason=\"%s\"} %llu\n", job_reasons[i],
+                       (unsigned long long)m->jobs[i]);
+    if (m->jobs[N_REASON])
+        moa_buf_printf(o, "moa_scheduler_jobs_total{reason=\"other\"} %llu\n",
+                       (unsigned long long)m->jobs[N_REASON]);
     moa_buf_printf(o,
                    "# HELP moa_sentences_translated_total Sentences (translation units) "
                    "answered, cache hits included.\n"

@@ -125,6 +125,12 @@ static int unit_rows(const moa_unit *u) { return moa_search_opts_rows(&u->opts);
 
 // --- giving jobs back ----------------------------------------------------------------
 
+// Counts a job given back or refused (moa_scheduler_jobs_total{reason}).
+static void count_job(moa_sched *s, moa_sched_reason why) {
+    moa_metrics_job(s->metrics, why == MOA_SCHED_QUEUE_FULL ? "queue_full"
+                                                            : moa_sched_reason_name(why));
+}
+
 // A unit left worker w's session (finished, or cancelled there).
 static void unit_gone(moa_sched *s, moa_worker *w, int rows) {
     w->units--;
@@ -170,6 +176,7 @@ static void job_release(moa_sched *s, int idx, moa_sched_reason why, const char 
     if (!j->t_first_admit) j->t_first_admit = j->t_done;
     memmove(s->held + idx, s->held + idx + 1, (size_t)(s->n_held - idx - 1) * sizeof *s->held);
     s->n_held--;
+    count_job(s, why);
     j->on_done(j, why);
 }
 
@@ -199,6 +206,7 @@ static void take_incoming(moa_sched *s) {
                 s->queued_units -= j->n_waiting;
                 pthread_mutex_unlock(&s->mu);
                 snprintf(j->err, sizeof j->err, "out of memory");
+                count_job(s, MOA_SCHED_FAILED);
                 j->on_done(j, MOA_SCHED_FAILED);
                 j = next;
                 continue;
@@ -254,10 +262,18 @@ static int pick_worker(moa_sched *s, int rows) {
 
 static void admit(moa_sched *s) {
     const moa_conf *c = s->conf;
+    double t = now(s);
     while (s->units_live < c->max_inflight) {
         int ji = pick_job(s);
         if (ji < 0) return;
         moa_job *j = s->held[ji];
+        // Past its deadline (it may have waited here, or arrived late): back
+        // now, not after it took room in a session until the next deadline
+        // round; so a job that missed its deadline is never decoded.
+        if (t >= j->deadline) {
+            job_release(s, ji, MOA_SCHED_DEADLINE, NULL);
+            continue;
+        }
         while (j->next_waiting < j->n_units && j->units[j->next_waiting].state != MOA_UNIT_WAITING)
             j->next_waiting++;
         if (j->next_waiting >= j->n_units) {  // bookkeeping disagrees: repair, never spin
@@ -422,6 +438,7 @@ static void stop_round(moa_sched *s) {
 // Under lock on entry and on return.
 static int worker_round(moa_sched *s, moa_worker *w) {
     w->busy = 1;
+    int units = w->units;  // the sentences this step decodes
     pthread_mutex_unlock(&s->lock);
     if (s->opts.during_step) s->opts.during_step(s->opts.step_ctx, w->index);
     int rc = moa_session_step(w->sess);
@@ -431,7 +448,7 @@ static int worker_round(moa_sched *s, moa_worker *w) {
     if (rc < 0) {
         fail_worker(s, w, rc);
     } else {
-        if (rc > 0) moa_metrics_step(s->metrics, rc);
+        if (rc > 0) moa_metrics_step(s->metrics, rc, units);
         take_finished(s, w);
     }
     apply_cancels(s, w);
@@ -611,10 +628,12 @@ int moa_sched_submit(moa_sched *s, moa_job *j) {
     pthread_mutex_lock(&s->mu);
     if (s->stopping) {
         pthread_mutex_unlock(&s->mu);
+        count_job(s, MOA_SCHED_STOPPED);
         return MOA_SCHED_STOPPED;
     }
     if (s->queued_units > 0 && s->queued_units + waiting > s->conf->max_queue) {
         pthread_mutex_unlock(&s->mu);
+        count_job(s, MOA_SCHED_QUEUE_FULL);
         return MOA_SCHED_QUEUE_FULL;
     }
     s->queued_units += waiting;

@@ -29,7 +29,9 @@
 // oldest first, so a one-line request is not stuck behind a 500-line one —
 // within max_inflight and max_batch_rows (split evenly between the workers),
 // and balanced: a unit goes to the worker with the fewest rows, waiting for
-// a stepping worker's step to end when that one has fewer. All of this
+// a stepping worker's step to end when that one has fewer. A job whose
+// deadline has passed is never admitted: when its turn comes it goes back
+// (DEADLINE), whatever the loop thread's deadline rounds. All of this
 // state is under one lock, taken between steps only, never during one; a
 // session is touched only by its worker while it steps. A job given back
 // while one of its units is in a stepping session (deadline, cancel,

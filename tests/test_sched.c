@@ -493,6 +493,101 @@ static void test_deadline_expires(void) {
     fixture_free(&f);
 }
 
+// The value of one sample line ("name{labels} value") of the metrics page.
+static double metric_value(fixture *f, const char *series) {
+    moa_buf b = {0};
+    moa_metrics_render(f->metrics, &b);
+    if (b.oom) MOA_TEST_FAIL("out of memory");
+    char key[256];
+    snprintf(key, sizeof key, "\n%s ", series);
+    const char *p = strstr(b.s, key);
+    if (!p) MOA_TEST_FAIL("no sample %s in the metrics", series);
+    double v = strtod(p + strlen(key), NULL);
+    free(b.s);
+    return v;
+}
+
+// A job whose deadline passed while it waited, or that was submitted past
+// it, is never admitted — also when the slot frees up in a worker's round
+// (no loop-thread deadline round in between): it comes back DEADLINE with
+// no unit ever in a session, and is counted so.
+static void test_deadline_never_admitted(void) {
+    fixture f;
+    fixture_load(&f);
+    fixture_start(&f, 1, 1, 64, 4096, NULL);
+    tjob *a = job_new(&f, 0, 1, 4, MAXLEN), *b = job_new(&f, 1, 1, 4, MAXLEN);
+    tjob *c = job_new(&f, 2, 1, 4, MAXLEN);
+    b->job.deadline = 103;
+    submit_ok(&f, a);
+    submit_ok(&f, b);
+    moa_sched_poll(f.s);
+    ASSERT_EQ_INT(a->job.units[0].state, MOA_UNIT_LIVE);
+    ASSERT_EQ_INT(b->job.units[0].state, MOA_UNIT_WAITING);
+    f.clock = 104;          // b's deadline passes while it waits; no poll
+    c->job.deadline = 101;  // and c arrives past its own
+    submit_ok(&f, c);
+    step_until_back(&f, 0, a, MAX_STEPS);  // a's slot frees in the worker's round
+    ASSERT_EQ_INT(a->why, MOA_SCHED_DONE);
+    ASSERT_EQ_INT(b->calls, 1);
+    ASSERT_EQ_INT(b->why, MOA_SCHED_DEADLINE);
+    ASSERT_EQ_INT(b->job.units[0].admitted, 0);
+    ASSERT_EQ_INT(c->calls, 1);
+    ASSERT_EQ_INT(c->why, MOA_SCHED_DEADLINE);
+    ASSERT_EQ_INT(c->job.units[0].admitted, 0);
+    assert_idle(&f);
+    ASSERT_EQ_INT(metric_value(&f, "moa_scheduler_jobs_total{reason=\"deadline\"}"), 2);
+    ASSERT_EQ_INT(metric_value(&f, "moa_scheduler_jobs_total{reason=\"done\"}"), 1);
+    job_free(a);
+    job_free(b);
+    job_free(c);
+    fixture_free(&f);
+}
+
+// moa_batch_sentences counts the sentences of every step: two one-unit jobs
+// admitted together share their first steps (above the le="1" bucket), the
+// one left alone steps alone; moa_scheduler_jobs_total counts how jobs came
+// back or were refused.
+static void test_metrics_steps_and_jobs(void) {
+    fixture f;
+    fixture_load(&f);
+    fixture_start(&f, 1, 4, 64, 2, NULL);
+    tjob *a = job_new(&f, 0, 1, 4, MAXLEN), *b = job_new(&f, 1, 1, 4, 4);
+    tjob *q = job_new(&f, 2, 3, 4, MAXLEN), *c = job_new(&f, 3, 1, 4, MAXLEN);
+    a->job.units[0].opts.min_length = MAXLEN;  // outlives b
+    submit_ok(&f, a);
+    submit_ok(&f, b);
+    ASSERT_EQ_INT(moa_sched_submit(f.s, &q->job), MOA_SCHED_QUEUE_FULL);  // 2 + 3 > 2
+    moa_sched_poll(f.s);
+    int shared = 0, alone = 0;
+    while (a->calls == 0) {
+        int n = wstats(&f, 0).units;
+        if (moa_sched_step_worker(f.s, 0) <= 0) MOA_TEST_FAIL("nothing stepped");
+        if (n == 2) shared++;
+        else alone++;
+    }
+    ASSERT_EQ_INT(b->why, MOA_SCHED_DONE);
+    ASSERT_TRUE(shared >= 1 && alone >= 1);
+    ASSERT_EQ_INT(metric_value(&f, "moa_batch_sentences_count"), shared + alone);
+    ASSERT_EQ_INT(metric_value(&f, "moa_batch_sentences_bucket{le=\"1\"}"), alone);
+    ASSERT_EQ_INT(metric_value(&f, "moa_batch_sentences_bucket{le=\"2\"}"), shared + alone);
+    submit_ok(&f, c);
+    moa_sched_cancel(f.s, &c->job);
+    ASSERT_EQ_INT(c->why, MOA_SCHED_CANCELLED);
+    moa_sched_stop(f.s);
+    ASSERT_EQ_INT(moa_sched_submit(f.s, &q->job), MOA_SCHED_STOPPED);
+    ASSERT_EQ_INT(metric_value(&f, "moa_scheduler_jobs_total{reason=\"done\"}"), 2);
+    ASSERT_EQ_INT(metric_value(&f, "moa_scheduler_jobs_total{reason=\"queue_full\"}"), 1);
+    ASSERT_EQ_INT(metric_value(&f, "moa_scheduler_jobs_total{reason=\"cancelled\"}"), 1);
+    ASSERT_EQ_INT(metric_value(&f, "moa_scheduler_jobs_total{reason=\"stopped\"}"), 1);
+    ASSERT_EQ_INT(metric_value(&f, "moa_scheduler_jobs_total{reason=\"deadline\"}"), 0);
+    ASSERT_EQ_INT(q->calls, 0);
+    job_free(a);
+    job_free(b);
+    job_free(q);
+    job_free(c);
+    fixture_free(&f);
+}
+
 // --- stop ----------------------------------------------------------------------------------------
 
 // moa_sched_stop gives back everything — a live job, a queued one, one not
@@ -788,6 +883,8 @@ const moa_test_case moa_tests_sched[] = {
     {"cancel_queued_job", test_cancel_queued_job},
     {"cancel_stepping_units", test_cancel_stepping_units},
     {"deadline_expires", test_deadline_expires},
+    {"deadline_never_admitted", test_deadline_never_admitted},
+    {"metrics_steps_and_jobs", test_metrics_steps_and_jobs},
     {"stop_gives_everything_back", test_stop_gives_everything_back},
     {"stop_while_stepping", test_stop_while_stepping},
     {"workers_balanced_by_rows", test_workers_balanced_by_rows},

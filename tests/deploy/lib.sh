@@ -24,6 +24,23 @@ COMPOSE=${COMPOSE:-/usr/bin/docker-compose}
 log() { printf '%s [deploy] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "FAIL: $*"; exit 1; }
 
+# The most seconds a wait for a state (a server ready, a container healthy,
+# a backend taken back) may take: it ends a run whose state never comes and
+# is never what a test measures, so a loaded machine makes a run slower, not
+# fail. WAIT_LIMIT in the environment overrides it.
+WAIT_LIMIT=${WAIT_LIMIT:-300}
+
+# wait_until WHAT CMD...: runs CMD every 0.2 s until it succeeds; dies after
+# $WAIT_LIMIT s naming WHAT.
+wait_until() {
+  local what=$1 t0=$SECONDS
+  shift
+  until "$@" >/dev/null 2>&1; do
+    (( SECONDS - t0 < WAIT_LIMIT )) || die "$what: not within $WAIT_LIMIT s (WAIT_LIMIT)"
+    sleep 0.2
+  done
+}
+
 need_packages() {
   local missing=() p
   for p in "$@"; do
@@ -49,14 +66,14 @@ dockerd_start() {
     -H "$DOCKER_HOST" --bridge=none --log-level warn \
     >"$DEPLOY_RUN/dockerd.log" 2>&1 &
   DOCKERD_PID=$!
-  local i
-  for i in $(seq 1 60); do
+  local t0=$SECONDS
+  while (( SECONDS - t0 < WAIT_LIMIT )); do
     $DOCKER info >/dev/null 2>&1 && { log "dockerd up (pid $DOCKERD_PID)"; return 0; }
     kill -0 "$DOCKERD_PID" 2>/dev/null || { tail -20 "$DEPLOY_RUN/dockerd.log" >&2; die "dockerd exited"; }
     sleep 0.5
   done
   tail -20 "$DEPLOY_RUN/dockerd.log" >&2
-  die "dockerd did not answer within 30 s"
+  die "dockerd did not answer within $WAIT_LIMIT s"
 }
 
 dockerd_stop() {

@@ -2,12 +2,18 @@
 """Steady, bounded load on POST /translate, with one action in the middle.
 
 A few worker threads (stdlib http.client, keep-alive, reconnect on error) send
-POST /translate back to back for --duration seconds, each request with fresh
-texts (so no cache answers it). At --action-at seconds the --action shell
-command runs (e.g. stop or kill one replica). Every request is recorded:
-start, end, HTTP status or exception, and the replica that answered (the
-balancer's X-Served-By header: HAProxy's server name, or nginx's
-$upstream_addr, where "a, b" means nginx tried a and then b).
+POST /translate back to back, each request with fresh texts (so no cache
+answers it). The --action shell command (e.g. stop or kill one replica) runs
+at --action-at seconds at the earliest, and only once the load has reached the
+state the assertions need before it (--expect-servers-before replicas have
+answered); the load then goes on for --duration seconds at least and until the
+states needed after it are there too (--min-ok answers; --min-after answers to
+requests started --settle s after the action ended). So a slow machine makes
+the run longer, never fail; --max-wait (generous) ends a run whose state
+never comes, as a failure. Every request is recorded: start, end, HTTP status
+or exception, and the replica that answered (the balancer's X-Served-By
+header: HAProxy's server name, or nginx's $upstream_addr, where "a, b" means
+nginx tried a and then b).
 
 Prints the counts, writes them as JSON (--json), and exits 1 when an
 assertion fails:
@@ -16,6 +22,7 @@ assertion fails:
   --expect-servers-before N  at least N distinct replicas answered before the action
   --expect-servers-after N   exactly N distinct replicas answered the requests
                              started more than --settle s after the action ended
+                             (at least --min-after of them)
   --expect-action-rc N       the action command's exit status
 """
 import argparse
@@ -102,10 +109,15 @@ def main():
     ap.add_argument("--duration", type=float, default=12.0)
     ap.add_argument("--texts", type=int, default=3, help="texts per request")
     ap.add_argument("--beam", type=int, default=4)
-    ap.add_argument("--timeout", type=float, default=30.0)
-    ap.add_argument("--action", default="", help="shell command run at --action-at")
+    ap.add_argument("--timeout", type=float, default=300.0,
+                    help="per request: a bound for a broken balancer, not a latency limit")
+    ap.add_argument("--action", default="", help="shell command run at --action-at at the earliest")
     ap.add_argument("--action-at", type=float, default=4.0)
     ap.add_argument("--settle", type=float, default=2.0)
+    ap.add_argument("--min-after", type=int, default=4,
+                    help="with --expect-servers-after: answers to requests started after the settle")
+    ap.add_argument("--max-wait", type=float, default=600.0,
+                    help="the most seconds a wait for a state (before or after the action) may take")
     ap.add_argument("--label", default="load")
     ap.add_argument("--json", default="")
     ap.add_argument("--max-failures", type=int, default=0)
@@ -124,22 +136,56 @@ def main():
     for t in threads:
         t.start()
 
+    now = lambda: time.monotonic() - t_zero
+    def snapshot():
+        with stats.lock:
+            return list(stats.records)
+    def served_by(recs):
+        return {final_server(r[4]) for r in recs if r[2] == 200}
+    waits = []  # the states a run gave up waiting for
+
     action_t0 = action_t1 = None
     action_rc, action_out = None, ""
     if args.action:
-        time.sleep(max(0.0, args.action_at - (time.monotonic() - t_zero)))
-        action_t0 = time.monotonic() - t_zero
+        # the state the checks before the action need: the replicas answering
+        limit = args.action_at + args.max_wait
+        while now() < args.action_at or (
+                args.expect_servers_before and
+                len(served_by(snapshot())) < args.expect_servers_before):
+            if now() >= limit:
+                waits.append("%d replica(s) answering before the action" % args.expect_servers_before)
+                break
+            time.sleep(0.05)
+        action_t0 = now()
         proc = subprocess.Popen(args.action, shell=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    while time.monotonic() - t_zero < args.duration:
+    def enough():
+        recs = snapshot()
+        if now() < args.duration or sum(1 for r in recs if r[2] == 200) < args.min_ok:
+            return False
+        if not args.action:
+            return True
+        if action_rc is None:
+            return False
+        if args.expect_servers_after:
+            settle_t = action_t1 + args.settle
+            return sum(1 for r in recs if r[0] >= settle_t and r[2] == 200) >= args.min_after
+        return True
+    limit = None
+    while not enough():
         time.sleep(0.05)
         if args.action and action_rc is None and proc.poll() is not None:
-            action_rc, action_t1 = proc.returncode, time.monotonic() - t_zero
+            action_rc, action_t1 = proc.returncode, now()
+        if limit is None and (not args.action or action_rc is not None):
+            limit = max(now(), args.duration) + args.max_wait
+        if limit is not None and now() >= limit:
+            waits.append("%d answers, and %d after the settle" % (args.min_ok, args.min_after))
+            break
     stop.set()
     for t in threads:
         t.join(args.timeout + 5)
     if args.action and action_rc is None:
         try:
-            proc.wait(timeout=120)
+            proc.wait(timeout=args.max_wait)
         except subprocess.TimeoutExpired:
             proc.kill(); proc.wait()
         action_rc, action_t1 = proc.returncode, time.monotonic() - t_zero
@@ -187,7 +233,7 @@ def main():
     else:
         summary["servers"] = servers(recs)
 
-    problems = []
+    problems = ["gave up after --max-wait %g s waiting for: %s" % (args.max_wait, w) for w in waits]
     if len(failed) > args.max_failures:
         problems.append("%d failed requests (at most %d allowed): %s; first: %s"
                         % (len(failed), args.max_failures, errors, failed[0][3]))
@@ -206,8 +252,9 @@ def main():
         problems.append("action exited %s (expected %d): %s" % (action_rc, args.expect_action_rc, action_out))
     summary["problems"] = problems
 
+    summary["duration_s"] = round(now(), 1)
     line = ("[%s] %d requests in %.0f s (%d workers): %d ok, %d failed%s; latency p50 %s ms, p99 %s ms, max %s ms"
-            % (args.label, len(recs), args.duration, args.workers, len(ok), len(failed),
+            % (args.label, len(recs), summary["duration_s"], args.workers, len(ok), len(failed),
                " %s" % errors if errors else "", summary["latency_ms"]["p50"], summary["latency_ms"]["p99"],
                summary["latency_ms"]["max"]))
     if summary["retried_by_balancer"]:

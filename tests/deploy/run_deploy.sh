@@ -120,12 +120,13 @@ uid=$($DOCKER exec moa-single id -u)
 $DOCKER exec moa-single test -s /opt/moa-serve/weights/moa-en-de/NOTICE || die "no NOTICE in the image"
 tini_pid=$($DOCKER inspect -f '{{.State.Pid}}' moa-single)
 [ "$(cat /proc/$tini_pid/comm)" = tini ] || die "pid 1 of the container is $(cat /proc/$tini_pid/comm), not tini"
-for i in $(seq 1 50); do server_pid=$(pgrep -P "$tini_pid" -x moa-server) && break; sleep 0.1; done
+wait_until "a moa-server process under tini" pgrep -P "$tini_pid" -x moa-server
+server_pid=$(pgrep -P "$tini_pid" -x moa-server)
 [ -n "$server_pid" ] || die "no moa-server under tini"
 bad=$(sigterm_unsafe_threads "$server_pid")
 [ -z "$bad" ] || die "server threads $bad take SIGTERM with its default action: a docker stop could kill it without draining"
 [ "$($DOCKER inspect -f '{{.Config.StopSignal}}' "$IMAGE")" = SIGTERM ] || die "STOPSIGNAL is not SIGTERM"
-for i in $(seq 1 100); do curl -sf "http://127.0.0.1:$SINGLE_PORT/ready" >/dev/null && break; sleep 0.2; done
+wait_until "one container ready" curl -sf "http://127.0.0.1:$SINGLE_PORT/ready"
 out=$(curl -s "http://127.0.0.1:$SINGLE_PORT/translate" -H 'Content-Type: application/json' -d '{"text": "Open file"}')
 grep -q '"translatedText"' <<<"$out" || die "one container: /translate said: $out"
 log "one container: uid $uid, NOTICE present, /translate on the published port: $(echo "$out" | $PY -c 'import json,sys; print(json.load(sys.stdin)["translatedText"])')"
@@ -141,7 +142,7 @@ $DOCKER run -d --name moa-single-model --network moa-single --read-only --cap-dr
   -v "$OUT/k8s-conf:/opt/moa-serve/conf:ro" \
   -v "$PWD/tests/fixtures/models/tiny-trained:/models/tiny:ro" \
   -e MOA_MODEL=/models/tiny -e MOA_PORT=9000 "$IMAGE" >/dev/null || die "docker run (Kubernetes settings) failed"
-for i in $(seq 1 50); do $DOCKER exec moa-single-model moa-server --probe /ready >/dev/null 2>&1 && break; sleep 0.2; done
+wait_until "Kubernetes settings: ready" $DOCKER exec moa-single-model moa-server --probe /ready
 $DOCKER exec moa-single-model moa-server --probe /ready >/dev/null 2>&1 || die "Kubernetes settings: --probe /ready (MOA_PORT=9000) fails: $($DOCKER logs moa-single-model 2>&1 | tail -3)"
 # (logs to a file first: `docker logs | grep -q` fails under pipefail when grep quits early)
 $DOCKER logs moa-single-model >"$OUT/k8s-settings.log" 2>&1
@@ -151,10 +152,8 @@ grep -q 'compute workers 2' "$OUT/k8s-settings.log" || die "Kubernetes settings:
 $DOCKER rm -f moa-single-model >/dev/null
 log "Kubernetes settings (ConfigMap config, read-only root, no capabilities, uid 10001) + mounted model via MOA_MODEL, MOA_PORT=9000: ready"
 # the image's HEALTHCHECK (moa-server --probe /ready; first run after 10 s)
-for i in $(seq 1 60); do
-  h=$($DOCKER inspect -f '{{.State.Health.Status}}' moa-single); [ "$h" = healthy ] && break; sleep 0.5
-done
-[ "$h" = healthy ] || die "HEALTHCHECK: status '$h' after 30 s"
+healthy() { [ "$($DOCKER inspect -f '{{.State.Health.Status}}' moa-single)" = healthy ]; }
+wait_until "HEALTHCHECK: status healthy" healthy
 t0=$(date +%s.%N)
 $DOCKER stop -t 40 moa-single >/dev/null
 rc=$($DOCKER inspect -f '{{.State.ExitCode}}' moa-single)
@@ -175,19 +174,19 @@ rows = list(csv.DictReader(l.lstrip("# ") for l in sys.stdin))
 up = [r["svname"] for r in rows if r["pxname"] == "moa" and r["svname"] not in ("BACKEND", "FRONTEND") and r["status"].startswith("UP")]
 be = [r for r in rows if r["pxname"] == "moa" and r["svname"] == "BACKEND"]
 print(len(up), ",".join(up) or "-", be[0]["wretr"] if be else "?", be[0]["wredis"] if be else "?")'; }
-wait_up() {  # N seconds
-  local i n names
-  for i in $(seq 1 $(( $2 * 2 ))); do
+wait_up() {  # N: waits until HAProxy has N replicas UP (at most WAIT_LIMIT s)
+  local n names t0=$SECONDS
+  while :; do
     read -r n names _ _ < <(haproxy_state 2>/dev/null || echo "0 - ? ?")
     [ "$n" = "$1" ] && { log "HAProxy: $n replica(s) UP ($names)"; return 0; }
+    (( SECONDS - t0 < WAIT_LIMIT )) || die "HAProxy has ${n:-0} replica(s) UP (${names:-}), expected $1 within $WAIT_LIMIT s"
     sleep 0.5
   done
-  die "HAProxy has ${n:-0} replica(s) UP (${names:-}), expected $1 within $2 s"
 }
 
 log "docker-compose up --scale moa=2 (project $PROJECT, balancer on 127.0.0.1:$LB_PORT)"
 compose up -d --no-build --scale moa=2 >"$OUT/compose-up.log" 2>&1 || { cat "$OUT/compose-up.log" >&2; die "docker-compose up failed"; }
-wait_up 2 60
+wait_up 2
 [ "$(compose ps -q moa | wc -l)" = 2 ] || die "expected 2 moa containers"
 
 code=$(curl -s -o "$OUT/compose-translate.json" -w '%{http_code}' "$LB/translate" -H 'Content-Type: application/json' \
@@ -222,7 +221,7 @@ summary "compose SIGTERM: $($PY -c 'import json,sys; d=json.load(open(sys.argv[1
 
 # back to 2 replicas
 compose up -d --no-build --scale moa=2 >>"$OUT/compose-up.log" 2>&1 || die "docker-compose up (scale back to 2) failed"
-wait_up 2 60
+wait_up 2
 
 # b. SIGKILL one replica's server process under load (as the OOM killer would)
 victim=$(compose ps -q moa | head -1)
@@ -240,12 +239,11 @@ read -r _ _ retr_b redis_b < <(haproxy_state)
 summary "compose SIGKILL: $($PY -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%d requests, %d failed%s, %d in flight at the kill" % (d["requests"], d["failed"], (" " + str(d["errors"])) if d["errors"] else "", d["in_flight_at_action"]))' "$OUT/compose-sigkill.json"); HAProxy retries in this test $((retr_b - retr_a)), redispatches $((redis_b - redis_a))"
 [ "$rc_load" = 0 ] || die "SIGKILL failover: see the FAIL lines above"
 # the restart policy (unless-stopped) restarts the crashed replica; HAProxy takes it back
-for i in $(seq 1 60); do
-  [ "$($DOCKER inspect -f '{{.RestartCount}}' "$victim")" -gt "$restarts0" ] && [ "$($DOCKER inspect -f '{{.State.Running}}' "$victim")" = true ] && break
-  sleep 0.5
-done
-[ "$($DOCKER inspect -f '{{.RestartCount}}' "$victim")" -gt "$restarts0" ] || die "the killed replica was not restarted (restart: unless-stopped)"
-wait_up 2 60
+restarted() {
+  [ "$($DOCKER inspect -f '{{.RestartCount}}' "$victim")" -gt "$restarts0" ] && [ "$($DOCKER inspect -f '{{.State.Running}}' "$victim")" = true ]
+}
+wait_until "the killed replica restarted (restart: unless-stopped)" restarted
+wait_up 2
 code=$(curl -s -o /dev/null -w '%{http_code}' "$LB/translate" -H 'Content-Type: application/json' -d '{"text": "Close window"}')
 [ "$code" = 200 ] || die "after the restart: HTTP $code"
 summary "compose SIGKILL: the replica was restarted by Docker (restart count $($DOCKER inspect -f '{{.RestartCount}}' "$victim")) and is back in HAProxy's rotation"

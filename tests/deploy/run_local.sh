@@ -73,14 +73,13 @@ start_backend() {  # port logfile -> sets STARTED_PID
     --compute-workers 1 --cache-size 0 --drain-timeout 30 --log-level info >>"$2" 2>&1 &
   STARTED_PID=$!
 }
+ready_or_gone() {  # port pid: ready (0), or dies when the process is gone
+  "$SERVER" --probe /ready --port "$1" >/dev/null 2>&1 && return 0
+  kill -0 "$2" 2>/dev/null || die "backend on port $1 exited during start-up"
+  return 1
+}
 wait_ready() {  # port pid
-  local i
-  for i in $(seq 1 100); do
-    "$SERVER" --probe /ready --port "$1" >/dev/null 2>&1 && return 0
-    kill -0 "$2" 2>/dev/null || die "backend on port $1 exited during start-up"
-    sleep 0.1
-  done
-  die "backend on port $1 not ready after 10 s"
+  wait_until "backend on port $1 ready" ready_or_gone "$1" "$2"
 }
 start_nginx() {  # extra sed expression for the config
   mkdir -p "$OUT/nginx"
@@ -91,16 +90,20 @@ start_nginx() {  # extra sed expression for the config
     || { cat "$OUT/nginx/test.log" >&2; die "nginx -t refused the configuration"; }
   nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -g 'daemon off;' >>"$OUT/nginx/stdout.log" 2>&1 &
   PID_NGINX=$!
-  local i
-  for i in $(seq 1 50); do curl -sf "http://127.0.0.1:$PL/health" >/dev/null && break; sleep 0.1; done
-  curl -sf "http://127.0.0.1:$PL/health" >/dev/null || die "nginx does not answer on 127.0.0.1:$PL"
+  wait_until "nginx answering on 127.0.0.1:$PL" curl -sf "http://127.0.0.1:$PL/health"
 }
-# backend 1 back after a stop: started, ready, and taken back by nginx
+# Whether nginx sent a request to backend 1 (the last address in X-Served-By).
+served_by_backend1() {
+  local h
+  h=$(curl -s -o /dev/null -D - "$LB/health" | tr -d '\r')  # (no grep -q in a pipe: pipefail)
+  grep -qiE "^x-served-by: (.*, )?127\.0\.0\.1:$P1\$" <<<"$h"
+}
+# backend 1 back after a stop: started, ready, and taken back by nginx (once
+# its fail_timeout has passed: waited for as a state, not slept)
 restart_backend1() {
   start_backend "$P1" "$OUT/backend1.log"; PID_A=$STARTED_PID
   wait_ready "$P1" "$PID_A"
-  sleep 3.5   # nginx's fail_timeout: backend 1 is tried again
-  for i in 1 2 3 4 5 6; do curl -s -o /dev/null "$LB/translate" -H 'Content-Type: application/json' -d '{"text": "Warm up '$i'"}'; done
+  wait_until "nginx sending requests to backend 1 again" served_by_backend1
 }
 result() { $PY -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%d requests, %d failed%s, %d in flight at the signal, %d answered after a retry by nginx" % (d["requests"], d["failed"], (" " + str(d["errors"])) if d["errors"] else "", d["in_flight_at_action"], d["retried_by_balancer"]))' "$1"; }
 
