@@ -19,6 +19,8 @@ extern const moa_test_case moa_tests_search[];
 extern const moa_test_case moa_tests_cpus[];
 extern const moa_test_case moa_tests_sched[];
 extern const moa_test_case moa_tests_utf8[];
+extern const moa_test_case moa_tests_moses[];
+extern const moa_test_case moa_tests_bpe[];
 
 static const struct {
     const char *name;
@@ -29,6 +31,8 @@ static const struct {
     {"search", moa_tests_search},     {"cpus", moa_tests_cpus},
     {"sched", moa_tests_sched},
     {"utf8", moa_tests_utf8},
+    {"moses", moa_tests_moses},
+    {"bpe", moa_tests_bpe},
 };
 
 int main(int argc, char **argv) {
