@@ -41,6 +41,7 @@ static void ub_put(ubuf *b, uint32_t c) {
 }
 
 static void ub_putn(ubuf *b, const uint32_t *s, size_t n) {
+    if (n == 0) return;   // s may be NULL then (an empty buffer)
     ub_reserve(b, n);
     if (b->oom) return;
     memcpy(b->v + b->n, s, n * sizeof *s);
@@ -886,6 +887,7 @@ static int job(const char *text, size_t len, job_fn f, const void *arg, char **o
     if ((!text && len) || moa_utf8_check(text ? text : "", len, NULL, NULL) != 0)
         return MOA_EINVAL;
     ubuf b = {0};
+    ub_reserve(&b, len + 16);   // never NULL, even for empty text: passes offset into it
     ub_put_utf8(&b, text, len);
     int rc = b.oom ? MOA_ENOMEM : f(&b, arg);
     if (!rc) rc = to_utf8(&b, out, out_len);

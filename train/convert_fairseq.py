@@ -437,7 +437,7 @@ def convert(checkpoint: str, dict_path: str, spm_path: Optional[str], out: str,
     if bpe_codes:
         cfg["tokenizer"] = "subword-nmt"
         cfg["moses"] = dict(moses) if moses is not None else moses_config(True, True, True)
-        problems = moa_io._tokenizer_problems(cfg)
+        problems = moa_io.tokenizer_problems(cfg)
         if problems:
             raise ConversionRefused([p.replace("moses.tokenize false", "--no-moses") +
                                      " (--source-lang/--target-lang name the languages)"

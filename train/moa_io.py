@@ -290,10 +290,10 @@ def _config_problems(c: Mapping[str, Any]) -> List[str]:
               "scale_embedding"):
         if not isinstance(c[k], bool):
             p.append(f"{k} must be true or false")
-    return p + _tokenizer_problems(c)
+    return p + tokenizer_problems(c)
 
 
-def _tokenizer_problems(c: Mapping[str, Any]) -> List[str]:
+def tokenizer_problems(c: Mapping[str, Any]) -> List[str]:
     """The keys the tokenizer reads (tokenizer/moa_tokenizer.cc checks the same)."""
     kind = c.get("tokenizer", "sentencepiece")
     if kind not in TOKENIZER_FILES:
