@@ -42,7 +42,7 @@ CFLAGS := -std=c11 $(OPT) $(WARN) -pthread
 CXXFLAGS := -std=c++17 $(OPT) -Wall -Wextra -pthread
 
 # libmoa: the engine, the tokenizer and what they share (error codes, UTF-8).
-LIB_C := $(wildcard common/moa_*.c model/moa_*.c)
+LIB_C := $(wildcard common/moa_*.c model/moa_*.c tokenizer/moa_*.c)
 LIB_CXX := $(wildcard tokenizer/*.cc)
 LIB_OBJ := $(LIB_C:%.c=$(BUILD)/%.o) $(LIB_CXX:%.cc=$(BUILD)/%.o)
 TEST_C := $(wildcard tests/test_*.c) tests/run_tests.c

@@ -103,7 +103,8 @@ static void print_help(FILE *f) {
         "\n"
         "Input and output:\n"
         "  --model DIR          model directory: config.json, model.safetensors,\n"
-        "                       sentencepiece.model, vocab.txt (required)\n"
+        "                       vocab.txt, and sentencepiece.model or (subword-nmt\n"
+        "                       models) bpecodes (required)\n"
         "  --input FILE         sentences to translate, one a line, any length; a\n"
         "                       trailing \\r is dropped, an empty line is translated\n"
         "                       too (default: standard input; \"-\" also means it)\n"
@@ -501,11 +502,12 @@ static void item_fail(cli_item *it, const char *what, const char *msg) {
     snprintf(it->err, sizeof it->err, "%s%s", what, msg);
 }
 
-// Tokenizes `text` into ids without eos; on refusal marks the item failed.
-static int encode(cli_ctx *c, cli_item *it, const char *text, size_t len,
+// Tokenizes `text` of one side (MOA_TOK_SOURCE, or MOA_TOK_TARGET for a
+// translation to score) into ids without eos; on refusal marks the item failed.
+static int encode(cli_ctx *c, cli_item *it, int side, const char *text, size_t len,
                   const char *what, int **ids, int *n) {
     char err[400];
-    int rc = moa_tokenizer_encode(c->tok, text, len, 0, ids, n, err, sizeof err);
+    int rc = moa_tokenizer_encode_side(c->tok, side, text, len, 0, ids, n, err, sizeof err);
     if (rc != 0) {
         item_fail(it, what, err);
         *ids = NULL;
@@ -543,7 +545,7 @@ static int read_batch(cli_ctx *c) {
         item_reset(it);
         it->index = c->next_index++;
         if (!c->args->score) {
-            encode(c, it, c->line, (size_t)len, "", &it->src, &it->src_len);
+            encode(c, it, MOA_TOK_SOURCE, c->line, (size_t)len, "", &it->src, &it->src_len);
             continue;
         }
         char *tab = memchr(c->line, '\t', (size_t)len);
@@ -556,8 +558,9 @@ static int read_batch(cli_ctx *c) {
             item_fail(it, "", "expected source<TAB>target, found more than one tab");
             continue;
         }
-        if (encode(c, it, c->line, slen, "source: ", &it->src, &it->src_len) == 0)
-            encode(c, it, tab + 1, tlen, "target: ", &it->tgt, &it->tgt_len);
+        if (encode(c, it, MOA_TOK_SOURCE, c->line, slen, "source: ", &it->src,
+                   &it->src_len) == 0)
+            encode(c, it, MOA_TOK_TARGET, tab + 1, tlen, "target: ", &it->tgt, &it->tgt_len);
     }
     return n;
 }

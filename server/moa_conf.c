@@ -34,7 +34,8 @@ static const opt_def opts[] = {
      "address to listen on (IPv4 or IPv6, e.g. 127.0.0.1, ::)"},
     {"port", T_INT, F(port), 1, 65535, "8080", "TCP port"},
     {"model", T_STR, F(model), 0, 0, "weights/moa-en-de",
-     "model directory (config.json, model.safetensors, sentencepiece.model, vocab.txt)"},
+     "model directory (config.json, model.safetensors, vocab.txt, sentencepiece.model or "
+     "bpecodes)"},
     {"compute_workers", T_INT, F(compute_workers), 0, 256, "0",
      "engine sessions stepped in parallel, each by its own thread with "
      "single-threaded OpenBLAS (0 = one per usable CPU: the online cores, fewer "

@@ -21,6 +21,8 @@ extern const moa_test_case moa_tests_sched[];
 extern const moa_test_case moa_tests_utf8[];
 extern const moa_test_case moa_tests_split[];
 extern const moa_test_case moa_tests_protect[];
+extern const moa_test_case moa_tests_moses[];
+extern const moa_test_case moa_tests_bpe[];
 
 static const struct {
     const char *name;
@@ -32,6 +34,8 @@ static const struct {
     {"sched", moa_tests_sched},
     {"utf8", moa_tests_utf8},
     {"split", moa_tests_split},       {"protect", moa_tests_protect},
+    {"moses", moa_tests_moses},
+    {"bpe", moa_tests_bpe},
 };
 
 int main(int argc, char **argv) {

@@ -1,10 +1,22 @@
 #!/usr/bin/python3
 """Converts a checkpoint of the paper's fairseq MoA code into a model directory
-(docs/moa-spec.md §3): config.json, model.safetensors, vocab.txt and
-sentencepiece.model.
+(docs/moa-spec.md §3): config.json, model.safetensors, vocab.txt and the
+tokenizer's file, sentencepiece.model or (subword-nmt BPE) bpecodes.
 
     /usr/bin/python3 train/convert_fairseq.py --checkpoint checkpoint_best.pt \\
         --dict data-bin/dict.en.txt --spm sentencepiece.model --out weights/moa
+    # the paper's own pipeline (fairseq's prepare-wmt14en2de.sh): Moses
+    # tokenisation with -a, subword-nmt BPE, a joined dictionary
+    /usr/bin/python3 train/convert_fairseq.py --checkpoint checkpoint_best.pt \\
+        --dict data-bin/dict.en.txt --bpe-codes wmt14_en_de/code --out weights/moa-wmt
+
+With --bpe-codes the model directory says "tokenizer": "subword-nmt": the
+server cuts text with the Moses rules of the source language (and, to score,
+the target language), normalising punctuation and splitting hyphens as that
+recipe does, then applies the merges; it detokenizes output with the target
+language's rules. The languages come from the checkpoint's task arguments
+(source_lang/target_lang) or --source-lang/--target-lang; Moses rules exist
+here for en and de (--no-moses for text that is tokenized already).
 
 Needs neither fairseq nor omegaconf: classes of modules that cannot be
 imported are replaced by stand-ins that keep their data (listed as
@@ -21,7 +33,8 @@ It refuses, naming each offending option or tensor, and writes nothing:
     decoder_embed_dim != encoder_embed_dim, decoder_ffn_embed_dim !=
     encoder_ffn_embed_dim, decoder_normalize_before != encoder_normalize_before;
   - encoder_learned_pos / decoder_learned_pos, no_token_positional_embeddings,
-    layernorm_embedding, ffd_type other than normal (MoE feed-forward),
+    layernorm_embedding, ffd_type moe (a mixture-of-experts FFN; the authors'
+    code builds the dense FFN for every other value),
     NormFormer scale_attn / scale_fc / scale_heads / scale_resids,
     share_decoder_input_output_embed without share_all_embeddings,
     adaptive_input / adaptive_softmax_cutoff / tie_adaptive_weights,
@@ -33,7 +46,9 @@ It refuses, naming each offending option or tensor, and writes nothing:
     with the hyper-parameters, NaN/inf weights;
   - a dict.txt whose ids do not match the embedding rows (beyond fairseq's
     padding to a multiple of 8 with madeupwordNNNN, which is added back), or
-    most of whose tokens are not pieces of --spm.
+    most of whose tokens are not pieces of --spm (or cannot come out of the
+    merges of --bpe-codes);
+  - with --bpe-codes, a source or target language without Moses rules here.
 """
 
 from __future__ import annotations
@@ -150,10 +165,15 @@ def map_hparams(hp: Mapping[str, Any]) -> Tuple[Dict[str, Any], List[str], List[
     for name, why in UNSUPPORTED_FLAGS.items():
         if _truthy(h.get(name, False)):
             problems.append(f"{name} is set: {why} is not supported")
+    # The authors' layers build a mixture-of-experts FFN for ffd_type "moe" and
+    # the dense fc1/fc2 for any other value (their default is "normal").
     ffd = h.get("ffd_type")
-    if ffd is not None and str(ffd) != "normal":
+    if ffd is not None and str(ffd) == "moe":
         problems.append(f"ffd_type is {ffd!r}: only the dense feed-forward layer "
                         "('normal') is supported, not a mixture-of-experts FFN")
+    elif ffd is not None and str(ffd) != "normal":
+        notes.append(f"ffd_type is {ffd!r}: the authors' code builds the dense "
+                     "feed-forward layer for every value but 'moe'")
     if _truthy(h.get("adaptive_softmax_cutoff")):
         problems.append("adaptive_softmax_cutoff is set: adaptive softmax is not supported")
     for name in ("encoder_layers_to_keep", "decoder_layers_to_keep"):
@@ -306,6 +326,46 @@ def build_vocab(tokens: List[str], rows: int, dict_path: str
     return vocab, problems, notes
 
 
+def bpe_symbols(codes_path: str) -> set:
+    """Every piece the merges of a codes file can produce, without "@@" and
+    "</w>" (single characters aside)."""
+    import bpe
+    _, merges = bpe.read_codes(codes_path)
+    out = set()
+    for a, b in merges:
+        for sym in (a, b, a + b):
+            out.add(sym[:-len(bpe.END)] if sym.endswith(bpe.END) else sym)
+    return out
+
+
+def check_bpe(vocab: List[str], codes_path: str) -> Tuple[int, int]:
+    """(dict tokens that the merges cannot produce, tokens checked); like
+    check_spm. A token is "X@@" (inside a word) or "X" (a word's end), X a
+    single character or a merge result."""
+    symbols = bpe_symbols(codes_path)
+    checked = [t for t in vocab[4:] if not re.fullmatch(r"madeupword\d{4}", t)]
+
+    def producible(t: str) -> bool:
+        base = t[:-2] if t.endswith("@@") and len(t) > 2 else t
+        return len(base) == 1 or base in symbols
+    return sum(not producible(t) for t in checked), len(checked)
+
+
+def looks_subword_nmt(vocab: List[str]) -> bool:
+    """Many multi-character pieces end in "@@" and none starts with "\u2581"."""
+    pieces = [t for t in vocab[4:] if len(t) > 1 and not re.fullmatch(r"madeupword\d{4}", t)]
+    marked = sum(t.endswith("@@") for t in pieces)
+    return bool(pieces) and marked * 5 > len(pieces) and not any(t.startswith("\u2581")
+                                                                    for t in pieces)
+
+
+def moses_config(aggressive: bool, escape: bool, normalize: bool,
+                 tokenize: bool = True) -> Dict[str, Any]:
+    """config.json "moses" (spec §3): fairseq's WMT recipe is all true."""
+    return {"tokenize": tokenize, "aggressive_dash_splits": aggressive, "escape": escape,
+            "normalize_punctuation": normalize, "remove_non_printing": normalize}
+
+
 def check_spm(vocab: List[str], spm_path: str) -> Tuple[int, int]:
     """(dict tokens that are not pieces of the SentencePiece model, tokens
     checked); specials and padding entries are not checked."""
@@ -316,15 +376,28 @@ def check_spm(vocab: List[str], spm_path: str) -> Tuple[int, int]:
     return sum(t not in pieces for t in checked), len(checked)
 
 
-def convert(checkpoint: str, dict_path: str, spm_path: str, out: str,
+def convert(checkpoint: str, dict_path: str, spm_path: Optional[str], out: str,
             dtype: str = "F32", source_lang: Optional[str] = None,
             target_lang: Optional[str] = None, allow_vocab_mismatch: bool = False,
-            log: Callable[[str], None] = print) -> Dict[str, Any]:
-    """Converts; returns the config written. Raises ConversionRefused (nothing
-    is written then), or ValueError/OSError for unreadable inputs."""
+            log: Callable[[str], None] = print, bpe_codes: Optional[str] = None,
+            moses: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Converts; returns the config written. Give spm_path (SentencePiece) or
+    bpe_codes (subword-nmt; `moses` the config.json "moses" object, default
+    fairseq's WMT recipe). Raises ConversionRefused (nothing is written
+    then), or ValueError/OSError for unreadable inputs."""
     dtype = moa_io.normalize_dtype(dtype)
-    if not os.path.isfile(spm_path):
-        raise ConversionRefused([f"{spm_path}: missing file (--spm)"])
+    if (spm_path is None) == (bpe_codes is None):
+        raise ConversionRefused(["give the tokenizer: --spm (SentencePiece) or --bpe-codes "
+                                 "(subword-nmt), not both"])
+    tok_path, tok_flag = (spm_path, "--spm") if spm_path else (bpe_codes, "--bpe-codes")
+    if not os.path.isfile(tok_path):
+        raise ConversionRefused([f"{tok_path}: missing file ({tok_flag})"])
+    if bpe_codes:
+        import bpe
+        try:
+            bpe.read_codes(bpe_codes)
+        except (bpe.BPECodesError, UnicodeDecodeError) as e:
+            raise ConversionRefused([f"--bpe-codes: {e}"]) from None
     tokens = fairseq_ckpt.read_fairseq_dict(dict_path)
     ckpt, stubbed = fairseq_ckpt.load_fairseq_checkpoint(checkpoint)
     if "model" not in ckpt or not isinstance(ckpt["model"], Mapping):
@@ -343,16 +416,32 @@ def convert(checkpoint: str, dict_path: str, spm_path: str, out: str,
     notes += vnotes
     if problems:
         raise ConversionRefused(problems)
-    unknown, checked = check_spm(vocab, spm_path)
+    if spm_path:
+        unknown, checked = check_spm(vocab, spm_path)
+        what = f"are not pieces of {spm_path}; they can never be produced by its encoder"
+    else:
+        unknown, checked = check_bpe(vocab, bpe_codes)
+        what = f"cannot come out of the merges of {bpe_codes}"
     if unknown:
-        msg = (f"{unknown} of {checked} dict.txt tokens are not pieces of {spm_path}; "
-               "they can never be produced by its encoder")
+        msg = f"{unknown} of {checked} dict.txt tokens {what}"
         if unknown * 2 > checked and not allow_vocab_mismatch:
-            raise ConversionRefused([msg + " (wrong --spm or --dict? "
-                                     "--allow-vocab-mismatch converts anyway)"])
+            hint = ""
+            if spm_path and looks_subword_nmt(vocab):
+                hint = ("; its tokens end in @@: a subword-nmt dictionary, convert it with "
+                        "--bpe-codes")
+            raise ConversionRefused([msg + f" (wrong {tok_flag} or --dict? "
+                                     f"--allow-vocab-mismatch converts anyway){hint}"])
         notes.append("warning: " + msg)
     cfg["source_lang"] = source_lang or hp.get("source_lang") or task.get("source_lang") or "en"
     cfg["target_lang"] = target_lang or hp.get("target_lang") or task.get("target_lang") or "de"
+    if bpe_codes:
+        cfg["tokenizer"] = "subword-nmt"
+        cfg["moses"] = dict(moses) if moses is not None else moses_config(True, True, True)
+        problems = moa_io.tokenizer_problems(cfg)
+        if problems:
+            raise ConversionRefused([p.replace("moses.tokenize false", "--no-moses") +
+                                     " (--source-lang/--target-lang name the languages)"
+                                     for p in problems])
     cfg["name"] = os.path.basename(os.path.normpath(out))
     cfg["description"] = (f"converted from the fairseq checkpoint {os.path.basename(checkpoint)} "
                           f"({hp.get('arch') or hp.get('_name') or 'unknown arch'}) "
@@ -363,11 +452,15 @@ def convert(checkpoint: str, dict_path: str, spm_path: str, out: str,
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".convert-", dir=parent)
     try:
-        moa_io.save_model_dir(tmp, cfg, tensors, vocab, spm_path, dtype)
+        moa_io.save_model_dir(tmp, cfg, tensors, vocab, tok_path, dtype)
         os.makedirs(out, exist_ok=True)
         for fname in (moa_io.CONFIG_FILE, moa_io.WEIGHTS_FILE, moa_io.VOCAB_FILE,
-                      moa_io.SPM_FILE):
+                      moa_io.tokenizer_file(cfg)):
             os.replace(os.path.join(tmp, fname), os.path.join(out, fname))
+        # a directory converted before with the other tokenizer keeps no stale file
+        for other in set(moa_io.TOKENIZER_FILES.values()) - {moa_io.tokenizer_file(cfg)}:
+            if os.path.isfile(os.path.join(out, other)):
+                os.remove(os.path.join(out, other))
     except (ValueError, moa_io.ModelFormatError) as e:
         raise ConversionRefused([str(e)]) from None
     finally:
@@ -384,6 +477,12 @@ def convert(checkpoint: str, dict_path: str, spm_path: str, out: str,
     rest = sorted(k for k in ckpt if k not in ("model", "args", "cfg"))
     if rest:
         log("skipped: checkpoint entries: " + ", ".join(rest))
+    if bpe_codes:
+        m = cfg["moses"]
+        log(f"tokenizer: subword-nmt ({os.path.basename(bpe_codes)} -> bpecodes); Moses "
+            + (f"{cfg['source_lang']}->{cfg['target_lang']}, "
+               + ", ".join(k for k, v in m.items() if v and k != "tokenize")
+               if m.get("tokenize", True) else "off: text must come tokenized"))
     log(f"wrote {out}: d_model {cfg['d_model']}, layers {cfg['encoder_layers']}+"
         f"{cfg['decoder_layers']}, {cfg['num_experts']} experts, top-{cfg['top_k']}, "
         f"head_dim {cfg['head_dim']}, vocab {cfg['vocab_size']}, {len(tensors)} tensors "
@@ -402,9 +501,27 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--dict", required=True, metavar="DICT.txt",
                    help="the fairseq dictionary the model was trained with ('token "
                         "count' lines; the joined source/target dictionary)")
-    p.add_argument("--spm", required=True, metavar="SPM.model",
-                   help="the SentencePiece model that produced the dictionary's pieces; "
-                        "copied into the directory as sentencepiece.model")
+    tok = p.add_mutually_exclusive_group(required=True)
+    tok.add_argument("--spm", metavar="SPM.model",
+                     help="the SentencePiece model that produced the dictionary's pieces; "
+                          "copied into the directory as sentencepiece.model")
+    tok.add_argument("--bpe-codes", metavar="CODES",
+                     help="the subword-nmt merges (learn_bpe's codes file, fairseq's "
+                          "'bpecodes'/'code') that produced the dictionary's pieces from "
+                          "Moses-tokenised text; copied as bpecodes, and config.json says "
+                          "\"tokenizer\": \"subword-nmt\"")
+    p.add_argument("--no-moses", action="store_true",
+                   help="with --bpe-codes: the model reads text that is tokenized already "
+                        "(split at whitespace, no Moses rules, no detokenizer)")
+    p.add_argument("--no-aggressive-dash-splits", action="store_true",
+                   help="with --bpe-codes: the data was tokenized without tokenizer.perl -a "
+                        "(hyphens inside words stay)")
+    p.add_argument("--no-moses-escape", action="store_true",
+                   help="with --bpe-codes: the data was tokenized with -no-escape "
+                        "(no &amp; &quot; ... entities)")
+    p.add_argument("--no-normalize-punctuation", action="store_true",
+                   help="with --bpe-codes: the data did not go through "
+                        "normalize-punctuation.perl and remove-non-printing-char.perl")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="model directory to write (created; its four files are replaced)")
     p.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"],
@@ -424,8 +541,15 @@ def build_arg_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     a = build_arg_parser().parse_args(argv)
     try:
+        moses = None
+        if a.bpe_codes:
+            moses = moses_config(not a.no_aggressive_dash_splits, not a.no_moses_escape,
+                                 not a.no_normalize_punctuation, not a.no_moses)
+        elif a.no_moses or a.no_aggressive_dash_splits or a.no_moses_escape or \
+                a.no_normalize_punctuation:
+            raise ConversionRefused(["the Moses options go with --bpe-codes"])
         convert(a.checkpoint, a.dict, a.spm, a.out, a.dtype, a.source_lang,
-                a.target_lang, a.allow_vocab_mismatch)
+                a.target_lang, a.allow_vocab_mismatch, bpe_codes=a.bpe_codes, moses=moses)
     except ConversionRefused as e:
         print(f"error: refusing to convert {a.checkpoint}:", file=sys.stderr)
         for problem in e.problems:

@@ -152,8 +152,12 @@ def save_fairseq_checkpoint(model: torch.nn.Module, config: Mapping[str, Any], p
 
     style: "args" (hyper-parameters in an argparse.Namespace under `args`,
     `cfg` None), "cfg" (args None; `cfg` a nested dict whose `model` section
-    holds the flat names) or "cfg-nested" (the `model` section in
-    TransformerConfig layout: model.encoder.embed_dim, ...). overrides/drop
+    holds the flat names), "cfg-nested" (the `model` section in
+    TransformerConfig layout: model.encoder.embed_dim, ...) or "cfg-namespace"
+    (args None; `cfg.model` and `cfg.task` argparse Namespaces holding every
+    flat argument plus `_name`: how fairseq >= 0.10 saves a model whose
+    architecture registers its arguments with add_args, as the paper's
+    moa_transformer does). overrides/drop
     change or remove hyper-parameters (flat names) before nesting; wrap_cfg
     turns the cfg dict into any object (e.g. config classes to pickle);
     state_dict replaces fairseq_state_dict(model, config); training gives the
@@ -192,8 +196,14 @@ def save_fairseq_checkpoint(model: torch.nn.Module, config: Mapping[str, Any], p
     if style == "args":
         ckpt["args"] = argparse.Namespace(**hp)
         ckpt["cfg"] = None
-    elif style in ("cfg", "cfg-nested"):
-        model_section = _nest_model_section(hp) if style == "cfg-nested" else dict(hp)
+    elif style in ("cfg", "cfg-nested", "cfg-namespace"):
+        model_section: Any = _nest_model_section(hp) if style == "cfg-nested" else dict(hp)
+        task_section: Any = {"_name": "translation", "data": "data-bin/en-de",
+                             "source_lang": hp.get("source_lang"),
+                             "target_lang": hp.get("target_lang")}
+        if style == "cfg-namespace":
+            model_section = argparse.Namespace(**{**hp, "_name": hp.get("arch")})
+            task_section = argparse.Namespace(**{**hp, "_name": hp.get("task")})
         cfg = {
             "_name": None,
             "common": {"_name": None, "fp16": True, "seed": 1, "log_interval": 100},
@@ -203,9 +213,7 @@ def save_fairseq_checkpoint(model: torch.nn.Module, config: Mapping[str, Any], p
                              "update_freq": [1], "clip_norm": 0.0},
             "checkpoint": {"_name": None, "save_dir": "checkpoints/moa"},
             "model": model_section,
-            "task": {"_name": "translation", "data": "data-bin/en-de",
-                     "source_lang": hp.get("source_lang"),
-                     "target_lang": hp.get("target_lang")},
+            "task": task_section,
             "criterion": {"_name": "label_smoothed_cross_entropy", "label_smoothing": 0.1},
             "optimizer": {"_name": "adam", "adam_betas": "(0.9, 0.98)", "adam_eps": 1e-08},
             "lr_scheduler": {"_name": "inverse_sqrt", "warmup_updates": 4000},
@@ -213,7 +221,7 @@ def save_fairseq_checkpoint(model: torch.nn.Module, config: Mapping[str, Any], p
         ckpt["args"] = None
         ckpt["cfg"] = wrap_cfg(cfg) if wrap_cfg else cfg
     else:
-        raise ValueError(f"unknown style {style!r} (args, cfg, cfg-nested)")
+        raise ValueError(f"unknown style {style!r} (args, cfg, cfg-nested, cfg-namespace)")
     torch.save(ckpt, path)
 
 

@@ -48,6 +48,16 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 VOCAB_FILE = "vocab.txt"
 SPM_FILE = "sentencepiece.model"
+BPE_CODES_FILE = "bpecodes"
+# config.json "tokenizer" -> the file that cuts text into pieces (spec §3)
+TOKENIZER_FILES = {"sentencepiece": SPM_FILE, "subword-nmt": BPE_CODES_FILE}
+MOSES_OPTIONS = ("tokenize", "aggressive_dash_splits", "escape", "normalize_punctuation",
+                 "remove_non_printing")
+
+
+def tokenizer_file(config: Mapping[str, Any]) -> str:
+    """The tokenizer's file in a model directory of this config."""
+    return TOKENIZER_FILES.get(config.get("tokenizer", "sentencepiece"), SPM_FILE)
 
 
 class ModelFormatError(ValueError):
@@ -280,6 +290,35 @@ def _config_problems(c: Mapping[str, Any]) -> List[str]:
               "scale_embedding"):
         if not isinstance(c[k], bool):
             p.append(f"{k} must be true or false")
+    return p + tokenizer_problems(c)
+
+
+def tokenizer_problems(c: Mapping[str, Any]) -> List[str]:
+    """The keys the tokenizer reads (tokenizer/moa_tokenizer.cc checks the same)."""
+    kind = c.get("tokenizer", "sentencepiece")
+    if kind not in TOKENIZER_FILES:
+        return [f"tokenizer {kind!r} is not 'sentencepiece' or 'subword-nmt'"]
+    if kind != "subword-nmt":
+        return []
+    m = c.get("moses", {})
+    if m is False:
+        return []
+    if not isinstance(m, dict):
+        return ["moses must be an object or false"]
+    p = [f"moses.{k} is not a Moses option ({', '.join(MOSES_OPTIONS)})"
+         for k in m if k not in MOSES_OPTIONS]
+    p += [f"moses.{k} must be true or false" for k, v in m.items()
+          if k in MOSES_OPTIONS and not isinstance(v, bool)]
+    if p or m.get("tokenize", True) is False:
+        return p
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import moses   # train/moses.py, imported only for subword-nmt models
+    for k in ("source_lang", "target_lang"):
+        if moses.lang_of(c.get(k)) is None:
+            p.append(f"{k} {c.get(k)!r}: the Moses rules here are those of en and de "
+                     "(moses.tokenize false takes text that is already tokenized)")
     return p
 
 
@@ -418,10 +457,12 @@ def load_model_dir(path: str, warn: bool = True) -> Tuple[Dict[str, Any], Dict[s
     Tensors the config does not call for are dropped with a warning on stderr."""
     if not os.path.isdir(path):
         raise ModelFormatError(f"{path}: not a directory")
-    for fname in (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE, SPM_FILE):
+    if not os.path.isfile(os.path.join(path, CONFIG_FILE)):
+        raise ModelFormatError(f"{os.path.join(path, CONFIG_FILE)}: missing file")
+    cfg = read_config(os.path.join(path, CONFIG_FILE))
+    for fname in (WEIGHTS_FILE, VOCAB_FILE, tokenizer_file(cfg)):
         if not os.path.isfile(os.path.join(path, fname)):
             raise ModelFormatError(f"{os.path.join(path, fname)}: missing file")
-    cfg = read_config(os.path.join(path, CONFIG_FILE))
     wpath = os.path.join(path, WEIGHTS_FILE)
     tensors = read_safetensors(wpath)
     for w in check_tensors(wpath, cfg, tensors):
@@ -434,7 +475,9 @@ def load_model_dir(path: str, warn: bool = True) -> Tuple[Dict[str, Any], Dict[s
 def save_model_dir(path: str, config: Mapping[str, Any],
                    tensors: Mapping[str, np.ndarray], vocab: List[str],
                    spm_model: str, dtype: str = "F32") -> None:
-    """Writes the four files (creating path). Checks names and shapes first."""
+    """Writes the four files (creating path). Checks names and shapes first.
+    spm_model is the tokenizer's file: the SentencePiece model, or the BPE
+    codes when config says "tokenizer": "subword-nmt" (copied as bpecodes)."""
     cfg = complete_config(dict(config), os.path.join(path, CONFIG_FILE))
     if len(vocab) != cfg["vocab_size"]:
         raise ValueError(f"vocab has {len(vocab)} pieces, config says {cfg['vocab_size']}")
@@ -447,6 +490,6 @@ def save_model_dir(path: str, config: Mapping[str, Any],
     write_safetensors(os.path.join(path, WEIGHTS_FILE), tensors, dtype,
                       metadata={"format": FORMAT})
     write_vocab(os.path.join(path, VOCAB_FILE), vocab)
-    dst = os.path.join(path, SPM_FILE)
+    dst = os.path.join(path, tokenizer_file(cfg))
     if os.path.abspath(spm_model) != os.path.abspath(dst):
         shutil.copyfile(spm_model, dst)

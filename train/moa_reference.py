@@ -859,26 +859,82 @@ def translate_batch(model: MoATransformer, srcs: Sequence[Sequence[int]],
 # --- text ---------------------------------------------------------------------------------
 
 class Tokenizer:
-    """SentencePiece pieces mapped through vocab.txt (spec §7)."""
+    """Pieces mapped through vocab.txt (spec §7): SentencePiece's, or for a
+    "tokenizer": "subword-nmt" model the Moses rules of each side's language
+    and the merges of bpecodes (train/moses.py, train/bpe.py: the Python twins
+    of the C tokenizer)."""
+
+    BPE_UNK_TEXT = "\u2047"   # how <unk> reads in subword-nmt output, as in SentencePiece's
 
     def __init__(self, model_dir: str, cfg: MoAConfig) -> None:
-        import sentencepiece as spm
-        self.sp = spm.SentencePieceProcessor(
-            model_file=os.path.join(model_dir, moa_io.SPM_FILE))
+        raw = cfg.to_dict()
+        self.kind = raw.get("tokenizer", "sentencepiece")
+        if self.kind == "subword-nmt":
+            import bpe
+            import moses
+            self.bpe = bpe.BPE(os.path.join(model_dir, moa_io.BPE_CODES_FILE))
+            m = raw.get("moses", {})
+            opts = {} if m is False else m
+            self.moses: Optional[List[moses.Moses]] = None
+            if m is not False and opts.get("tokenize", True):
+                self.moses = [moses.Moses(raw[k], opts.get("aggressive_dash_splits", True),
+                                          opts.get("escape", True),
+                                          opts.get("normalize_punctuation", True),
+                                          opts.get("remove_non_printing", True))
+                              for k in ("source_lang", "target_lang")]
+        else:
+            import sentencepiece as spm
+            self.sp = spm.SentencePieceProcessor(
+                model_file=os.path.join(model_dir, moa_io.SPM_FILE))
         self.vocab = moa_io.read_vocab(os.path.join(model_dir, moa_io.VOCAB_FILE), cfg.vocab_size)
         self.ids: Dict[str, int] = {}
         for i, piece in enumerate(self.vocab):
             self.ids.setdefault(piece, i)
         self.cfg = cfg
 
-    def encode(self, text: str) -> List[int]:
-        """Ids of text with the eos appended."""
-        pieces = self.sp.encode(text, out_type=str)
-        return [self.ids.get(p, self.cfg.unk_id) for p in pieces] + [self.cfg.eos_id]
+    def pieces(self, text: str, side: str = "source") -> List[str]:
+        if self.kind != "subword-nmt":
+            return self.sp.encode(text, out_type=str)
+        if text.strip(" \t\n\r\v\f") == "":
+            return []
+        if self.moses is None:
+            words = "".join(" " if c in " \t\n\r\v\f" else c for c in text)
+        else:
+            words = self.moses[0 if side == "source" else 1].tokenize(text)
+        return self.bpe.segment(words).split()
+
+    def encode(self, text: str, side: str = "source") -> List[int]:
+        """Ids of text with the eos appended; side "target" for a translation
+        to score (the Moses rules of the target language)."""
+        return [self.ids.get(p, self.cfg.unk_id) for p in self.pieces(text, side)] + \
+            [self.cfg.eos_id]
 
     def decode(self, ids: Sequence[int]) -> str:
         drop = {self.cfg.bos_id, self.cfg.pad_id, self.cfg.eos_id}
-        return self.sp.decode_pieces([self.vocab[i] for i in ids if i not in drop])
+        if self.kind != "subword-nmt":
+            return self.sp.decode_pieces([self.vocab[i] for i in ids if i not in drop])
+        import bpe
+        words = bpe.unsegment([self.BPE_UNK_TEXT if i == self.cfg.unk_id else self.vocab[i]
+                               for i in ids if i not in drop])
+        return words if self.moses is None else self.moses[1].detokenize(words)
+
+
+class IdsInput:
+    """--ids: input lines hold model ids (space-separated, eos not included)
+    instead of text; decoding still goes through the model's tokenizer."""
+
+    def __init__(self, tok: Tokenizer) -> None:
+        self.tok = tok
+
+    def encode(self, text: str, side: str = "source") -> List[int]:
+        ids = [int(x) for x in text.split()]
+        bad = [i for i in ids if not 0 <= i < self.tok.cfg.vocab_size]
+        if bad:
+            raise SystemExit(f"error: id {bad[0]} is not a vocabulary id")
+        return ids + [self.tok.cfg.eos_id]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(ids)
 
 
 # --- command line -------------------------------------------------------------------------
@@ -901,7 +957,7 @@ def _check_length(ids: List[int], cfg: MoAConfig, what: str, line: int) -> None:
                          f"max_positions is {cfg.max_positions}")
 
 
-def run_translate(model: MoATransformer, tok: Tokenizer, lines: List[str],
+def run_translate(model: MoATransformer, tok: Any, lines: List[str],
                   opts: SearchOptions, batch: int, as_json: bool) -> None:
     srcs = [tok.encode(ln) for ln in lines]
     for i, s in enumerate(srcs):
@@ -929,11 +985,11 @@ def run_translate(model: MoATransformer, tok: Tokenizer, lines: List[str],
                          ensure_ascii=False))
 
 
-def run_score(model: MoATransformer, tok: Tokenizer, lines: List[str], trace: bool,
+def run_score(model: MoATransformer, tok: Any, lines: List[str], trace: bool,
               batch: int, as_json: bool) -> None:
     pairs = [(ln.split("\t", 1) + [""])[:2] for ln in lines]
     srcs = [tok.encode(s) for s, _ in pairs]
-    tgts = [tok.encode(t) for _, t in pairs]
+    tgts = [tok.encode(t, "target") for _, t in pairs]
     for i, (s, t) in enumerate(zip(srcs, tgts)):
         _check_length(s, model.cfg, "source", i)
         _check_length(t, model.cfg, "target", i)
@@ -985,6 +1041,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", action="store_true",
                    help="add routing traces (experts, gates, router margin per layer and "
                         "position) to the JSON output; implies --json")
+    p.add_argument("--ids", action="store_true",
+                   help="the input (and --score pairs) holds model ids, space-separated "
+                        "without eos, instead of text: scores exactly the ids another "
+                        "program produced")
     p.add_argument("--json", action="store_true",
                    help="one JSON object per input line (ids, scores, token log-probs, "
                         "near-tie info) instead of plain text")
@@ -1017,7 +1077,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     check_args(p, a, model.cfg)
     a.json = a.json or a.trace
-    tok = Tokenizer(a.model, model.cfg)
+    tok: Any = Tokenizer(a.model, model.cfg)
+    if a.ids:
+        tok = IdsInput(tok)
     if a.score:
         run_score(model, tok, _read_lines(a.score), a.trace, a.batch, a.json)
     else:

@@ -8,7 +8,8 @@ and routing traces. Near-ties (spec §5) found by the reference exempt what
 follows them; they are counted, and too many make the test fail.
 
 Then the same checks on trained models, as shipped: always
-tests/fixtures/models/tiny-trained (score, greedy, beam4), and
+tests/fixtures/models/tiny-trained (score, greedy, beam4) and the subword-nmt
+model tests/fixtures/models/tiny-bpe (score, greedy, beam4), and
 weights/moa-en-de once it exists (score and greedy on 100 pairs), plus any
 --extra-model DIR (score and greedy on 100 pairs).
 
@@ -66,6 +67,10 @@ TRAINED_MODELS: List[TrainedModel] = [
                  ["score", "greedy", "beam4"]),
     TrainedModel("moa-en-de", os.path.join("weights", "moa-en-de"), ["score", "greedy"], 100,
                  optional=True),
+    # subword-nmt BPE + Moses (tests/fixtures/bpe/make_fixture.py: converted from a
+    # checkpoint in the layout of the paper's fairseq code): the two tokenizers too
+    TrainedModel("tiny-bpe", os.path.join("tests", "fixtures", "models", "tiny-bpe"),
+                 ["score", "greedy", "beam4"]),
 ]
 EXTRA_MODES = ["score", "greedy"]   # --extra-model DIR
 EXTRA_SENTENCES = 100

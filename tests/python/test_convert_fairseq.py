@@ -14,6 +14,7 @@ build/release/moa-translate exists, the C engine's --score output equals them
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import enum
 import json
@@ -276,6 +277,55 @@ class ConvertRoundTripTest(unittest.TestCase):
         self.assertEqual(written["activation"], "gelu")
         self.assertEqual(written["d_model"], 16)
         self.check_same_scores(model, out)
+
+    def test_cfg_model_namespace(self):
+        # fairseq >= 0.10 saving a model whose architecture registers add_args
+        # (the paper's moa_transformer): args None, cfg.model and cfg.task
+        # argparse Namespaces of every flat argument.
+        cfg = small_config()
+        model = random_model(cfg, seed=17)
+        ckpt = os.path.join(self.tmp, "ckpt.pt")
+        fc.save_fairseq_checkpoint(model, cfg, ckpt, style="cfg-namespace",
+                                   overrides={"source_lang": "de", "target_lang": "en",
+                                              "gating": "normal"},
+                                   state_dict=fc.fairseq_state_dict(model, cfg, w_noise=False))
+        loaded, _ = fc.load_fairseq_checkpoint(ckpt)
+        self.assertIsNone(loaded["args"])
+        self.assertIsInstance(loaded["cfg"]["model"], argparse.Namespace)
+        out = os.path.join(self.tmp, "model")
+        log = quiet_convert(ckpt, self.dict_path, SPM, out)
+        self.assertIn("hyper-parameters from `cfg.model`", log)
+        written, _, _ = moa_io.load_model_dir(out)
+        self.assertEqual((written["source_lang"], written["target_lang"]), ("de", "en"))
+        self.assertEqual(written["num_experts"], cfg["num_experts"])
+        self.check_same_scores(model, out)
+
+    def test_cfg_model_namespace_in_omegaconf(self):
+        # Older fairseq pickled the DictConfig itself: the Namespace sits in a node.
+        cfg = small_config(encoder_layers=1, decoder_layers=1)
+        model = random_model(cfg, seed=18)
+        ckpt = os.path.join(self.tmp, "ckpt.pt")
+        with fake_omegaconf():
+            dict_config = sys.modules["omegaconf.dictconfig"].DictConfig
+            fc.save_fairseq_checkpoint(model, cfg, ckpt, style="cfg-namespace",
+                                       wrap_cfg=dict_config)
+        out = os.path.join(self.tmp, "model")
+        log = quiet_convert(ckpt, self.dict_path, SPM, out)
+        self.assertIn("hyper-parameters from `cfg.model`", log)
+        self.assertTrue(any("omegaconf.nodes.AnyNode" in ln for ln in log), log)
+        self.check_same_scores(model, out)
+
+    def test_ffd_type_values_the_authors_treat_as_dense(self):
+        cfg = small_config(encoder_layers=1, decoder_layers=1)
+        model = random_model(cfg, seed=19)
+        for value in ("dense", "", None):
+            ckpt = os.path.join(self.tmp, "ckpt.pt")
+            fc.save_fairseq_checkpoint(model, cfg, ckpt, overrides={"ffd_type": value})
+            out = os.path.join(self.tmp, f"model-{value}")
+            log = quiet_convert(ckpt, self.dict_path, SPM, out)
+            if value is not None:
+                self.assertTrue(any("every value but 'moe'" in ln for ln in log), log)
+            moa_io.load_model_dir(out)
 
     def test_dictionary_padded_with_madeupwords(self):
         # 994 real ids (4 specials + 990 pieces); fairseq pads the embedding to
