@@ -451,11 +451,12 @@ static int worker_round(moa_sched *s, moa_worker *w) {
     w->busy = 1;
     pthread_mutex_unlock(&s->lock);
     if (s->opts.during_step) s->opts.during_step(s->opts.step_ctx, w->index);
-    int rc = 0;
+    int rc = 0, stepped[MOA_SCHED_MAX_MODELS] = {0};
     for (int mi = 0; mi < s->n_models && rc >= 0; mi++) {
         if (!todo[mi]) continue;
         int r = moa_session_step(w->sess[mi]);
         rc = r < 0 ? r : rc + r;
+        if (r > 0) stepped[mi] = r;
     }
     pthread_mutex_lock(&s->lock);
     w->busy = 0;
@@ -463,7 +464,8 @@ static int worker_round(moa_sched *s, moa_worker *w) {
     if (rc < 0) {
         fail_worker(s, w, rc);
     } else {
-        if (rc > 0) moa_metrics_step(s->metrics, rc);
+        for (int mi = 0; mi < s->n_models; mi++)  // one observation per session step
+            if (stepped[mi] > 0) moa_metrics_step(s->metrics, stepped[mi]);
         for (int mi = 0; mi < s->n_models; mi++) take_finished(s, w, mi);
     }
     apply_cancels(s, w);
