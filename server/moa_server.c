@@ -111,8 +111,9 @@ static int load_one(moa_srv_model *m, const moa_conf *c, char *err, size_t errle
     }
     // The cache lives as long as the process and is shared by the models:
     // name + directory + size of the weights tell them apart.
-    snprintf(m->key, sizeof m->key, "%.150s|%.300s|%zu", m->name, dir,
-             moa_model_f32_bytes(m->model));
+    char key[sizeof m->key];  // built apart: m->name and dir live in the same struct
+    snprintf(key, sizeof key, "%.150s|%.300s|%zu", m->name, dir, moa_model_f32_bytes(m->model));
+    memcpy(m->key, key, sizeof key);
     if (c->heads && !(m->heads = moa_heads_create(m->cfg))) {
         snprintf(err, errlen, "out of memory for routing statistics");
         return -1;
