@@ -43,6 +43,8 @@ typedef struct pending_attr {
 
 struct moa_tr {
     moa_server *srv;
+    const moa_srv_model *m;     // the model the request goes to
+    int mi;                     // its index (moa_unit.model)
     int n_texts, is_array, html;
     int split, protect;         // split_sentences, protect_placeholders in effect
     unit_x *ux;                 // per unit (the texts' own, then attribute values)
@@ -57,6 +59,7 @@ struct moa_tr {
     int n_units, n_waiting;
     moa_search_opts opts;       // as requested (seed: the request's base seed)
     int want_scores, want_trace, alternatives, auto_source, sampling, use_cache;
+    double confidence;          // detectedLanguage's, with source "auto"
     char optkey[160];           // the options part of cache keys
     moa_tr_counts counts;
 };
@@ -386,21 +389,114 @@ static int lang_match(const char *given, const char *model_lang) {
     return g == n && !strncasecmp(given, model_lang, n);
 }
 
+// Adds code to arr (an array of language objects) unless it is there;
+// returns its object.
+static cJSON *lang_entry(cJSON *arr, const char *code) {
+    cJSON *it;
+    cJSON_ArrayForEach(it, arr) {
+        const cJSON *c = cJSON_GetObjectItemCaseSensitive(it, "code");
+        if (cJSON_IsString(c) && !strcasecmp(c->valuestring, code)) return it;
+    }
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddItemToArray(arr, o);
+    cJSON_AddStringToObject(o, "code", code);
+    cJSON_AddStringToObject(o, "name", lang_name(code));
+    cJSON_AddArrayToObject(o, "targets");
+    return o;
+}
+
+// Every language of every model, in the models' order (each model's source,
+// then its target), each with the targets it translates into.
 cJSON *moa_api_languages(moa_server *srv) {
     cJSON *arr = cJSON_CreateArray();
-    if (!arr || !srv->cfg) return arr;
-    const char *src = srv->cfg->source_lang, *tgt = srv->cfg->target_lang;
-    cJSON *a = cJSON_CreateObject(), *b = cJSON_CreateObject();
-    cJSON_AddItemToArray(arr, a);
-    cJSON_AddItemToArray(arr, b);
-    cJSON_AddStringToObject(a, "code", src);
-    cJSON_AddStringToObject(a, "name", lang_name(src));
-    cJSON *t = cJSON_AddArrayToObject(a, "targets");
-    cJSON_AddItemToArray(t, cJSON_CreateString(tgt));
-    cJSON_AddStringToObject(b, "code", tgt);
-    cJSON_AddStringToObject(b, "name", lang_name(tgt));
-    cJSON_AddArrayToObject(b, "targets");
+    if (!arr) return arr;
+    for (int i = 0; i < srv->n_models; i++) {
+        const moa_config *g = srv->models[i].cfg;
+        cJSON *a = lang_entry(arr, g->source_lang);
+        lang_entry(arr, g->target_lang);
+        cJSON *t = cJSON_GetObjectItemCaseSensitive(a, "targets");
+        if (t) cJSON_AddItemToArray(t, cJSON_CreateString(g->target_lang));
+    }
     return arr;
+}
+
+// "en to de, de to en": the pairs served, for error messages.
+static void pairs_text(const moa_server *srv, char *buf, size_t cap) {
+    size_t at = 0;
+    buf[0] = 0;
+    for (int i = 0; i < srv->n_models && at < cap; i++) {
+        const moa_config *g = srv->models[i].cfg;
+        int w = snprintf(buf + at, cap - at, "%s%s to %s", i ? ", " : "", g->source_lang,
+                         g->target_lang);
+        if (w < 0) break;
+        at += (size_t)w;
+    }
+}
+
+// Source pieces of the request's texts in model m's tokenizer (the first
+// 4 KiB of each): with source "auto" and several candidate models, the one
+// that cuts the text into the fewest pieces is taken to know its language.
+static long count_pieces(const moa_tr *tr, const moa_srv_model *m) {
+    long total = 0;
+    for (int t = 0; t < tr->n_texts; t++) {
+        size_t n = tr->lens[t] < 4096 ? tr->lens[t] : 4096;
+        while (n > 0 && n < tr->lens[t] && ((unsigned char)tr->texts[t][n] & 0xC0) == 0x80) n--;
+        int *ids = NULL, len = 0;
+        if (moa_tokenizer_encode(m->tok, tr->texts[t], n, 0, &ids, &len, NULL, 0) == 0)
+            total += len;
+        free(ids);
+    }
+    return total;
+}
+
+// Picks the model for source src (NULL: any, or "auto") and target tgt
+// (NULL: any): the first declared that matches both; with "auto" and
+// several candidates, the one whose tokenizer fits the text best. 0, or
+// 400 with the pairs served in err.
+static int route(moa_tr *tr, const char *src, const char *tgt, char *err, size_t errlen) {
+    const moa_server *srv = tr->srv;
+    int n_src = 0, n_tgt = 0, cand[MOA_SCHED_MAX_MODELS], n_cand = 0;
+    for (int i = 0; i < srv->n_models; i++) {
+        const moa_config *g = srv->models[i].cfg;
+        int s_ok = !src || lang_match(src, g->source_lang);
+        int t_ok = !tgt || lang_match(tgt, g->target_lang);
+        n_src += s_ok;
+        n_tgt += t_ok;
+        if (s_ok && t_ok) cand[n_cand++] = i;
+    }
+    if (srv->n_models == 0) {
+        snprintf(err, errlen, "no model is loaded");
+        return 503;
+    }
+    if (n_cand == 0) {
+        char pairs[600];
+        pairs_text(srv, pairs, sizeof pairs);
+        const char *what = srv->n_models == 1 ? "this model translates" : "this server translates";
+        if (!n_src && src)
+            snprintf(err, errlen, "unsupported source language '%.40s': %s %s", src, what, pairs);
+        else if (!n_tgt && tgt)
+            snprintf(err, errlen, "unsupported target language '%.40s': %s %s", tgt, what, pairs);
+        else
+            snprintf(err, errlen, "unsupported language pair '%.40s' to '%.40s': %s %s",
+                     src ? src : "auto", tgt ? tgt : "any", what, pairs);
+        return 400;
+    }
+    int best = cand[0];
+    tr->confidence = 100.0;
+    if (tr->auto_source && n_cand > 1) {
+        long fewest = count_pieces(tr, &srv->models[best]);
+        for (int c = 1; c < n_cand; c++) {
+            long p = count_pieces(tr, &srv->models[cand[c]]);
+            if (p < fewest) {
+                fewest = p;
+                best = cand[c];
+            }
+        }
+        tr->confidence = round(1000.0 / n_cand) / 10;
+    }
+    tr->mi = best;
+    tr->m = &srv->models[best];
+    return 0;
 }
 
 // --- building units --------------------------------------------------------------------------
@@ -423,11 +519,11 @@ static int fits(void *p, const char *s, size_t n) {
 // the source ids (a function of the text).
 static size_t cache_key(const moa_tr *tr, const moa_unit *u, char *buf, size_t cap,
                         char **heap) {
-    size_t head = strlen(tr->srv->model_key) + 1 + strlen(tr->optkey) + 1 + 8 + 24;
+    size_t head = strlen(tr->m->key) + 1 + strlen(tr->optkey) + 1 + 8 + 24;
     size_t need = head + (size_t)u->src_len * sizeof(int);
     char *k = need <= cap ? buf : (*heap = malloc(need));
     if (!k) return 0;
-    int w = snprintf(k, head, "%s\x1f%s\x1fs%dp%da%d\x1f%llu", tr->srv->model_key, tr->optkey,
+    int w = snprintf(k, head, "%s\x1f%s\x1fs%dp%da%d\x1f%llu", tr->m->key, tr->optkey,
                      tr->split, tr->protect, u->opts.attention,
                      tr->sampling ? (unsigned long long)u->opts.seed : 0ull);
     size_t off = (size_t)w + 1;
@@ -466,15 +562,15 @@ static int add_unit(moa_tr *tr, int *cap) {
 // (out of memory) or -2 (a client error in err).
 static int make_unit(moa_tr *tr, int t, size_t off, size_t len, char attr, const moa_phs *ph,
                      int *cap, char *err, size_t errlen) {
-    moa_server *srv = tr->srv;
-    const moa_config *cfg = srv->cfg;
+    const moa_srv_model *md = tr->m;
+    const moa_config *cfg = md->cfg;
     const char *text = tr->texts[t];
     moa_prot prot;
     memset(&prot, 0, sizeof prot);
     const char *src = text + off;
     size_t sn = len;
     if (ph) {
-        if (moa_protect_unit(srv->pv, text, off, len, ph, tr->html, attr, &prot)) return -1;
+        if (moa_protect_unit(md->pv, text, off, len, ph, tr->html, attr, &prot)) return -1;
         if (!moa_protect_has_words(&prot)) {  // "%s: %d", "&#169;": nothing to translate
             moa_prot_free(&prot);
             return 0;
@@ -484,7 +580,7 @@ static int make_unit(moa_tr *tr, int t, size_t off, size_t len, char attr, const
     }
     int *ids = NULL, n = 0;
     char terr[256];
-    int rc = moa_tokenizer_encode(srv->tok, src, sn, 0, &ids, &n, terr, sizeof terr);
+    int rc = moa_tokenizer_encode(md->tok, src, sn, 0, &ids, &n, terr, sizeof terr);
     if (rc != 0 || n == 0 || n + 1 > cfg->max_positions) {
         free(ids);
         moa_prot_free(&prot);
@@ -510,11 +606,12 @@ static int make_unit(moa_tr *tr, int t, size_t off, size_t len, char attr, const
     u->opts = tr->opts;
     // spec §6: sentence i of a request samples with seed + i
     if (tr->sampling) u->opts.seed = tr->opts.seed + (uint64_t)(tr->n_units - 1);
-    u->opts.trace = tr->want_trace || srv->heads != NULL;
+    u->opts.trace = tr->want_trace || md->heads != NULL;
+    u->model = tr->mi;
     u->state = MOA_UNIT_WAITING;
     x->text = t;
     if (ph) {
-        moa_protect_locate(&prot, srv->tok, ids, n);
+        moa_protect_locate(&prot, md->tok, ids, n);
         u->opts.attention = moa_protect_wants_alignment(&prot) && n <= ATTN_MAX_TOKENS;
         x->prot = prot;
     }
@@ -605,8 +702,9 @@ done:
 // looks units up in the cache. Returns 0 or an HTTP status with err.
 static int build_units(moa_tr *tr, char *err, size_t errlen) {
     moa_server *srv = tr->srv;
-    const moa_config *cfg = srv->cfg;
-    fits_ctx fc = {srv->tok, srv->conf.split_tokens};
+    const moa_srv_model *md = tr->m;
+    const moa_config *cfg = md->cfg;
+    fits_ctx fc = {md->tok, srv->conf.split_tokens};
     if (fc.limit > cfg->max_positions - 1) fc.limit = cfg->max_positions - 1;
     int cap = 0, status;
     for (int t = 0; t < tr->n_texts; t++) {
@@ -677,7 +775,8 @@ static int ctype_is(const char *ct, const char *want) {
 // Options of spec §6 and LibreTranslate's, checked against the model.
 static int parse_options(moa_tr *tr, fields *f, char *err, size_t errlen) {
     moa_server *srv = tr->srv;
-    const moa_config *cfg = srv->cfg;
+    const moa_srv_model *md = tr->m;
+    const moa_config *cfg = md->cfg;
     moa_search_opts *o = &tr->opts;
     moa_search_opts_default(o);
     int beam_given, nhyp_given, seed_given, r;
@@ -854,16 +953,8 @@ int moa_api_translate_parse(moa_server *srv, const char *ctype, const char *auth
         get_string(&f, "format", &fmt) < 0)
         goto done;
     if (src && !strcasecmp(src, "auto")) tr->auto_source = 1;
-    else if (src && !lang_match(src, srv->cfg->source_lang)) {
-        snprintf(err, errlen, "unsupported source language '%.40s': this model translates "
-                 "%s to %s", src, srv->cfg->source_lang, srv->cfg->target_lang);
-        goto done;
-    }
-    if (tgt && !lang_match(tgt, srv->cfg->target_lang)) {
-        snprintf(err, errlen, "unsupported target language '%.40s': this model translates "
-                 "%s to %s", tgt, srv->cfg->source_lang, srv->cfg->target_lang);
-        goto done;
-    }
+    if ((status = route(tr, tr->auto_source ? NULL : src, tgt, err, errlen)) != 0) goto done;
+    status = 400;
     if (fmt && !strcmp(fmt, "html")) tr->html = 1;
     else if (fmt && strcmp(fmt, "text")) {
         snprintf(err, errlen, "format must be \"text\" or \"html\"");
@@ -902,24 +993,24 @@ static cJSON *pieces(const moa_tokenizer *tok, const int *ids, int n, int eos) {
     return arr;
 }
 
-static cJSON *unit_trace(moa_server *srv, const moa_unit *u) {
+static cJSON *unit_trace(const moa_srv_model *md, const moa_unit *u) {
     const moa_hypothesis *h = &u->res.hyps[0];
     const moa_trace *t = h->trace;
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
-    cJSON_AddItemToObject(o, "source_pieces", pieces(srv->tok, u->src, u->src_len, srv->cfg->eos_id));
-    cJSON_AddItemToObject(o, "target_pieces", pieces(srv->tok, h->tokens, h->n_tokens, -1));
+    cJSON_AddItemToObject(o, "source_pieces", pieces(md->tok, u->src, u->src_len, md->cfg->eos_id));
+    cJSON_AddItemToObject(o, "target_pieces", pieces(md->tok, h->tokens, h->n_tokens, -1));
     if (!t) return o;
     // the expert count, which the picks alone do not tell (an expert may go unpicked)
-    cJSON_AddNumberToObject(o, "num_experts", srv->cfg->num_experts);
+    cJSON_AddNumberToObject(o, "num_experts", md->cfg->num_experts);
     moa_trace_json(t, o);  // the engine's layout, as the CLI's --trace
     return o;
 }
 
-static int decode_into(moa_server *srv, const moa_hypothesis *h, moa_buf *b, char *err,
+static int decode_into(const moa_srv_model *md, const moa_hypothesis *h, moa_buf *b, char *err,
                        size_t errlen) {
     char *s = NULL;
-    if (moa_tokenizer_decode(srv->tok, h->tokens, h->n_tokens, &s, err, errlen) != 0) return -1;
+    if (moa_tokenizer_decode(md->tok, h->tokens, h->n_tokens, &s, err, errlen) != 0) return -1;
     moa_buf_puts(b, s);
     free(s);
     return 0;
@@ -952,7 +1043,8 @@ static int unit_output(moa_server *srv, const moa_tr *tr, int ui, int hi, moa_bu
     const moa_unit *un = &tr->units[ui];
     const unit_x *x = &tr->ux[ui];
     const moa_hypothesis *h = &un->res.hyps[hi < un->res.n_hyps ? hi : 0];
-    if (!x->prot.masked) return decode_into(srv, h, out, err, errlen);
+    const moa_srv_model *md = tr->m;
+    if (!x->prot.masked) return decode_into(md, h, out, err, errlen);
     int rc = -1, ni = x->prot.n_items;
     const char **itext = NULL;
     size_t *ilen = NULL;
@@ -982,7 +1074,7 @@ static int unit_output(moa_server *srv, const moa_tr *tr, int ui, int hi, moa_bu
         }
     }
     float *attn = alignment(h);
-    rc = moa_protect_restore(&x->prot, srv->pv, srv->tok, h->tokens, h->n_tokens, attn,
+    rc = moa_protect_restore(&x->prot, md->pv, md->tok, h->tokens, h->n_tokens, attn,
                              h->attention_cols, itext, ilen, out, warn);
     free(attn);
     if (rc) snprintf(err, errlen, "out of memory putting placeholders back");
@@ -1010,6 +1102,7 @@ static void add_warnings(cJSON *o, const moa_buf *w) {
 
 cJSON *moa_api_translate_answer(moa_server *srv, moa_tr *tr, double t_start, char *err,
                                 size_t errlen) {
+    const moa_srv_model *md = tr->m;
     int n_alt = tr->opts.num_hypotheses - 1;
     cJSON *root = cJSON_CreateObject();
     moa_buf *alts = calloc((size_t)(n_alt > 0 ? n_alt : 1), sizeof *alts);
@@ -1075,7 +1168,7 @@ cJSON *moa_api_translate_answer(moa_server *srv, moa_tr *tr, double t_start, cha
                 if (unit_output(srv, tr, ui, a + 1, &alts[a], NULL, err, errlen)) goto fail;
             lp += h->log_prob;
             ntok += h->n_tokens;
-            if (traces) cJSON_AddItemToArray(traces, unit_trace(srv, un));
+            if (traces) cJSON_AddItemToArray(traces, unit_trace(tr->m, un));
         }
         if (out.oom || warn.oom) goto fail_oom;
         cJSON *o = cJSON_CreateObject();
@@ -1103,8 +1196,8 @@ cJSON *moa_api_translate_answer(moa_server *srv, moa_tr *tr, double t_start, cha
         }
         if (tr->auto_source) {
             cJSON *d = cJSON_CreateObject();
-            cJSON_AddNumberToObject(d, "confidence", 100.0);
-            cJSON_AddStringToObject(d, "language", srv->cfg->source_lang);
+            cJSON_AddNumberToObject(d, "confidence", tr->confidence);
+            cJSON_AddStringToObject(d, "language", md->cfg->source_lang);
             if (detected) cJSON_AddItemToArray(detected, d);
             else cJSON_AddItemToObject(root, "detectedLanguage", d);
         }
@@ -1115,7 +1208,7 @@ cJSON *moa_api_translate_answer(moa_server *srv, moa_tr *tr, double t_start, cha
     if (detected)
         cJSON_AddItemToObject(root, "detectedLanguage", cJSON_DetachItemViaPointer(pending, detected));
     cJSON_DeleteItemFromObjectCaseSensitive(root, "_pending");
-    cJSON_AddStringToObject(root, "model", srv->model_name);
+    cJSON_AddStringToObject(root, "model", md->name);
     if (tr->sampling) cJSON_AddNumberToObject(root, "seed", (double)tr->opts.seed);
     cJSON *tm = cJSON_AddObjectToObject(root, "timing");
     const moa_job *j = &tr->job;
@@ -1126,6 +1219,8 @@ cJSON *moa_api_translate_answer(moa_server *srv, moa_tr *tr, double t_start, cha
     cJSON_AddNumberToObject(tm, "total_ms", round((moa_sched_now() - t_start) * 1e4) / 10);
     moa_metrics_translate(srv->metrics, q, c, tr->counts.sentences, tr->counts.src_tokens,
                           tr->counts.tgt_tokens);
+    atomic_fetch_add(&srv->models[tr->mi].requests, 1);
+    atomic_fetch_add(&srv->models[tr->mi].sentences, tr->counts.sentences);
     for (int a = 0; a < n_alt; a++) free(alts[a].s);
     free(alts);
     free(out.s);

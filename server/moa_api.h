@@ -26,7 +26,7 @@ typedef struct moa_tr moa_tr;
 
 // Parses a /translate body. ctype: the Content-Type header (may be NULL);
 // auth: the Authorization header (may be NULL). Returns 0 and *out, or an
-// HTTP status (400, 403, 415, 500) with the message in err.
+// HTTP status (400, 403, 415, 500; 503 with no model loaded) with the message in err.
 int moa_api_translate_parse(moa_server *srv, const char *ctype, const char *auth,
                             const char *body, size_t n, moa_tr **out, char *err,
                             size_t errlen);

@@ -35,7 +35,9 @@ static const opt_def opts[] = {
     {"port", T_INT, F(port), 1, 65535, "8080", "TCP port"},
     {"model", T_STR, F(model), 0, 0, "weights/moa-en-de",
      "model directory (config.json, model.safetensors, vocab.txt, sentencepiece.model or "
-     "bpecodes)"},
+     "bpecodes); "
+     "several: comma-separated, or --model repeated (each serves its config.json's "
+     "source_lang -> target_lang; the first is the default)"},
     {"compute_workers", T_INT, F(compute_workers), 0, 256, "0",
      "engine sessions stepped in parallel, each by its own thread with "
      "single-threaded OpenBLAS (0 = one per usable CPU: the online cores, fewer "
@@ -276,6 +278,35 @@ int moa_conf_blas_threads(const moa_conf *c) {
     return c->compute_threads > 0 ? c->compute_threads : usable_cpus(c);
 }
 
+int moa_conf_models(const moa_conf *c, char (*dirs)[MOA_CONF_PATH_MAX], int max, char *err,
+                    size_t errlen) {
+    int n = 0;
+    const char *p = c->model;
+    for (;;) {
+        size_t len = strcspn(p, ",");
+        const char *b = p, *e = p + len;
+        while (b < e && isspace((unsigned char)*b)) b++;
+        while (e > b && isspace((unsigned char)e[-1])) e--;
+        if (e > b) {
+            if (n == max) {
+                snprintf(err, errlen, "model: more than %d directories", max);
+                return -1;
+            }
+            if ((size_t)(e - b) >= MOA_CONF_PATH_MAX) {
+                snprintf(err, errlen, "model: directory %d is too long", n + 1);
+                return -1;
+            }
+            memcpy(dirs[n], b, (size_t)(e - b));
+            dirs[n][e - b] = 0;
+            n++;
+        }
+        if (!p[len]) break;
+        p += len + 1;
+    }
+    if (n == 0) snprintf(err, errlen, "model: no directory given");
+    return n ? n : -1;
+}
+
 void moa_conf_help(FILE *f) {
     fputs("Usage: moa-server [--config FILE] [--OPTION VALUE ...]\n"
           "       moa-server --probe PATH [--port N]   (GET http://127.0.0.1:PORT/PATH,\n"
@@ -363,6 +394,7 @@ int moa_conf_load(moa_conf *c, int argc, char **argv) {
     }
     if (file ? load_file(c, file, 1) : load_file(c, DEFAULT_CONFIG, 0)) return -1;
 
+    int models_flagged = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strncmp(a, "--", 2) != 0) {
@@ -393,6 +425,17 @@ int moa_conf_load(moa_conf *c, int argc, char **argv) {
         if (!val) goto missing;
         char where[96];
         snprintf(where, sizeof where, "--%.*s", (int)(nlen < 60 ? nlen : 60), name);
+        if (d->off == offsetof(moa_conf, model) && models_flagged++) {
+            // a repeated --model adds a model (the first replaces the file's)
+            size_t have = strlen(c->model);
+            if (have + 1 + strlen(val) >= sizeof c->model) {
+                fprintf(stderr, "moa-server: %s: model is too long\n", where);
+                return -1;
+            }
+            c->model[have] = ',';
+            strcpy(c->model + have + 1, val);
+            continue;
+        }
         if (set_opt(c, d, val, where)) return -1;
         continue;
     missing:

@@ -22,7 +22,9 @@
 typedef struct moa_conf {
     char listen[128];           // IPv4/IPv6 address to bind
     int port;
-    char model[MOA_CONF_PATH_MAX];
+    // model directories, comma-separated (repeated --model flags are joined
+    // with commas); moa_conf_models splits them
+    char model[4 * MOA_CONF_PATH_MAX];
     int compute_workers;        // engine sessions stepped in parallel; 0 = one per usable CPU
     int compute_threads;        // OpenBLAS threads; 0 = one per core (1 with workers > 1)
     int http_threads;           // libmicrohttpd polling threads
@@ -65,6 +67,12 @@ int moa_conf_load(moa_conf *c, int argc, char **argv);
 // resolved to the usable CPUs). Thread-safe.
 int moa_conf_compute_workers(const moa_conf *c);
 int moa_conf_blas_threads(const moa_conf *c);
+
+// Splits c->model at commas (blanks around each name trimmed, empty names
+// skipped) into dirs[0..max-1]. Returns the number of directories, or -1
+// with a message in err when there are more than max or one is too long.
+int moa_conf_models(const moa_conf *c, char (*dirs)[MOA_CONF_PATH_MAX], int max, char *err,
+                    size_t errlen);
 
 // Writes the --help text (every option with its default, flag and variable).
 void moa_conf_help(FILE *f);

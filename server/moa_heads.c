@@ -264,24 +264,32 @@ void moa_heads_text(moa_heads *h, const moa_tokenizer *tok, int top, moa_buf *b)
     free(pcs);
 }
 
-void moa_heads_metrics(moa_heads *h, moa_buf *b) {
+void moa_heads_metrics(moa_heads *h, const char *model, int header, moa_buf *b) {
     if (!h) return;
     pthread_mutex_lock(&h->mu);
-    moa_buf_puts(b, "# HELP moa_expert_tokens_total Positions routed to each attention "
-                    "expert (returned hypotheses; spec section 7).\n"
-                    "# TYPE moa_expert_tokens_total counter\n");
+    if (header)
+        moa_buf_puts(b, "# HELP moa_expert_tokens_total Positions routed to each attention "
+                        "expert (returned hypotheses; spec section 7).\n"
+                        "# TYPE moa_expert_tokens_total counter\n");
     for (int m = 0; m < N_MOD; m++)
         for (int l = 0; l < h->layers[m]; l++)
             for (int e = 0; e < h->E; e++)
-                moa_buf_printf(b, "moa_expert_tokens_total{module=\"%s\",layer=\"%d\","
-                               "expert=\"%d\"} %llu\n", mod_names[m], l, e,
-                               (unsigned long long)h->tokens[cell(h, m, l, e)]);
-    moa_buf_puts(b, "# HELP moa_expert_load_cv Coefficient of variation of the expert "
-                    "load per layer (0 = perfectly balanced).\n"
-                    "# TYPE moa_expert_load_cv gauge\n");
+                moa_buf_printf(b, "moa_expert_tokens_total{model=\"%s\",module=\"%s\","
+                               "layer=\"%d\",expert=\"%d\"} %llu\n", model, mod_names[m], l,
+                               e, (unsigned long long)h->tokens[cell(h, m, l, e)]);
+    pthread_mutex_unlock(&h->mu);
+}
+
+void moa_heads_metrics_cv(moa_heads *h, const char *model, int header, moa_buf *b) {
+    if (!h) return;
+    pthread_mutex_lock(&h->mu);
+    if (header)
+        moa_buf_puts(b, "# HELP moa_expert_load_cv Coefficient of variation of the expert "
+                        "load per layer (0 = perfectly balanced).\n"
+                        "# TYPE moa_expert_load_cv gauge\n");
     for (int m = 0; m < N_MOD; m++)
         for (int l = 0; l < h->layers[m]; l++)
-            moa_buf_printf(b, "moa_expert_load_cv{module=\"%s\",layer=\"%d\"} %.6f\n",
-                           mod_names[m], l, layer_of(h, m, l).cv);
+            moa_buf_printf(b, "moa_expert_load_cv{model=\"%s\",module=\"%s\",layer=\"%d\"} "
+                           "%.6f\n", model, mod_names[m], l, layer_of(h, m, l).cv);
     pthread_mutex_unlock(&h->mu);
 }

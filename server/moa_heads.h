@@ -40,8 +40,10 @@ void moa_heads_reset(moa_heads *h);
 cJSON *moa_heads_json(moa_heads *h, const moa_tokenizer *tok, int top);
 // The same as aligned text tables into b.
 void moa_heads_text(moa_heads *h, const moa_tokenizer *tok, int top, moa_buf *b);
-// Prometheus series moa_expert_tokens_total{module,layer,expert} and
-// moa_expert_load_cv{module,layer} into b.
-void moa_heads_metrics(moa_heads *h, moa_buf *b);
+// Prometheus series moa_expert_tokens_total{model,module,layer,expert} and
+// moa_expert_load_cv{model,module,layer} of one model into b; header: also the HELP and TYPE lines (the first model's
+// call only, as a metric is typed once). NULL h: nothing.
+void moa_heads_metrics(moa_heads *h, const char *model, int header, moa_buf *b);
+void moa_heads_metrics_cv(moa_heads *h, const char *model, int header, moa_buf *b);
 
 #endif

@@ -197,9 +197,24 @@ static int header_key_ok(moa_server *srv, struct MHD_Connection *c) {
 
 // --- small endpoints ------------------------------------------------------------------------------
 
+// The models served, as [{"name", "source", "target"}] (once ready: they
+// are being loaded before).
+static void add_models(moa_server *srv, cJSON *j) {
+    if (!atomic_load(&srv->ready)) return;
+    cJSON *a = cJSON_AddArrayToObject(j, "models");
+    for (int i = 0; a && i < srv->n_models; i++) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddItemToArray(a, o);
+        cJSON_AddStringToObject(o, "name", srv->models[i].name);
+        cJSON_AddStringToObject(o, "source", srv->models[i].cfg->source_lang);
+        cJSON_AddStringToObject(o, "target", srv->models[i].cfg->target_lang);
+    }
+}
+
 static enum MHD_Result do_health(req *r, struct MHD_Connection *c) {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "status", "ok");
+    add_models(r->http->srv, j);
     return send_json(r, c, 200, j, NULL, NULL);
 }
 
@@ -211,7 +226,8 @@ static enum MHD_Result do_ready(req *r, struct MHD_Connection *c) {
         return send_error(r, c, 503, NULL, NULL, "not ready: the model is loading");
     cJSON *j = cJSON_CreateObject();
     cJSON_AddBoolToObject(j, "ready", 1);
-    cJSON_AddStringToObject(j, "model", srv->model_name);
+    cJSON_AddStringToObject(j, "model", srv->models[0].name);
+    add_models(srv, j);
     return send_json(r, c, 200, j, NULL, NULL);
 }
 
@@ -263,6 +279,28 @@ static enum MHD_Result do_web(req *r, struct MHD_Connection *c) {
     return send_web(r, c, a, NULL);
 }
 
+// ?model=NAME (default: the first model); NULL after answering 400 for a
+// name not served.
+static moa_srv_model *model_arg(req *r, struct MHD_Connection *c, enum MHD_Result *ret) {
+    moa_server *srv = r->http->srv;
+    const char *name = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "model");
+    if (!name) return &srv->models[0];
+    for (int i = 0; i < srv->n_models; i++)
+        if (!strcmp(srv->models[i].name, name)) return &srv->models[i];
+    char names[600];
+    size_t at = 0;
+    names[0] = 0;
+    for (int i = 0; i < srv->n_models && at < sizeof names; i++) {
+        int w = snprintf(names + at, sizeof names - at, "%s%s", i ? ", " : "",
+                         srv->models[i].name);
+        if (w < 0) break;
+        at += (size_t)w;
+    }
+    *ret = send_error(r, c, 400, NULL, NULL, "unknown model '%.100s': the models are %s", name,
+                      names);
+    return NULL;
+}
+
 static enum MHD_Result do_heads(req *r, struct MHD_Connection *c) {
     moa_server *srv = r->http->srv;
     heads_format fmt = heads_format_of(c);
@@ -272,8 +310,11 @@ static enum MHD_Result do_heads(req *r, struct MHD_Connection *c) {
         return send_web(r, c, moa_web_heads_page(), "Accept");
     if (!atomic_load(&srv->ready))
         return send_error(r, c, 503, NULL, NULL, "not ready: the model is loading");
-    if (!srv->heads)
+    if (!srv->conf.heads)
         return send_error(r, c, 404, NULL, NULL, "routing statistics are off (heads = false)");
+    enum MHD_Result ret = MHD_NO;
+    moa_srv_model *m = model_arg(r, c, &ret);
+    if (!m) return ret;
     if (fmt == FMT_BAD)
         return send_error(r, c, 400, NULL, NULL, "format must be json, text or html");
     int top = srv->conf.heads_top;
@@ -287,11 +328,14 @@ static enum MHD_Result do_heads(req *r, struct MHD_Connection *c) {
     }
     if (fmt == FMT_TEXT) {
         moa_buf b = {0};
-        moa_heads_text(srv->heads, srv->tok, top, &b);
+        moa_buf_printf(&b, "model %s (%s -> %s)\n\n", m->name, m->cfg->source_lang,
+                       m->cfg->target_lang);
+        moa_heads_text(m->heads, m->tok, top, &b);
         return send_text(r, c, 200, "text/plain; charset=utf-8", &b, "Vary", "Accept");
     }
-    cJSON *j = moa_heads_json(srv->heads, srv->tok, top);
+    cJSON *j = moa_heads_json(m->heads, m->tok, top);
     if (!j) return send_error(r, c, 500, NULL, NULL, "out of memory");
+    cJSON_AddStringToObject(j, "model", m->name);
     return send_json(r, c, 200, j, "Vary", "Accept");
 }
 
@@ -302,9 +346,16 @@ static enum MHD_Result do_heads_reset(req *r, struct MHD_Connection *c) {
                           "Bearer or ?api_key=)");
     if (!atomic_load(&srv->ready))
         return send_error(r, c, 503, NULL, NULL, "not ready: the model is loading");
-    if (!srv->heads)
+    if (!srv->conf.heads)
         return send_error(r, c, 404, NULL, NULL, "routing statistics are off (heads = false)");
-    moa_heads_reset(srv->heads);
+    // ?model=NAME resets that model's; without it, every model's
+    enum MHD_Result ret = MHD_NO;
+    moa_srv_model *m = NULL;
+    if (MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, "model") &&
+        !(m = model_arg(r, c, &ret)))
+        return ret;
+    for (int i = 0; i < srv->n_models; i++)
+        if (!m || m == &srv->models[i]) moa_heads_reset(srv->models[i].heads);
     cJSON *j = cJSON_CreateObject();
     cJSON_AddBoolToObject(j, "reset", 1);
     return send_json(r, c, 200, j, NULL, NULL);
@@ -337,16 +388,35 @@ static enum MHD_Result do_metrics(req *r, struct MHD_Connection *c) {
                    "# TYPE moa_ready gauge\nmoa_ready %d\n"
                    "# HELP moa_draining 1 after SIGTERM/SIGINT.\n"
                    "# TYPE moa_draining gauge\nmoa_draining %d\n"
-                   "# HELP moa_info The model served and the BLAS core.\n"
-                   "# TYPE moa_info gauge\nmoa_info{model=\"%s\",blas=\"%s\",compute_workers="
-                   "\"%d\",compute_threads=\"%d\",http_threads=\"%d\"} 1\n",
+                   "# HELP moa_info The models served (one series each) and the BLAS core.\n"
+                   "# TYPE moa_info gauge\n",
                    st.queued_units, st.live_units, st.rows, atomic_load(&srv->inflight),
                    (unsigned long long)cs.hits, (unsigned long long)cs.misses, cs.entries,
                    atomic_load(&srv->ready) && !atomic_load(&srv->draining),
-                   atomic_load(&srv->draining), srv->model_name, moa_blas_corename(),
-                   moa_conf_compute_workers(&srv->conf), moa_get_num_threads(),
-                   srv->conf.http_threads);
-    moa_heads_metrics(srv->heads, &b);
+                   atomic_load(&srv->draining));
+    int n = atomic_load(&srv->ready) ? srv->n_models : 0;
+    for (int i = 0; i < n; i++) {
+        const moa_srv_model *m = &srv->models[i];
+        moa_buf_printf(&b, "moa_info{model=\"%s\",source=\"%s\",target=\"%s\",blas=\"%s\","
+                       "compute_workers=\"%d\",compute_threads=\"%d\",http_threads=\"%d\"} 1\n",
+                       m->name, m->cfg->source_lang, m->cfg->target_lang, moa_blas_corename(),
+                       moa_conf_compute_workers(&srv->conf), moa_get_num_threads(),
+                       srv->conf.http_threads);
+    }
+    moa_buf_puts(&b, "# HELP moa_model_requests_total /translate requests answered, by model.\n"
+                     "# TYPE moa_model_requests_total counter\n");
+    for (int i = 0; i < n; i++)
+        moa_buf_printf(&b, "moa_model_requests_total{model=\"%s\"} %ld\n", srv->models[i].name,
+                       atomic_load(&srv->models[i].requests));
+    moa_buf_puts(&b, "# HELP moa_model_sentences_total Sentences answered (computed or from the "
+                     "cache), by model.\n# TYPE moa_model_sentences_total counter\n");
+    for (int i = 0; i < n; i++)
+        moa_buf_printf(&b, "moa_model_sentences_total{model=\"%s\"} %ld\n", srv->models[i].name,
+                       atomic_load(&srv->models[i].sentences));
+    for (int i = 0; i < n; i++)
+        moa_heads_metrics(srv->models[i].heads, srv->models[i].name, i == 0, &b);
+    for (int i = 0; i < n; i++)
+        moa_heads_metrics_cv(srv->models[i].heads, srv->models[i].name, i == 0, &b);
     return send_text(r, c, 200, "text/plain; version=0.0.4; charset=utf-8", &b, NULL,
                      NULL);
 }

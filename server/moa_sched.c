@@ -29,15 +29,19 @@
 // it, and its result may come out of that step; the worker drops it (by
 // engine id: the unit's memory may be gone) when it next holds the lock.
 typedef struct moa_cancel {
+    int model;                  // the session it is in (moa_unit.model)
     int id;                     // moa_session_add's id
     int rows;
 } moa_cancel;
 
-// One engine session and the thread that steps it.
+// One engine session per model and the thread that steps them. Its units
+// and rows are counted over all its sessions, so the per-worker limits and
+// the balance between workers hold across models.
 typedef struct moa_worker {
     moa_sched *s;
     int index;
-    moa_session *sess;
+    moa_session **sess;         // [n_models]
+    int *m_units;               // [n_models] units in each session (lock)
     pthread_t thread;
     int started;
     pthread_cond_t cv;          // it sleeps on this while its session is empty
@@ -50,10 +54,11 @@ typedef struct moa_worker {
 } moa_worker;
 
 struct moa_sched {
-    const moa_model *model;
+    const moa_model **models;   // [n_models]
+    int n_models;
     const moa_conf *conf;
     moa_metrics *metrics;
-    moa_heads *heads;
+    moa_heads **heads;          // [n_models], entries may be NULL
     moa_sched_opts opts;        // now is never NULL
 
     // Everything below that the submitting threads do not touch: the held
@@ -131,8 +136,9 @@ static void count_job(moa_sched *s, moa_sched_reason why) {
                                                             : moa_sched_reason_name(why));
 }
 
-// A unit left worker w's session (finished, or cancelled there).
-static void unit_gone(moa_sched *s, moa_worker *w, int rows) {
+// A unit left worker w's session of model mi (finished, or cancelled there).
+static void unit_gone(moa_sched *s, moa_worker *w, int mi, int rows) {
+    w->m_units[mi]--;
     w->units--;
     w->rows -= rows;
     s->rows_used -= rows;
@@ -149,10 +155,10 @@ static void job_cancel_units(moa_sched *s, moa_job *j) {
             moa_worker *w = &s->workers[u->worker];
             if (w->busy) {
                 // room for every unit it can hold: never fails
-                w->cancels[w->n_cancels++] = (moa_cancel){u->eng_id, unit_rows(u)};
+                w->cancels[w->n_cancels++] = (moa_cancel){u->model, u->eng_id, unit_rows(u)};
             } else {
-                moa_session_cancel(w->sess, u->eng_id);
-                unit_gone(s, w, unit_rows(u));
+                moa_session_cancel(w->sess[u->model], u->eng_id);
+                unit_gone(s, w, u->model, unit_rows(u));
             }
             u->state = MOA_UNIT_CANCELLED;
         } else if (u->state == MOA_UNIT_WAITING) {
@@ -287,8 +293,14 @@ static void admit(moa_sched *s) {
         moa_worker *w = &s->workers[wi];
         char err[256];
         static const int empty_src = 0;
-        int id = moa_session_add(w->sess, u->src ? u->src : &empty_src, u->src_len, &u->opts,
-                                 u, err, sizeof err);
+        int id;
+        if (u->model < 0 || u->model >= s->n_models) {
+            snprintf(err, sizeof err, "model %d of %d", u->model, s->n_models);
+            id = MOA_EINVAL;
+        } else {
+            id = moa_session_add(w->sess[u->model], u->src ? u->src : &empty_src, u->src_len,
+                                 &u->opts, u, err, sizeof err);
+        }
         j->next_waiting++;
         j->n_waiting--;
         pthread_mutex_lock(&s->mu);
@@ -311,6 +323,7 @@ static void admit(moa_sched *s) {
         j->n_live++;
         if (!j->t_first_admit) j->t_first_admit = now(s);
         w->units++;
+        w->m_units[u->model]++;
         w->rows += rows;
         s->rows_used += rows;
         s->units_live++;
@@ -320,20 +333,20 @@ static void admit(moa_sched *s) {
 
 // --- after a step ------------------------------------------------------------------------
 
-static int find_cancel(const moa_worker *w, int id) {
+static int find_cancel(const moa_worker *w, int mi, int id) {
     for (int i = 0; i < w->n_cancels; i++)
-        if (w->cancels[i].id == id) return i;
+        if (w->cancels[i].model == mi && w->cancels[i].id == id) return i;
     return -1;
 }
 
 // A worker's finished units, right after its step (so no result waits in a
 // session that is not stepping: job_cancel_units relies on it).
-static void take_finished(moa_sched *s, moa_worker *w) {
+static void take_finished(moa_sched *s, moa_worker *w, int mi) {
     moa_result r;
-    while (moa_session_take(w->sess, &r) == 1) {
-        int ci = find_cancel(w, r.id);
+    while (moa_session_take(w->sess[mi], &r) == 1) {
+        int ci = find_cancel(w, mi, r.id);
         if (ci >= 0) {  // released during the step: its unit may be freed
-            unit_gone(s, w, w->cancels[ci].rows);
+            unit_gone(s, w, mi, w->cancels[ci].rows);
             w->cancels[ci] = w->cancels[--w->n_cancels];
             w->dropped++;
             moa_result_clear(&r);
@@ -349,10 +362,10 @@ static void take_finished(moa_sched *s, moa_worker *w) {
         }
         u->res = r;
         u->state = MOA_UNIT_DONE;
-        unit_gone(s, w, unit_rows(u));
+        unit_gone(s, w, mi, unit_rows(u));
         j->n_live--;
         s->rate_done++;
-        if (s->heads) moa_heads_add(s->heads, u->src, u->src_len, &u->res);
+        if (s->heads[mi]) moa_heads_add(s->heads[mi], u->src, u->src_len, &u->res);
         if (j->n_live == 0 && j->n_waiting == 0) {
             int idx = find_held(s, j);
             if (idx >= 0) job_release(s, idx, MOA_SCHED_DONE, NULL);
@@ -363,8 +376,8 @@ static void take_finished(moa_sched *s, moa_worker *w) {
 // Units released while the worker stepped and still in its session leave it.
 static void apply_cancels(moa_sched *s, moa_worker *w) {
     for (int i = 0; i < w->n_cancels; i++) {
-        moa_session_cancel(w->sess, w->cancels[i].id);
-        unit_gone(s, w, w->cancels[i].rows);
+        moa_session_cancel(w->sess[w->cancels[i].model], w->cancels[i].id);
+        unit_gone(s, w, w->cancels[i].model, w->cancels[i].rows);
     }
     w->n_cancels = 0;
 }
@@ -388,7 +401,8 @@ static void fail_worker(moa_sched *s, moa_worker *w, int rc) {
     moa_log(MOA_LOG_ERROR, "scheduler: moa_session_step failed: %s (worker %d); failed the %d "
             "request(s) in its batch", moa_strerror(rc), w->index, n);
     moa_result r;
-    while (moa_session_take(w->sess, &r) == 1) moa_result_clear(&r);
+    for (int mi = 0; mi < s->n_models; mi++)
+        while (moa_session_take(w->sess[mi], &r) == 1) moa_result_clear(&r);
 }
 
 static void publish_gauges(moa_sched *s, double t) {
@@ -432,32 +446,53 @@ static void stop_round(moa_sched *s) {
     publish_gauges(s, now(s));
 }
 
-// One iteration of a worker that holds units: ONE engine step with the
-// lock released, then the scheduler's work for itself (results, released
-// units, admissions), so it never waits for another worker or thread.
-// Under lock on entry and on return.
+// Rows held by all of a worker's sessions.
+static int worker_session_rows(const moa_sched *s, const moa_worker *w) {
+    int n = 0;
+    for (int mi = 0; mi < s->n_models; mi++) n += moa_session_rows(w->sess[mi]);
+    return n;
+}
+
+// One iteration of a worker that holds units: ONE engine step of each of
+// its sessions that holds units (models in turn, so no model waits for
+// another's sentences to finish) with the lock released, then the
+// scheduler's work for itself (results, released units, admissions), so it
+// never waits for another worker or thread. Under lock on entry and on
+// return.
 static int worker_round(moa_sched *s, moa_worker *w) {
+    // which sessions to step: decided under the lock, as nothing is
+    // admitted to a busy worker
+    unsigned char todo[MOA_SCHED_MAX_MODELS];
+    for (int mi = 0; mi < s->n_models; mi++) todo[mi] = w->m_units[mi] > 0;
     w->busy = 1;
-    int units = w->units;  // the sentences this step decodes
+    int mu[MOA_SCHED_MAX_MODELS];  // the sentences each session's step decodes
+    for (int mi = 0; mi < s->n_models; mi++) mu[mi] = w->m_units[mi];
     pthread_mutex_unlock(&s->lock);
     if (s->opts.during_step) s->opts.during_step(s->opts.step_ctx, w->index);
-    int rc = moa_session_step(w->sess);
+    int rc = 0, stepped[MOA_SCHED_MAX_MODELS] = {0};
+    for (int mi = 0; mi < s->n_models && rc >= 0; mi++) {
+        if (!todo[mi]) continue;
+        int r = moa_session_step(w->sess[mi]);
+        rc = r < 0 ? r : rc + r;
+        if (r > 0) stepped[mi] = r;
+    }
     pthread_mutex_lock(&s->lock);
     w->busy = 0;
     w->steps++;
     if (rc < 0) {
         fail_worker(s, w, rc);
     } else {
-        if (rc > 0) moa_metrics_step(s->metrics, rc, units);
-        take_finished(s, w);
+        for (int mi = 0; mi < s->n_models; mi++)  // one observation per session step
+            if (stepped[mi] > 0) moa_metrics_step(s->metrics, stepped[mi], mu[mi]);
+        for (int mi = 0; mi < s->n_models; mi++) take_finished(s, w, mi);
     }
     apply_cancels(s, w);
-    // Every unit booked here is in the session, live or about to be; a
-    // session holding more rows than booked means the two disagree on a
+    // Every unit booked here is in the sessions, live or about to be; the
+    // sessions holding more rows than booked means the two disagree on a
     // sentence's rows (the e2e suite looks for this line).
-    if (rc >= 0 && moa_session_rows(w->sess) > w->rows)
+    if (rc >= 0 && worker_session_rows(s, w) > w->rows)
         moa_log(MOA_LOG_ERROR, "scheduler: worker %d booked %d rows, its session holds %d",
-                w->index, w->rows, moa_session_rows(w->sess));
+                w->index, w->rows, worker_session_rows(s, w));
     schedule(s);
     return rc;
 }
@@ -531,7 +566,9 @@ static void workers_free(moa_sched *s) {
     for (int i = 0; i < s->n_workers; i++) {
         moa_worker *w = &s->workers[i];
         if (w->started) pthread_join(w->thread, NULL);
-        moa_session_free(w->sess);
+        for (int mi = 0; w->sess && mi < s->n_models; mi++) moa_session_free(w->sess[mi]);
+        free(w->sess);
+        free(w->m_units);
         free(w->cancels);
         pthread_cond_destroy(&w->cv);
     }
@@ -542,15 +579,39 @@ static void workers_free(moa_sched *s) {
 moa_sched *moa_sched_create(const moa_model *m, const moa_conf *conf, moa_metrics *metrics,
                             moa_heads *heads, const moa_sched_opts *opts, char *err,
                             size_t errlen) {
+    return moa_sched_create_models(&m, 1, conf, metrics, &heads, opts, err, errlen);
+}
+
+moa_sched *moa_sched_create_models(const moa_model *const *models, int n_models,
+                                   const moa_conf *conf, moa_metrics *metrics,
+                                   moa_heads *const *heads, const moa_sched_opts *opts,
+                                   char *err, size_t errlen) {
+    if (n_models < 1 || n_models > MOA_SCHED_MAX_MODELS) {
+        snprintf(err, errlen, "%d models: between 1 and %d are served", n_models,
+                 MOA_SCHED_MAX_MODELS);
+        return NULL;
+    }
     moa_sched *s = calloc(1, sizeof *s);
     if (!s) {
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    s->model = m;
+    s->n_models = n_models;
+    s->models = calloc((size_t)n_models, sizeof *s->models);
+    s->heads = calloc((size_t)n_models, sizeof *s->heads);
+    if (!s->models || !s->heads) {
+        free(s->models);
+        free(s->heads);
+        free(s);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    for (int mi = 0; mi < n_models; mi++) {
+        s->models[mi] = models[mi];
+        s->heads[mi] = heads ? heads[mi] : NULL;
+    }
     s->conf = conf;
     s->metrics = metrics;
-    s->heads = heads;
     if (opts) s->opts = *opts;
     if (!s->opts.now) s->opts.now = real_clock;
     pthread_mutex_init(&s->mu, NULL);
@@ -570,11 +631,17 @@ moa_sched *moa_sched_create(const moa_model *m, const moa_conf *conf, moa_metric
         w->s = s;
         w->index = i;
         w->cancels = malloc((size_t)s->inflight_per * sizeof *w->cancels);
-        if (!w->cancels) {
+        w->sess = calloc((size_t)n_models, sizeof *w->sess);
+        w->m_units = calloc((size_t)n_models, sizeof *w->m_units);
+        if (!w->cancels || !w->sess || !w->m_units) {
             snprintf(err, errlen, "out of memory");
             goto fail_session;
         }
-        if (!(w->sess = moa_session_create(m, s->rows_per, err, errlen))) goto fail_session;
+        // Each session may hold the worker's whole share of rows: the share
+        // is booked across the worker's sessions together.
+        for (int mi = 0; mi < n_models; mi++)
+            if (!(w->sess[mi] = moa_session_create(models[mi], s->rows_per, err, errlen)))
+                goto fail_session;
         if (s->opts.manual) continue;
         if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
             snprintf(err, errlen, "cannot start compute worker thread %d", i);
@@ -608,6 +675,8 @@ fail_session:
 fail_workers:
     pthread_mutex_destroy(&s->lock);
     pthread_mutex_destroy(&s->mu);
+    free(s->models);
+    free(s->heads);
     free(s);
     return NULL;
 }
@@ -694,7 +763,9 @@ void moa_sched_get_worker_stats(moa_sched *s, int wi, moa_sched_worker_stats *st
     st->units = w->units;
     st->rows = w->rows;
     st->busy = w->busy;
-    st->session_live = w->busy ? -1 : moa_session_live(w->sess);
+    st->session_live = 0;
+    for (int mi = 0; mi < s->n_models; mi++) st->session_live += moa_session_live(w->sess[mi]);
+    if (w->busy) st->session_live = -1;
     st->steps = w->steps;
     st->dropped = w->dropped;
     pthread_mutex_unlock(&s->lock);
@@ -722,6 +793,8 @@ void moa_sched_free(moa_sched *s) {
     moa_sched_stop(s);
     workers_free(s);
     free(s->held);
+    free(s->models);
+    free(s->heads);
     pthread_mutex_destroy(&s->lock);
     pthread_mutex_destroy(&s->mu);
     free(s);

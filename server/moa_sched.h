@@ -38,6 +38,15 @@
 // failure elsewhere, stop) leaves that unit to the worker, which drops it
 // and any result it produced when its step ends.
 //
+// Several models (moa_sched_create_models): every compute worker holds one
+// session per model, and a unit names its model (moa_unit.model, an index
+// into the array). A worker's round steps each of its sessions that holds
+// units once, models in turn; its units and rows are counted over all its
+// sessions, so max_inflight, max_batch_rows, max_queue, fairness (fewest
+// units in the batch first, whatever the model) and the balance between
+// workers are shared by the models. Each session is sized for the worker's
+// whole share of rows: memory for sessions grows with the number of models.
+//
 // Manual mode (opts.manual, for tests): no thread is started; the caller
 // drives the very functions the threads run — moa_sched_poll is one round
 // of the loop thread (its timer's), moa_sched_step_worker one iteration of
@@ -85,6 +94,7 @@ typedef struct moa_unit {
     moa_job *job;
     int *src;               // ids without eos (malloc'ed; may be NULL if src_len 0)
     int src_len;
+    int model;              // index of its model (moa_sched_create_models); 0 with one
     moa_search_opts opts;   // per unit: seed already offset by the unit's index
     int state;              // moa_unit_state
     int from_cache;
@@ -136,6 +146,14 @@ typedef struct moa_sched_opts {
 moa_sched *moa_sched_create(const moa_model *m, const moa_conf *conf, moa_metrics *metrics,
                             moa_heads *heads, const moa_sched_opts *opts, char *err,
                             size_t errlen);
+// The same for several models (at most MOA_SCHED_MAX_MODELS): one session
+// per model in every worker; heads NULL, or one per model (entries may be
+// NULL). moa_sched_create is this with one model.
+#define MOA_SCHED_MAX_MODELS 16
+moa_sched *moa_sched_create_models(const moa_model *const *models, int n_models,
+                                   const moa_conf *conf, moa_metrics *metrics,
+                                   moa_heads *const *heads, const moa_sched_opts *opts,
+                                   char *err, size_t errlen);
 // Refuses further submissions and gives back every job still held (and
 // submitted) with MOA_SCHED_STOPPED; then stops and joins the loop thread
 // (the worker threads are joined by moa_sched_free). Idempotent.
@@ -180,7 +198,7 @@ void moa_sched_get_stats(moa_sched *s, moa_sched_stats *st);
 // One worker's state; thread-safe.
 typedef struct moa_sched_worker_stats {
     int units, rows;        // in its session, as the scheduler counts them
-    int session_live;       // moa_session_live of its session; -1 while it steps
+    int session_live;       // moa_session_live of its sessions (summed); -1 while it steps
     int busy;               // stepping now
     long steps;             // moa_session_step calls
     long dropped;           // results thrown away: their job went back during the step

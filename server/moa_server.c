@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
@@ -86,51 +87,95 @@ static int probe(const moa_conf *c) {
 
 // --- model --------------------------------------------------------------------------------------
 
-static int load_model(moa_server *srv, char *err, size_t errlen) {
-    const moa_conf *c = &srv->conf;
-    srv->model = moa_model_load(c->model, err, errlen);
-    if (!srv->model) return -1;
-    srv->cfg = moa_model_config(srv->model);
-    srv->tok = moa_tokenizer_load(c->model, err, errlen);
-    if (!srv->tok) return -1;
-    if (moa_tokenizer_vocab_size(srv->tok) != srv->cfg->vocab_size) {
+// One model directory into m; its name and cache key.
+static int load_one(moa_srv_model *m, const moa_conf *c, char *err, size_t errlen) {
+    const char *dir = m->dir;
+    m->model = moa_model_load(dir, err, errlen);
+    if (!m->model) return -1;
+    m->cfg = moa_model_config(m->model);
+    m->tok = moa_tokenizer_load(dir, err, errlen);
+    if (!m->tok) return -1;
+    if (moa_tokenizer_vocab_size(m->tok) != m->cfg->vocab_size) {
         snprintf(err, errlen, "%.500s: vocab.txt has %d lines, config.json says vocab_size %d",
-                 c->model, moa_tokenizer_vocab_size(srv->tok), srv->cfg->vocab_size);
+                 dir, moa_tokenizer_vocab_size(m->tok), m->cfg->vocab_size);
         return -1;
     }
-    if (!(srv->pv = moa_protect_vocab_create(srv->tok))) {
+    if (!(m->pv = moa_protect_vocab_create(m->tok))) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    if (srv->cfg->name[0]) snprintf(srv->model_name, sizeof srv->model_name, "%s", srv->cfg->name);
+    if (m->cfg->name[0]) snprintf(m->name, sizeof m->name, "%s", m->cfg->name);
     else {
-        const char *b = strrchr(c->model, '/');
-        snprintf(srv->model_name, sizeof srv->model_name, "%.150s", b && b[1] ? b + 1 : c->model);
+        const char *b = strrchr(dir, '/');
+        snprintf(m->name, sizeof m->name, "%.150s", b && b[1] ? b + 1 : dir);
     }
-    // The cache lives as long as the process, and the process serves one
-    // model: name + directory + size of the weights is identification enough.
-    snprintf(srv->model_key, sizeof srv->model_key, "%.150s|%.300s|%zu", srv->model_name, c->model,
-             moa_model_f32_bytes(srv->model));
+    // The cache lives as long as the process and is shared by the models:
+    // name + directory + size of the weights tell them apart.
+    char key[sizeof m->key];  // built apart: m->name and dir live in the same struct
+    snprintf(key, sizeof key, "%.150s|%.300s|%zu", m->name, dir, moa_model_f32_bytes(m->model));
+    memcpy(m->key, key, sizeof key);
+    if (c->heads && !(m->heads = moa_heads_create(m->cfg))) {
+        snprintf(err, errlen, "out of memory for routing statistics");
+        return -1;
+    }
+    return 0;
+}
+
+// Every directory of the model option; one scheduler for them all. Two
+// models with one name (their label in /metrics, /heads?model=) or one pair
+// (requests could not be routed) are refused.
+static int load_models(moa_server *srv, char *err, size_t errlen) {
+    const moa_conf *c = &srv->conf;
+    static char dirs[MOA_SCHED_MAX_MODELS][MOA_CONF_PATH_MAX];
+    int n = moa_conf_models(c, dirs, MOA_SCHED_MAX_MODELS, err, errlen);
+    if (n < 0) return -1;
+    for (int i = 0; i < n; i++) {
+        moa_srv_model *m = &srv->models[i];
+        memcpy(m->dir, dirs[i], sizeof m->dir);
+        srv->n_models = i + 1;  // freed at exit even when it fails half-way
+        if (load_one(m, c, err, errlen) != 0) return -1;
+        for (int k = 0; k < i; k++) {
+            const moa_srv_model *o = &srv->models[k];
+            if (!strcmp(o->name, m->name)) {
+                snprintf(err, errlen, "models %.300s and %.300s have the same name '%s': "
+                         "set a different \"name\" in one config.json", o->dir, m->dir, m->name);
+                return -1;
+            }
+            if (!strcasecmp(o->cfg->source_lang, m->cfg->source_lang) &&
+                !strcasecmp(o->cfg->target_lang, m->cfg->target_lang)) {
+                snprintf(err, errlen, "models %s and %s both translate %s to %s: one model per "
+                         "language pair", o->name, m->name, m->cfg->source_lang,
+                         m->cfg->target_lang);
+                return -1;
+            }
+        }
+    }
     if (c->cache_size > 0 && !(srv->cache = moa_cache_create(c->cache_size))) {
         snprintf(err, errlen, "out of memory for the cache");
         return -1;
     }
-    if (c->heads && !(srv->heads = moa_heads_create(srv->cfg))) {
-        snprintf(err, errlen, "out of memory for routing statistics");
-        return -1;
+    const moa_model *models[MOA_SCHED_MAX_MODELS];
+    moa_heads *heads[MOA_SCHED_MAX_MODELS];
+    for (int i = 0; i < n; i++) {
+        models[i] = srv->models[i].model;
+        heads[i] = srv->models[i].heads;
     }
-    srv->sched = moa_sched_create(srv->model, c, srv->metrics, srv->heads, NULL, err, errlen);
+    srv->sched = moa_sched_create_models(models, n, c, srv->metrics, heads, NULL, err, errlen);
     return srv->sched ? 0 : -1;
 }
 
 static void log_start(const moa_server *srv, double load_s) {
-    const moa_config *g = srv->cfg;
     const moa_conf *c = &srv->conf;
-    moa_log(MOA_LOG_INFO, "model %s (%s): %s -> %s, d_model %d, layers %d+%d, experts %d "
-            "(top %d), vocab %d, max_positions %d; loaded in %.3f s",
-            srv->model_name, c->model, g->source_lang, g->target_lang, g->d_model,
-            g->encoder_layers, g->decoder_layers, g->num_experts, g->top_k, g->vocab_size,
-            g->max_positions, load_s);
+    for (int i = 0; i < srv->n_models; i++) {
+        const moa_srv_model *m = &srv->models[i];
+        const moa_config *g = m->cfg;
+        moa_log(MOA_LOG_INFO, "model %s (%s): %s -> %s, d_model %d, layers %d+%d, experts %d "
+                "(top %d), vocab %d, max_positions %d%s", m->name, m->dir, g->source_lang,
+                g->target_lang, g->d_model, g->encoder_layers, g->decoder_layers,
+                g->num_experts, g->top_k, g->vocab_size, g->max_positions,
+                srv->n_models > 1 && i == 0 ? "; the default model" : "");
+    }
+    moa_log(MOA_LOG_INFO, "%d model(s) loaded in %.3f s", srv->n_models, load_s);
     int workers = moa_conf_compute_workers(c);
     char quota[64] = "none";
     if (c->cpus.quota_cpus > 0)
@@ -140,9 +185,9 @@ static void log_start(const moa_server *srv, double load_s) {
             c->cpus.usable, c->cpus.online, c->cpus.affinity, quota,
             c->compute_workers > 0 ? "; compute_workers set explicitly"
                                    : "; compute workers follow the usable CPUs");
-    moa_log(MOA_LOG_INFO, "threads: compute workers %d (a thread and an engine session each), "
-            "OpenBLAS (%s) %d per worker, http %d, scheduler 1, hang-up watch 1, libuv pool unused "
-            "(UV_THREADPOOL_SIZE=%s)", workers,
+    moa_log(MOA_LOG_INFO, "threads: compute workers %d (a thread and an engine session per "
+            "model each: %d session(s) each), OpenBLAS (%s) %d per worker, http %d, scheduler 1, "
+            "hang-up watch 1, libuv pool unused (UV_THREADPOOL_SIZE=%s)", workers, srv->n_models,
             moa_blas_corename(), moa_get_num_threads(), c->http_threads,
             getenv("UV_THREADPOOL_SIZE"));
     moa_log(MOA_LOG_INFO, "matrix products: %s", moa_get_num_threads() == 1 ? moa_gemm_path()
@@ -228,7 +273,7 @@ int main(int argc, char **argv) {
             srv.conf.listen, srv.conf.port, srv.conf.config_file[0] ? "; config " : "",
             srv.conf.config_file);
     double t0 = moa_sched_now();
-    if (load_model(&srv, err, sizeof err) != 0) {
+    if (load_models(&srv, err, sizeof err) != 0) {
         moa_log(MOA_LOG_ERROR, "%s", err);
         goto done;
     }
@@ -272,11 +317,13 @@ done:
     for (int i = 0; i < 100 && atomic_load(&srv.inflight) > 0; i++) usleep(10000);
     moa_http_stop(http);
     moa_sched_free(srv.sched);
-    moa_heads_free(srv.heads);
     moa_cache_free(srv.cache);
-    moa_protect_vocab_free(srv.pv);
-    moa_tokenizer_free(srv.tok);
-    moa_model_free(srv.model);
+    for (int i = 0; i < srv.n_models; i++) {
+        moa_heads_free(srv.models[i].heads);
+        moa_protect_vocab_free(srv.models[i].pv);
+        moa_tokenizer_free(srv.models[i].tok);
+        moa_model_free(srv.models[i].model);
+    }
     moa_metrics_free(srv.metrics);
     for (int i = 0; i < srv.n_keys; i++) free(srv.keys[i]);
     free(srv.keys);

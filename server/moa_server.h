@@ -1,8 +1,8 @@
 // moa_server.h — the process-wide context every server module is handed.
 //
 // main (moa_server.c) fills it: settings, then the HTTP front end (so
-// /health answers at once), then model, tokenizer, cache, statistics and
-// scheduler, then `ready`. After that only the atomics and the key list
+// /health answers at once), then the models (each with its tokenizer and
+// statistics), cache and scheduler, then `ready`. After that only the atomics and the key list
 // change; everything else is read-only and shared by all threads.
 #ifndef MOA_SERVER_H
 #define MOA_SERVER_H
@@ -19,18 +19,30 @@
 #include "moa_sched.h"
 #include "moa_tokenizer.h"
 
-typedef struct moa_server {
-    moa_conf conf;
-    moa_model *model;           // NULL until loaded
-    const moa_config *cfg;
+// One model served: its directory, weights, tokenizer and statistics.
+// Read-only once loaded, except the counters.
+typedef struct moa_srv_model {
+    char dir[MOA_CONF_PATH_MAX];
+    moa_model *model;
+    const moa_config *cfg;      // its config.json: the pair is source_lang -> target_lang
     moa_tokenizer *tok;
     moa_protect_vocab *pv;      // the tokenizer's sentinel pieces
-    moa_sched *sched;
-    moa_cache *cache;           // NULL when cache_size is 0
     moa_heads *heads;           // NULL when heads is off
+    char name[160];             // config.json's name, else the directory's
+    char key[512];              // what identifies the model in cache keys
+    atomic_long requests;       // /translate answers it gave (moa_model_requests_total)
+    atomic_long sentences;      // units it translated or took from the cache
+} moa_srv_model;
+
+typedef struct moa_server {
+    moa_conf conf;
+    // the `model` option's directories, in the order given; models[0] is the
+    // default (no source/target, /heads without ?model=)
+    moa_srv_model models[MOA_SCHED_MAX_MODELS];
+    int n_models;               // 0 until loaded
+    moa_sched *sched;           // one for all the models: limits and workers shared
+    moa_cache *cache;           // NULL when cache_size is 0; keys include the model
     moa_metrics *metrics;
-    char model_name[160];       // config.json's name, else the directory's
-    char model_key[512];        // what identifies the model in cache keys
 
     atomic_int ready;           // model loaded and serving
     atomic_int draining;        // SIGTERM seen: new /translate get 503

@@ -837,6 +837,104 @@ static void test_engine_refusal_fails_job(void) {
     fixture_free(&f);
 }
 
+// --- several models ----------------------------------------------------------------------------
+
+#define RANDOM "tests/fixtures/models/tiny-random"
+
+// Sentence k as a source for tiny-random (a 1000-piece vocabulary): any
+// in-vocabulary ids are a valid source.
+static void ids_for_random(moa_unit *u) {
+    for (int i = 0; i < u->src_len; i++) u->src[i] %= 1000;
+}
+
+// Two models in one scheduler with one worker: units of both are admitted to
+// the same worker (its sessions, one per model), max_inflight is shared
+// (fewest units first, whatever the model), both jobs complete, and every
+// unit equals its sentence translated alone by ITS model (the two models
+// differ, so a unit run by the wrong one would not match).
+static void test_two_models_share_worker(void) {
+    fixture f;
+    fixture_load(&f);
+    char err[512];
+    moa_model *rnd = moa_model_load(RANDOM, err, sizeof err);
+    if (!rnd) MOA_TEST_FAIL("%s", err);
+    memset(&f.conf, 0, sizeof f.conf);
+    f.conf.compute_workers = 1;
+    f.conf.max_inflight = 4;
+    f.conf.max_batch_rows = 64;
+    f.conf.max_queue = 4096;
+    f.conf.timeout = 60;
+    moa_sched_opts opts = {.manual = 1, .now = fake_now, .now_ctx = &f.clock};
+    const moa_model *models[2] = {f.model, rnd};
+    if (!(f.s = moa_sched_create_models(models, 2, &f.conf, f.metrics, NULL, &opts, err,
+                                        sizeof err)))
+        MOA_TEST_FAIL("moa_sched_create_models: %s", err);
+    tjob *a = job_new(&f, 0, 6, 4, MAXLEN), *b = job_new(&f, 10, 2, 2, MAXLEN);
+    for (int i = 0; i < 2; i++) {
+        b->job.units[i].model = 1;
+        ids_for_random(&b->job.units[i]);
+    }
+    submit_ok(&f, a);
+    submit_ok(&f, b);
+    moa_sched_poll(f.s);
+    // 4 in flight in all, not per model: two of each (fewest units first)
+    ASSERT_EQ_INT(count_state(a, MOA_UNIT_LIVE), 2);
+    ASSERT_EQ_INT(count_state(b, MOA_UNIT_LIVE), 2);
+    ASSERT_EQ_INT(wstats(&f, 0).units, 4);
+    ASSERT_EQ_INT(wstats(&f, 0).rows, 2 * 4 + 2 * 2);
+    ASSERT_EQ_INT(wstats(&f, 0).session_live, 4);
+    int steps = 0;
+    while (a->calls == 0 || b->calls == 0) {
+        if (steps == 4 * MAX_STEPS) MOA_TEST_FAIL("jobs not back after %d steps", steps);
+        int rc = moa_sched_step_worker(f.s, 0);
+        if (rc <= 0) MOA_TEST_FAIL("moa_sched_step_worker: %d", rc);
+        steps++;
+    }
+    ASSERT_EQ_INT(a->why, MOA_SCHED_DONE);
+    ASSERT_EQ_INT(b->why, MOA_SCHED_DONE);
+    for (int u = 0; u < 6; u++) {
+        moa_result alone = translate_alone(&f, u, 4, MAXLEN);
+        assert_same_tokens(&a->job.units[u].res, &alone);
+        moa_result_clear(&alone);
+    }
+    for (int u = 0; u < 2; u++) {
+        moa_session *sess = moa_session_create(rnd, 16, err, sizeof err);
+        if (!sess) MOA_TEST_FAIL("%s", err);
+        moa_search_opts o;
+        moa_search_opts_default(&o);
+        o.beam_size = 2;
+        o.max_length = MAXLEN;
+        moa_result r;
+        const int *src = b->job.units[u].src;
+        if (moa_translate(sess, &src, &b->job.units[u].src_len, 1, &o, &r, err, sizeof err))
+            MOA_TEST_FAIL("moa_translate: %s", err);
+        assert_same_tokens(&b->job.units[u].res, &r);
+        moa_result_clear(&r);
+        moa_session_free(sess);
+    }
+    assert_idle(&f);
+    job_free(a);
+    job_free(b);
+    fixture_free(&f);
+    moa_model_free(rnd);
+}
+
+// A unit naming a model the scheduler does not have fails its job.
+static void test_unknown_model_fails_job(void) {
+    fixture f;
+    fixture_load(&f);
+    fixture_start(&f, 1, 4, 64, 4096, NULL);
+    tjob *t = job_new(&f, 0, 1, 4, MAXLEN);
+    t->job.units[0].model = 1;
+    submit_ok(&f, t);
+    moa_sched_poll(f.s);
+    ASSERT_EQ_INT(t->calls, 1);
+    ASSERT_EQ_INT(t->why, MOA_SCHED_FAILED);
+    assert_idle(&f);
+    job_free(t);
+    fixture_free(&f);
+}
+
 // --- threaded mode -----------------------------------------------------------------------------
 
 // The threads run the same rounds: jobs submitted to a threaded scheduler
@@ -892,6 +990,8 @@ const moa_test_case moa_tests_sched[] = {
     {"queue_full", test_queue_full},
     {"all_cached_job_done", test_all_cached_job_done},
     {"engine_refusal_fails_job", test_engine_refusal_fails_job},
+    {"two_models_share_worker", test_two_models_share_worker},
+    {"unknown_model_fails_job", test_unknown_model_fails_job},
     {"threaded_same_results", test_threaded_same_results},
     {NULL, NULL},
 };

@@ -436,6 +436,36 @@ def test_typing_ctrl_enter_and_keyboard_grid():
 
 
 @test
+def test_two_pairs_from_languages():
+    # two models (en->de and a copy declared de->en): the page offers both sources, each
+    # with its own targets, and a deep link to de->en is translated by that model
+    if "pairs" not in SERVERS:
+        de_en = e2e.model_copy(e2e.DE_EN_NAME, "de", "en")
+        SERVERS["pairs"] = e2e.Server("browser-pairs", "--model", de_en, "--cache-size", "0")
+    s = SERVERS["pairs"]
+    text = e2e.sentences(1, 4)[0]
+    want = e2e.translate(s, dict(page_request(text), source="de", target="en"))
+    check(want["model"] == e2e.DE_EN_NAME, f"routed to {want['model']}")
+    pg = Page(browser(), 1280, 900)
+    try:
+        pg.goto(url(s, "/", q=text, source="de", target="en"))
+        state = wait_translation(pg, 0)
+        err = pg.eval("document.getElementById('error').textContent")
+        check(state == "done", f"state {state}: {err}")
+        shown = pg.eval("document.getElementById('translation').textContent")
+        check(shown == want["translatedText"], f"page shows {shown!r}, server {want['translatedText']!r}")
+        opts = "(id) => [...document.getElementById(id).options].map((o) => o.value)"
+        check(pg.eval(f"({opts})('source')") == ["en", "de"], "both sources offered")
+        check(pg.eval(f"({opts})('target')") == ["en"], "de's targets")
+        pg.eval("const s = document.getElementById('source'); s.value = 'en';"
+                " s.dispatchEvent(new Event('change'))")
+        check(pg.eval(f"({opts})('target')") == ["de"], "en's targets after the change")
+        check(not pg.problems(), f"page problems: {pg.problems()}")
+    finally:
+        pg.close()
+
+
+@test
 def test_server_errors_shown():
     s = server()
     text = e2e.sentences(1, 7)[0]

@@ -69,13 +69,16 @@ class Server:
 
     def __init__(self, name: str, *flags: str, env: Optional[Dict[str, str]] = None,
                  config: Optional[str] = None,
-                 preexec: Optional[Callable[[], None]] = None) -> None:
+                 preexec: Optional[Callable[[], None]] = None,
+                 model: str = "") -> None:
         self.name = name
         self.port = free_port()
         self.log_path = os.path.join(TMP, f"{name}.log")
         # timeout: effectively unbounded unless a test sets its own (a later
         # flag wins): no answer may depend on how fast this machine is
-        cmd = [ARGS.server, "--model", MODEL, "--port", str(self.port), "--listen", "127.0.0.1",
+        # model: the tiny test model unless given (a further --model flag adds one)
+        cmd = [ARGS.server, "--model", model or MODEL, "--port", str(self.port), "--listen",
+               "127.0.0.1",
                "--compute-threads", "1", "--timeout", "3600"]
         if config:
             cmd += ["--config", config]
@@ -1467,6 +1470,134 @@ def test_access_log_and_startup_log():
     check(len(rec) == 1 and rec[0]["status"] == 200 and rec[0]["type"] == "access", f"{rec}")
 
 
+# --- several models ----------------------------------------------------------------------
+
+DE_EN_NAME = "moa-de-en-tiny"
+
+
+def model_copy(name: str, source: str, target: str) -> str:
+    """tiny-trained copied to TMP/name with config.json declaring another pair and name (the
+    weights are the same: routing is told by the model name in answers, metrics and heads)."""
+    d = os.path.join(TMP, name)
+    if not os.path.isdir(d):
+        import shutil
+        shutil.copytree(MODEL, d)
+        with open(os.path.join(d, "config.json"), encoding="utf-8") as f:
+            cfg = json.load(f)
+        cfg.update(source_lang=source, target_lang=target, name=name)
+        with open(os.path.join(d, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(cfg, f)
+    return d
+
+
+def multi_server() -> Server:
+    """tiny-trained (en->de, the default) and its copy declared de->en: --model repeated."""
+    if "multi" not in SERVERS:
+        SERVERS["multi"] = Server("multi", "--model", model_copy(DE_EN_NAME, "de", "en"),
+                                  "--cache-size", "100", "--compute-workers", "2")
+    return SERVERS["multi"]
+
+
+def heads_total(h: Dict[str, Any]) -> int:
+    return h["source_tokens"] + h["target_tokens"]
+
+
+@test
+def test_several_models_routing():
+    s = multi_server()
+    h = json.loads(request(s, "GET", "/health")[2])
+    check([(m["name"], m["source"], m["target"]) for m in h["models"]] ==
+          [("moa-en-de-tiny", "en", "de"), (DE_EN_NAME, "de", "en")], f"/health {h}")
+    langs = {l["code"]: l["targets"] for l in json.loads(request(s, "GET", "/languages")[2])}
+    check(langs == {"en": ["de"], "de": ["en"]}, f"/languages {langs}")
+    for i in range(2):  # both models' statistics start at zero
+        name = ["moa-en-de-tiny", DE_EN_NAME][i]
+        check(request(s, "POST", f"/heads/reset?model={name}")[0] == 200, "reset one model")
+    text = sentences(1, 5)[0]
+    want = translate(main_server(), {"text": text})["translatedText"]
+    j = translate(s, {"text": text, "source": "de", "target": "en"})
+    check(j["model"] == DE_EN_NAME and j["translatedText"] == want, f"de->en: {j}")
+    # only the de->en model's routing statistics moved
+    hd = json.loads(request(s, "GET", f"/heads?model={DE_EN_NAME}")[2])
+    he = json.loads(request(s, "GET", "/heads")[2])
+    check(hd["model"] == DE_EN_NAME and heads_total(hd) > 0, f"de-en heads {heads_total(hd)}")
+    check(he["model"] == "moa-en-de-tiny" and heads_total(he) == 0, "en-de heads untouched")
+    j = translate(s, {"text": text, "source": "en", "target": "de"})
+    check(j["model"] == "moa-en-de-tiny" and j["translatedText"] == want, f"en->de: {j}")
+    check(translate(s, {"text": text})["model"] == "moa-en-de-tiny", "default: the first model")
+    check(translate(s, {"text": text, "target": "en"})["model"] == DE_EN_NAME, "by target")
+    check(translate(s, {"text": text, "source": "DE"})["model"] == DE_EN_NAME, "by source")
+    j = translate(s, {"text": text, "source": "auto", "target": "en"})
+    check(j["model"] == DE_EN_NAME and j["detectedLanguage"] ==
+          {"confidence": 100, "language": "de"}, f"auto for en: {j}")
+    j = translate(s, {"text": [text], "source": "auto"})
+    lang = j["detectedLanguage"][0]["language"]
+    check(j["detectedLanguage"][0]["confidence"] == 50 and
+          j["model"] == {"en": "moa-en-de-tiny", "de": DE_EN_NAME}[lang], f"auto: {j}")
+    for body, want_msg in (({"source": "en", "target": "en"}, "unsupported language pair"),
+                           ({"source": "fr"}, "unsupported source language 'fr'"),
+                           ({"target": "fr"}, "unsupported target language 'fr'")):
+        e = translate(s, dict(body, text=text), expect=400)["error"]
+        check(want_msg in e and "en to de, de to en" in e, f"{body}: {e}")
+    st, _, b = request(s, "GET", "/heads?model=nope")
+    e = json.loads(b)["error"]
+    check(st == 400 and "moa-en-de-tiny" in e and DE_EN_NAME in e, f"unknown model: {st} {e}")
+    m = parse_prometheus(request(s, "GET", "/metrics")[2].decode())
+    info = " ".join(m["moa_info"])
+    check('model="moa-en-de-tiny"' in info and f'model="{DE_EN_NAME}"' in info, info)
+    req = m["moa_model_requests_total"]
+    check(req[f'model="{DE_EN_NAME}"'] == 4 and req['model="moa-en-de-tiny"'] == 3, f"{req}")
+    check(any(f'model="{DE_EN_NAME}"' in k for k in m["moa_expert_tokens_total"]), "expert labels")
+
+
+@test
+def test_several_models_cache_and_batching():
+    s = multi_server()
+    src = sentences(12, 60)
+    def hits() -> float:
+        return parse_prometheus(request(s, "GET", "/metrics")[2].decode())["moa_cache_hits_total"][""]
+    h0 = hits()
+    translate(s, {"text": src[0], "target": "de"})
+    j = translate(s, {"text": src[0], "target": "en"})
+    check(hits() == h0 and j["model"] == DE_EN_NAME, "the cache key includes the model")
+    translate(s, {"text": src[0], "target": "en"})
+    check(hits() == h0 + 1, "same model, same text: a hit")
+    # the two models' requests batched together give what each gives alone
+    body = lambda i: {"text": src[i], "target": ["de", "en"][i % 2], "beam_size": 1 + i % 4,
+                      "trace": True}  # traced: never from the cache
+    alone = [translate(s, body(i)) for i in range(len(src))]
+    with cf.ThreadPoolExecutor(max_workers=len(src)) as ex:
+        together = list(ex.map(lambda i: translate(s, body(i)), range(len(src))))
+    for i in range(len(src)):
+        check(together[i]["model"] == alone[i]["model"] ==
+              ["moa-en-de-tiny", DE_EN_NAME][i % 2], f"{i}: model")
+        check(together[i]["translatedText"] == alone[i]["translatedText"], f"{i}: text")
+
+
+@test
+def test_several_models_config_env_and_refusals():
+    de_en = model_copy(DE_EN_NAME, "de", "en")
+    conf = os.path.join(TMP, "multi.conf")
+    with open(conf, "w") as f:
+        f.write(f"model = {MODEL} , {de_en}\n")
+    r = subprocess.run([ARGS.server, "--config", conf, "--print-config"], capture_output=True,
+                       text=True, timeout=60)
+    check(r.returncode == 0 and f"{MODEL} , {de_en}" in r.stdout, r.stdout + r.stderr)
+    s = Server("multi-env", env={"MOA_MODEL": f"{de_en},{MODEL}"})
+    try:
+        h = json.loads(request(s, "GET", "/health")[2])
+        check([m["name"] for m in h["models"]] == [DE_EN_NAME, "moa-en-de-tiny"], f"{h}")
+        check(translate(s, {"text": "Delete"})["model"] == DE_EN_NAME, "MOA_MODEL's first")
+    finally:
+        s.stop()
+    for extra, msg in (([MODEL], "have the same name"),
+                       ([model_copy("en-de-again", "en", "de")], "both translate en to de")):
+        r = subprocess.run([ARGS.server, "--config", os.devnull, "--port", str(free_port()),
+                            "--model", MODEL, "--model", extra[0]],
+                           capture_output=True, text=True, timeout=120)
+        check(r.returncode != 0 and msg in r.stderr, f"{extra}: {r.returncode} {r.stderr[-300:]}")
+
+
 @test
 def test_probe_help_config():
     s = main_server()
@@ -1519,7 +1650,7 @@ def test_bpe_model_matches_reference():
     within 1e-4 of the reference scoring the same ids; traces and /heads with
     the BPE pieces."""
     if "bpe" not in SERVERS:
-        SERVERS["bpe"] = Server("bpe", "--model", BPE_MODEL, "--cache-size", "0")
+        SERVERS["bpe"] = Server("bpe", "--cache-size", "0", model=BPE_MODEL)
     s = SERVERS["bpe"]
     src = sentences(16, 40) + ["Don't stop-loss: 5,300 items (50%)...", "Mr. Smith's \"e-mail\"."]
     # the engine path, as the CLI has it: one unit per line, no sentinels
