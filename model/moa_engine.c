@@ -827,7 +827,8 @@ static size_t result_layout(const moa_config *c, const sent *st, const int *ord,
     for (int i = 0; i < want; i++) {
         int f = ord[i], n = st->fin[f].n_tokens;
         size_t nd = Ld * n;
-        moa_hypothesis *h = &hy[i];
+        // no &hy[i] while measuring: arithmetic on a null pointer is undefined
+        moa_hypothesis *h = base ? &hy[i] : NULL;
         TAKE(&cv, h->tokens, (size_t)n * sizeof(int));
         if (lps) TAKE(&cv, h->token_logprobs, (size_t)n * sizeof(float));
         moa_trace *t = NULL;
