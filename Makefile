@@ -10,6 +10,9 @@
 #   make test-browser      the pages at / and /heads in headless chromium
 #   make test-deploy       image, compose stack, failover under load (root; README "Deploy")
 #   make test-deploy-local the container-free part: k8s manifests, nginx failover
+#   make fuzz              libFuzzer targets, FUZZ_SECONDS each (tests/fuzz/README.md)
+#   make test-fuzz-replay  the fuzz corpora replayed under ASan/UBSan (seconds)
+#   make test-oom          allocation failures injected into translate calls
 
 # x86-64-v3 = AVX2 + FMA (Haswell, 2013, and every x86 server CPU since).
 # The engine's hot loops are vectorised for it; OpenBLAS picks its own kernels
@@ -36,6 +39,15 @@ else ifeq ($(MODE),debug)
   OPT := -O0 -g
 else ifeq ($(MODE),asan)
   OPT := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=address,undefined
+else ifeq ($(MODE),fuzz)
+  # libFuzzer builds (tests/fuzz/fuzz.mk): clang's coverage instrumentation
+  # plus ASan and UBSan. vptr is left out: the tokenizer's C++ is linked by
+  # the C driver.
+  CC := clang
+  CXX := clang++
+  OPT := -O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize=vptr \
+    -fno-omit-frame-pointer -fno-sanitize-recover=undefined
   LDFLAGS += -fsanitize=address,undefined
 endif
 CFLAGS := -std=c11 $(OPT) $(WARN) -pthread
@@ -106,6 +118,8 @@ $(WEB_OBJ): $(WEB_C) server/moa_web.h
 # The HTTP server (server/README.md).
 $(SERVER): $(SERVER_OBJ) $(WEB_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -pthread $^ $(SERVER_LIBS) $(LDLIBS) -o $@
+
+include tests/fuzz/fuzz.mk
 
 # --- dependencies --------------------------------------------------------------
 
