@@ -1206,9 +1206,12 @@ static int run_batch(moa_session *s, const int *const *src, const int *src_len,
                      const moa_search_opts *opts, moa_result *out, char *err,
                      size_t errlen) {
     int rc = 0, next = 0, pending = 0;
+    for (int i = 0; i < n; i++) memset(&out[i], 0, sizeof out[i]);  // zero on every error
     int *ids = malloc((size_t)(n ? n : 1) * sizeof(int));
-    if (!ids) return MOA_ENOMEM;
-    for (int i = 0; i < n; i++) memset(&out[i], 0, sizeof out[i]);
+    if (!ids) {
+        if (err) snprintf(err, errlen, "out of memory");
+        return MOA_ENOMEM;
+    }
     int beam = tgt ? 1 : moa_search_opts_rows(opts);
     while (next < n || pending > 0) {
         // keep the session full: add while rows would remain free
@@ -1222,7 +1225,10 @@ static int run_batch(moa_session *s, const int *const *src, const int *src_len,
             ids[next++] = id;
             pending++;
         }
-        if ((rc = moa_session_step(s)) < 0) goto done;
+        if ((rc = moa_session_step(s)) < 0) {
+            if (err) snprintf(err, errlen, "%s", moa_strerror(rc));
+            goto done;
+        }
         rc = 0;
         moa_result r;
         while (moa_session_take(s, &r) == 1) {
