@@ -104,7 +104,7 @@ $(BUILD)/tests/test_engine.o: model/moa_engine.c
 
 # The runner also links the server's modules but its main (tests/test_sched.c).
 RUNNER_SERVER_OBJ := $(filter-out $(BUILD)/server/moa_server.o,$(SERVER_OBJ))
-$(BUILD)/tests/test_sched.o: $(wildcard server/*.h)
+$(BUILD)/tests/test_sched.o $(BUILD)/tests/test_api.o: $(wildcard server/*.h)
 $(RUNNER): $(TEST_OBJ) $(RUNNER_SERVER_OBJ) $(WEB_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -pthread $^ $(SERVER_LIBS) $(LDLIBS) -o $@
 

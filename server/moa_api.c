@@ -59,6 +59,42 @@ void moa_tr_free(moa_tr *tr) {
     free(tr);
 }
 
+// --- cJSON's allocations --------------------------------------------------------------------
+
+// cJSON returns NULL alike for malformed JSON and for a failed allocation;
+// with moa_api_init its allocations come through here, so that a parse
+// can tell the two apart (500, not a 400 blaming the client's JSON).
+static _Thread_local int cjson_oom;
+
+static void *cjson_alloc(size_t n) {
+    void *p = malloc(n);
+    if (!p) cjson_oom = 1;
+    return p;
+}
+
+void moa_api_init(void) {
+    cJSON_Hooks h = {cjson_alloc, free};
+    cJSON_InitHooks(&h);
+}
+
+// Attaches item (NULL: its creation failed) to the object obj under key,
+// or to the array obj when key is NULL. 0, or -1 with item freed: out of
+// memory (cJSON's adders leave an item they could not attach to the caller).
+static int put(cJSON *obj, const char *key, cJSON *item) {
+    if (obj && item &&
+        (key ? cJSON_AddItemToObject(obj, key, item) : cJSON_AddItemToArray(obj, item)))
+        return 0;
+    cJSON_Delete(item);
+    return -1;
+}
+
+// Moves *item into obj (put) and forgets it: it is obj's or freed.
+static int put_own(cJSON *obj, const char *key, cJSON **item) {
+    cJSON *it = *item;
+    *item = NULL;
+    return put(obj, key, it);
+}
+
 // --- API keys ----------------------------------------------------------------------------
 
 // Compares without an early exit, so timing does not reveal a key's prefix.
@@ -183,21 +219,35 @@ static cJSON *parse_form(const char *body, size_t n, char *err, size_t errlen) {
                 cJSON_Delete(o);
                 goto fail_oom;
             }
+            // Repeated q/text make an array of their values, in order; any
+            // other repeated field: the last value wins. Old items are
+            // detached and their successors added by key (cJSON's
+            // ReplaceItemViaPointer leaves the replacement without a name:
+            // the field was lost).
+            int lost;
             if (old && (!strcmp(k, "q") || !strcmp(k, "text"))) {
                 if (!cJSON_IsArray(old)) {
-                    cJSON *arr = cJSON_CreateArray();
-                    cJSON_AddItemToArray(arr, cJSON_DetachItemViaPointer(o, old));
-                    cJSON_AddItemToObject(o, k, arr);
-                    old = arr;
+                    cJSON *first = cJSON_DetachItemViaPointer(o, old);
+                    old = cJSON_CreateArray();
+                    if (put(old, NULL, first) || put(o, k, old)) {
+                        free(k);
+                        free(v);
+                        cJSON_Delete(sv);
+                        cJSON_Delete(o);
+                        goto fail_oom;
+                    }
                 }
-                cJSON_AddItemToArray(old, sv);
-            } else if (old) {
-                cJSON_ReplaceItemViaPointer(o, old, sv);
+                lost = put(old, NULL, sv);
             } else {
-                cJSON_AddItemToObject(o, k, sv);
+                if (old) cJSON_Delete(cJSON_DetachItemViaPointer(o, old));
+                lost = put(o, k, sv);
             }
             free(k);
             free(v);
+            if (lost) {  // sv went with it
+                cJSON_Delete(o);
+                goto fail_oom;
+            }
         }
         i = amp + 1;
     }
@@ -575,7 +625,12 @@ int moa_api_translate_parse(moa_server *srv, const char *ctype, const char *auth
         if (!root) return strcmp(err, "out of memory") ? 400 : 500;
     } else {
         const char *end = NULL;
+        cjson_oom = 0;
         root = cJSON_ParseWithLengthOpts(body, n, &end, 0);
+        if (!root && cjson_oom) {
+            snprintf(err, errlen, "out of memory");
+            return 500;
+        }
         if (!root) {
             snprintf(err, errlen, "malformed JSON near byte %ld",
                      end ? (long)(end - body) : 0L);
@@ -716,27 +771,35 @@ static cJSON *pieces(const moa_tokenizer *tok, const int *ids, int n, int eos) {
     cJSON *arr = cJSON_CreateArray();
     for (int i = 0; arr && i < n; i++) {
         const char *p = moa_tokenizer_piece(tok, ids[i]);
-        cJSON_AddItemToArray(arr, cJSON_CreateString(p ? p : "?"));
+        if (put(arr, NULL, cJSON_CreateString(p ? p : "?"))) goto fail;
     }
     if (arr && eos >= 0) {
         const char *p = moa_tokenizer_piece(tok, eos);
-        cJSON_AddItemToArray(arr, cJSON_CreateString(p ? p : "</s>"));
+        if (put(arr, NULL, cJSON_CreateString(p ? p : "</s>"))) goto fail;
     }
     return arr;
+fail:
+    cJSON_Delete(arr);
+    return NULL;
 }
 
+// NULL: out of memory.
 static cJSON *unit_trace(moa_server *srv, const moa_unit *u) {
     const moa_hypothesis *h = &u->res.hyps[0];
     const moa_trace *t = h->trace;
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
-    cJSON_AddItemToObject(o, "source_pieces", pieces(srv->tok, u->src, u->src_len, srv->cfg->eos_id));
-    cJSON_AddItemToObject(o, "target_pieces", pieces(srv->tok, h->tokens, h->n_tokens, -1));
+    if (put(o, "source_pieces", pieces(srv->tok, u->src, u->src_len, srv->cfg->eos_id)) ||
+        put(o, "target_pieces", pieces(srv->tok, h->tokens, h->n_tokens, -1)))
+        goto fail;
     if (!t) return o;
     // the expert count, which the picks alone do not tell (an expert may go unpicked)
-    cJSON_AddNumberToObject(o, "num_experts", srv->cfg->num_experts);
-    moa_trace_json(t, o);  // the engine's layout, as the CLI's --trace
+    if (!cJSON_AddNumberToObject(o, "num_experts", srv->cfg->num_experts)) goto fail;
+    if (moa_trace_json(t, o)) goto fail;  // the engine's layout, as the CLI's --trace
     return o;
+fail:
+    cJSON_Delete(o);
+    return NULL;
 }
 
 static int decode_into(moa_server *srv, const moa_hypothesis *h, moa_buf *b, char *err,
@@ -748,25 +811,23 @@ static int decode_into(moa_server *srv, const moa_hypothesis *h, moa_buf *b, cha
     return 0;
 }
 
+// Every cJSON call is checked: out of memory gives NULL (500), never an
+// answer with a field missing.
 cJSON *moa_api_translate_answer(moa_server *srv, moa_tr *tr, double t_start, char *err,
                                 size_t errlen) {
     int n_alt = tr->opts.num_hypotheses - 1;
     cJSON *root = cJSON_CreateObject();
     moa_buf *alts = calloc((size_t)(n_alt > 0 ? n_alt : 1), sizeof *alts);
     moa_buf out = {0};
+    // An array request's lists, built aside and attached to root at the end
+    // (cJSON keeps the order of insertion); a failure frees what is left.
+    cJSON *tt = NULL, *top_alts = NULL, *detected = NULL, *traces = NULL;
     if (!root || !alts) goto fail_oom;
     cJSON *trs = cJSON_AddArrayToObject(root, "translations");
-    // Created now, attached to root in their place below: cJSON keeps the
-    // order of insertion, and a failure frees them with root.
-    cJSON *tt = tr->is_array ? cJSON_CreateArray() : NULL;
-    cJSON *top_alts = tr->alternatives > 0 && tr->is_array ? cJSON_CreateArray() : NULL;
-    cJSON *detected = tr->auto_source && tr->is_array ? cJSON_CreateArray() : NULL;
-    cJSON *pending = cJSON_CreateArray();  // owns the three until they are attached
-    if (!pending) goto fail_oom;
-    if (tt) cJSON_AddItemToArray(pending, tt);
-    if (top_alts) cJSON_AddItemToArray(pending, top_alts);
-    if (detected) cJSON_AddItemToArray(pending, detected);
-    cJSON_AddItemToObject(root, "_pending", pending);
+    if (!trs) goto fail_oom;
+    if (tr->is_array && !(tt = cJSON_CreateArray())) goto fail_oom;
+    if (tr->alternatives > 0 && tr->is_array && !(top_alts = cJSON_CreateArray())) goto fail_oom;
+    if (tr->auto_source && tr->is_array && !(detected = cJSON_CreateArray())) goto fail_oom;
     memset(&tr->counts, 0, sizeof tr->counts);
     tr->counts.texts = tr->n_texts;
     for (int t = 0; t < tr->n_texts; t++) {
@@ -780,7 +841,7 @@ cJSON *moa_api_translate_answer(moa_server *srv, moa_tr *tr, double t_start, cha
         }
         double lp = 0;
         long ntok = 0;
-        cJSON *traces = tr->want_trace ? cJSON_CreateArray() : NULL;
+        if (tr->want_trace && !(traces = cJSON_CreateArray())) goto fail_oom;
         int u = tr->first_unit[t];
         for (int i = 0; i < segs->n; i++) {
             const moa_seg *g = &segs->v[i];
@@ -805,7 +866,7 @@ cJSON *moa_api_translate_answer(moa_server *srv, moa_tr *tr, double t_start, cha
             tr->counts.sentences++;
             tr->counts.src_tokens += un->src_len + 1;
             tr->counts.tgt_tokens += h->n_tokens;
-            if (traces) cJSON_AddItemToArray(traces, unit_trace(srv, un));
+            if (traces && put(traces, NULL, unit_trace(srv, un))) goto fail_oom;
             if (!un->from_cache && tr->use_cache) {
                 char kb[1024], *heap = NULL;
                 size_t kn = cache_key(tr, un, kb, sizeof kb, &heap);
@@ -815,50 +876,52 @@ cJSON *moa_api_translate_answer(moa_server *srv, moa_tr *tr, double t_start, cha
         }
         if (out.oom) goto fail_oom;
         cJSON *o = cJSON_CreateObject();
-        cJSON_AddItemToArray(trs, o);
-        cJSON_AddStringToObject(o, "text", out.s);
-        if (tr->want_scores)
-            cJSON_AddItemToObject(o, "score", num_or_null(ntok ? lp / pow((double)ntok,
-                                                          tr->opts.length_penalty) : 0.0));
+        if (put(trs, NULL, o) || !cJSON_AddStringToObject(o, "text", out.s)) goto fail_oom;
+        if (tr->want_scores &&
+            put(o, "score", num_or_null(ntok ? lp / pow((double)ntok, tr->opts.length_penalty)
+                                             : 0.0)))
+            goto fail_oom;
         cJSON *ta = NULL;
         if (n_alt > 0) {
-            ta = cJSON_AddArrayToObject(o, "alternatives");
-            for (int a = 0; a < n_alt; a++) {
-                if (alts[a].oom) goto fail_oom;
-                cJSON_AddItemToArray(ta, cJSON_CreateString(alts[a].s));
-            }
+            if (!(ta = cJSON_AddArrayToObject(o, "alternatives"))) goto fail_oom;
+            for (int a = 0; a < n_alt; a++)
+                if (alts[a].oom || put(ta, NULL, cJSON_CreateString(alts[a].s))) goto fail_oom;
         }
-        if (traces) cJSON_AddItemToObject(o, "trace", traces);
-        if (tt) cJSON_AddItemToArray(tt, cJSON_CreateString(out.s));
-        else cJSON_AddStringToObject(root, "translatedText", out.s);
+        if (traces && put_own(o, "trace", &traces)) goto fail_oom;
+        if (tt ? put(tt, NULL, cJSON_CreateString(out.s))
+               : !cJSON_AddStringToObject(root, "translatedText", out.s))
+            goto fail_oom;
         if (tr->alternatives > 0) {
             cJSON *copy = ta ? cJSON_Duplicate(ta, 1) : cJSON_CreateArray();
-            if (top_alts) cJSON_AddItemToArray(top_alts, copy);
-            else cJSON_AddItemToObject(root, "alternatives", copy);
+            if (top_alts ? put(top_alts, NULL, copy) : put(root, "alternatives", copy))
+                goto fail_oom;
         }
         if (tr->auto_source) {
             cJSON *d = cJSON_CreateObject();
-            cJSON_AddNumberToObject(d, "confidence", 100.0);
-            cJSON_AddStringToObject(d, "language", srv->cfg->source_lang);
-            if (detected) cJSON_AddItemToArray(detected, d);
-            else cJSON_AddItemToObject(root, "detectedLanguage", d);
+            if (!d || !cJSON_AddNumberToObject(d, "confidence", 100.0) ||
+                !cJSON_AddStringToObject(d, "language", srv->cfg->source_lang)) {
+                cJSON_Delete(d);
+                goto fail_oom;
+            }
+            if (detected ? put(detected, NULL, d) : put(root, "detectedLanguage", d))
+                goto fail_oom;
         }
     }
-    if (tt) cJSON_AddItemToObject(root, "translatedText", cJSON_DetachItemViaPointer(pending, tt));
-    if (top_alts)
-        cJSON_AddItemToObject(root, "alternatives", cJSON_DetachItemViaPointer(pending, top_alts));
-    if (detected)
-        cJSON_AddItemToObject(root, "detectedLanguage", cJSON_DetachItemViaPointer(pending, detected));
-    cJSON_DeleteItemFromObjectCaseSensitive(root, "_pending");
-    cJSON_AddStringToObject(root, "model", srv->model_name);
-    if (tr->sampling) cJSON_AddNumberToObject(root, "seed", (double)tr->opts.seed);
+    if ((tt && put_own(root, "translatedText", &tt)) ||
+        (top_alts && put_own(root, "alternatives", &top_alts)) ||
+        (detected && put_own(root, "detectedLanguage", &detected)))
+        goto fail_oom;
+    if (!cJSON_AddStringToObject(root, "model", srv->model_name)) goto fail_oom;
+    if (tr->sampling && !cJSON_AddNumberToObject(root, "seed", (double)tr->opts.seed))
+        goto fail_oom;
     cJSON *tm = cJSON_AddObjectToObject(root, "timing");
     const moa_job *j = &tr->job;
     double q = j->t_first_admit > j->t_submit ? j->t_first_admit - j->t_submit : 0;
     double c = j->t_done > j->t_first_admit ? j->t_done - j->t_first_admit : 0;
-    cJSON_AddNumberToObject(tm, "queue_ms", round(q * 1e4) / 10);
-    cJSON_AddNumberToObject(tm, "compute_ms", round(c * 1e4) / 10);
-    cJSON_AddNumberToObject(tm, "total_ms", round((moa_sched_now() - t_start) * 1e4) / 10);
+    if (!tm || !cJSON_AddNumberToObject(tm, "queue_ms", round(q * 1e4) / 10) ||
+        !cJSON_AddNumberToObject(tm, "compute_ms", round(c * 1e4) / 10) ||
+        !cJSON_AddNumberToObject(tm, "total_ms", round((moa_sched_now() - t_start) * 1e4) / 10))
+        goto fail_oom;
     moa_metrics_translate(srv->metrics, q, c, tr->counts.sentences, tr->counts.src_tokens,
                           tr->counts.tgt_tokens);
     for (int a = 0; a < n_alt; a++) free(alts[a].s);
@@ -868,6 +931,10 @@ cJSON *moa_api_translate_answer(moa_server *srv, moa_tr *tr, double t_start, cha
 fail_oom:
     snprintf(err, errlen, "out of memory");
 fail:
+    cJSON_Delete(traces);
+    cJSON_Delete(tt);
+    cJSON_Delete(top_alts);
+    cJSON_Delete(detected);
     for (int a = 0; alts && a < n_alt; a++) free(alts[a].s);
     free(alts);
     free(out.s);

@@ -19,6 +19,7 @@ extern const moa_test_case moa_tests_search[];
 extern const moa_test_case moa_tests_cpus[];
 extern const moa_test_case moa_tests_sched[];
 extern const moa_test_case moa_tests_utf8[];
+extern const moa_test_case moa_tests_api[];
 
 static const struct {
     const char *name;
@@ -29,6 +30,7 @@ static const struct {
     {"search", moa_tests_search},     {"cpus", moa_tests_cpus},
     {"sched", moa_tests_sched},
     {"utf8", moa_tests_utf8},
+    {"api", moa_tests_api},
 };
 
 int main(int argc, char **argv) {

@@ -30,6 +30,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     snprintf(dir, sizeof dir, "%s/" FUZZ_TINY, root);
     moa_log_init(MOA_LOG_ERROR, 0);
     moa_set_num_threads(1);
+    moa_api_init();  // as moa-server's main
     // Small limits, so that inputs of a few hundred bytes reach them.
     srv.conf.max_texts = 6;
     srv.conf.max_chars = 600;
