@@ -120,6 +120,7 @@ $(SERVER): $(SERVER_OBJ) $(WEB_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -pthread $^ $(SERVER_LIBS) $(LDLIBS) -o $@
 
 include tests/fuzz/fuzz.mk
+include tests/oom/oom.mk
 
 # --- dependencies --------------------------------------------------------------
 
@@ -143,11 +144,14 @@ check-deps:
 
 # --- tests ---------------------------------------------------------------------
 
-# C unit tests, Python unit tests (evaluation, converter), golden tests of
-# the C engine against the PyTorch reference.
+# C unit tests, the fuzz corpora and the allocation-failure sweeps under
+# ASan, Python unit tests (evaluation, converter), golden tests of the C
+# engine against the PyTorch reference.
 test: deps
 	$(MAKE) all
 	$(MAKE) test-c
+	$(MAKE) test-fuzz-replay
+	$(MAKE) test-oom
 	$(MAKE) test-python
 	$(MAKE) test-golden
 	$(MAKE) test-e2e
