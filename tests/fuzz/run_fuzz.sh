@@ -25,10 +25,13 @@ for t in "$@"; do
   art=$OUT/artifacts/$t/
   [ -x "$bin" ] || { echo "run_fuzz: $bin missing (make MODE=fuzz fuzz-build)"; exit 2; }
   mkdir -p "$corpus" "$work" "$art"
+  # Inputs big enough for the formats (a complete tiny model is ~3 KB),
+  # small enough to keep executions fast.
   case $t in
     model_load) maxlen=16384 ;;
-    conf) maxlen=8192 ;;
-    *) maxlen=4096 ;;
+    conf) maxlen=4096 ;;
+    translate_parse) maxlen=2048 ;;
+    *) maxlen=1024 ;;
   esac
   dict=
   [ -f tests/fuzz/dict/$t.dict ] && dict=-dict=tests/fuzz/dict/$t.dict
@@ -44,13 +47,15 @@ for t in "$@"; do
     echo "$t: $(ls "$corpus" | wc -l) corpus files after merge"
     continue
   fi
-  log=$OUT/$t.log
+  mkdir -p "$OUT/logs"
+  log=$OUT/logs/$t-$(date +%Y%m%d-%H%M%S).log
   # -close_fd_mask=3: the targets' own stdout/stderr chatter is dropped;
   # libFuzzer keeps a copy of stderr for its status and the sanitizer report.
   nice -n 10 "$bin" -max_total_time="$SECONDS_EACH" -runs="$RUNS" -max_len=$maxlen $dict \
     -timeout=20 -rss_limit_mb=4096 -malloc_limit_mb=2048 -close_fd_mask=3 \
     -print_final_stats=1 -artifact_prefix="$art" "$work" "$corpus" >"$log" 2>&1
   rc=$?
+  cp "$log" "$OUT/$t.log"
   last=$(grep -E '^#[0-9]+' "$log" | tail -1)
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
   echo "$t: ${execs:-?} executions; $last"
@@ -58,6 +63,9 @@ for t in "$@"; do
     echo "$t: FAILED (exit $rc); artifacts in $art:"
     ls -l "$art"
     grep -E 'ERROR|SUMMARY|runtime error|invariant' "$log" | head -20
+    for a in "$art"*; do  # the report in full, with stacks
+      [ -f "$a" ] && "$bin" "$a" 2>&1 | grep -v '^INFO' | head -60
+    done
     exit 1
   fi
 done
