@@ -79,7 +79,7 @@ RUNNER := $(BUILD)/run_tests
 
 all: check-deps $(LIB) $(CLI) $(RUNNER) $(SERVER)
 
-$(BUILD)/%.o: %.c $(wildcard common/*.h model/*.h tokenizer/*.h tests/*.h)
+$(BUILD)/%.o: %.c $(wildcard common/*.h model/*.h tokenizer/*.h tests/*.h server/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 

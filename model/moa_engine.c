@@ -74,6 +74,9 @@ typedef struct sent {
     float *fin_lp;
     int *fds_e;  float *fds_g, *fds_m;
     int *fdc_e;  float *fdc_g, *fdc_m;
+    // Cross-attention, only when o.attention: [beam][Ldec][cap][src_len] for
+    // the live slots, and the same for the finished hypotheses.
+    float *xa, *fxa;
 
     void *body;             // the block of everything from tokens on (NULL while queued)
     moa_rng rng;
@@ -300,11 +303,19 @@ static int arena_reserve(moa_session *s, int rows, size_t att, size_t reorder) {
     return 0;
 }
 
-// Floats reorder() stages for a sentence at most: its beam's KV rows (or
-// trace rows) of every layer at full length, and their tokens.
+// Floats per position of the widest array reorder() stages: KV rows (h),
+// trace rows (k) or cross-attention rows (the source length).
+static size_t reorder_width(const moa_config *c, const sent *st) {
+    size_t w = c->head_dim > c->top_k ? (size_t)c->head_dim : (size_t)c->top_k;
+    if (st->o.attention && (size_t)st->src_len > w) w = (size_t)st->src_len;
+    return w;
+}
+
+// Floats reorder() stages for a sentence at most: its beam's widest rows of
+// every layer at full length, and their tokens.
 static size_t reorder_need(const moa_config *c, const sent *st) {
-    size_t hk = c->head_dim > c->top_k ? (size_t)c->head_dim : (size_t)c->top_k;
-    return (size_t)st->beam * c->decoder_layers * st->cap * hk + (size_t)st->beam * st->cap;
+    return (size_t)st->beam * c->decoder_layers * st->cap * reorder_width(c, st) +
+           (size_t)st->beam * st->cap;
 }
 
 // The body of a sentence (everything its search needs once admitted), laid
@@ -334,6 +345,10 @@ static size_t body_layout(const moa_config *c, sent *st, char *base) {
             TAKE(&cv, *g[i], B * Ld * cap * k * sizeof(float));
             TAKE(&cv, *m[i], B * Ld * cap * sizeof(float));
         }
+    }
+    if (st->o.attention) {
+        TAKE(&cv, st->xa, B * Ld * cap * n * sizeof(float));
+        TAKE(&cv, st->fxa, B * Ld * cap * n * sizeof(float));
     }
     return cv.off;
 }
@@ -631,6 +646,15 @@ static int decode_rows(moa_session *s, int R) {
             int b = s->row_slot[r], n = st->src_len;
             const float *K = st->xk + (size_t)l * n * h, *Vx = st->xv + (size_t)l * n * h;
             moa_attend(w->q + (size_t)r * k * h, k, K, Vx, n, h, s->att, w->a + (size_t)r * k * h);
+            if (st->o.attention) {
+                // s->att holds the k heads' softmax rows: their gate-weighted mean
+                float *dst = st->xa + (((size_t)b * Ld + l) * st->cap + st->step) * n, gs = 0;
+                const float *g = w->pick_g + (size_t)r * k;
+                for (int j = 0; j < k; j++) gs += g[j];
+                memset(dst, 0, (size_t)n * sizeof(float));
+                for (int j = 0; j < k; j++)
+                    moa_axpy(dst, gs > 0 ? g[j] / gs : 1.0f / k, s->att + (size_t)j * n, n);
+            }
             if (st->o.trace) {
                 size_t at = ((size_t)b * Ld + l) * st->cap + st->step;
                 record_picks(c, w, r, st->dc_e + at * k, st->dc_g + at * k, st->dc_m + at);
@@ -683,6 +707,14 @@ static void finish(const moa_config *c, sent *st, int slot, int token, float lp,
             memcpy(st->fdc_m + dst, st->dc_m + src, (size_t)n * sizeof(float));
         }
     }
+    if (st->o.attention) {
+        size_t row = (size_t)st->src_len;
+        for (int l = 0; l < c->decoder_layers; l++) {
+            size_t src = ((size_t)slot * c->decoder_layers + l) * cap;
+            size_t dst = ((size_t)f * c->decoder_layers + l) * cap;
+            memcpy(st->fxa + dst * row, st->xa + src * row, (size_t)n * row * sizeof(float));
+        }
+    }
     st->n_fin++;
 }
 
@@ -720,7 +752,7 @@ static int reorder(moa_session *s, sent *st, const int *parent, int n) {
     size_t cap = (size_t)st->cap, pos = (size_t)st->step + 1, toks = (size_t)st->step;
     // the largest array staged: KV, n slots × Ld layers × pos × h floats;
     // the arena was sized for the whole sentence at its admission
-    MOA_ASSERT((size_t)n * Ld * pos * (h > k ? h : k) + (size_t)n * pos <= s->reorder_cap);
+    MOA_ASSERT((size_t)n * Ld * pos * reorder_width(c, st) + (size_t)n * pos <= s->reorder_cap);
     char *scr = (char *)s->reorder;
     size_t kv_slot = (size_t)Ld * cap * h;
     reorder_array(st->kc, sizeof(float), kv_slot, Ld, cap * h, pos * h, parent, n, scr);
@@ -735,6 +767,11 @@ static int reorder(moa_session *s, sent *st, const int *parent, int n) {
         reorder_array(st->dc_g, sizeof(float), tr_slot, Ld, cap * k, pos * k, parent, n, scr);
         reorder_array(st->ds_m, sizeof(float), trm_slot, Ld, cap, pos, parent, n, scr);
         reorder_array(st->dc_m, sizeof(float), trm_slot, Ld, cap, pos, parent, n, scr);
+    }
+    if (st->o.attention) {
+        size_t row = (size_t)st->src_len;
+        reorder_array(st->xa, sizeof(float), (size_t)Ld * cap * row, Ld, cap * row, pos * row,
+                      parent, n, scr);
     }
     double sc[MOA_MAX_BEAM];
     for (int j = 0; j < n; j++) sc[j] = st->scores[parent[j]];
@@ -844,7 +881,16 @@ static size_t result_layout(const moa_config *c, const sent *st, const int *ord,
             TAKE(&cv, t->dcross_gates, nd * k * sizeof(float));
             TAKE(&cv, t->dcross_margin, nd * sizeof(float));
         }
+        size_t row = (size_t)st->src_len;
+        if (st->o.attention) TAKE(&cv, h->attention, nd * row * sizeof(float));
         if (!base) continue;
+        if (st->o.attention) {
+            for (size_t l = 0; l < Ld; l++)
+                memcpy(h->attention + l * n * row, st->fxa + ((size_t)f * Ld + l) * cap * row,
+                       (size_t)n * row * sizeof(float));
+            h->attention_layers = (int)Ld;
+            h->attention_cols = st->src_len;
+        }
         memcpy(h->tokens, st->fin_tok + (size_t)f * cap, (size_t)n * sizeof(int));
         if (lps) memcpy(h->token_logprobs, st->fin_lp + (size_t)f * cap, (size_t)n * sizeof(float));
         h->n_tokens = n;

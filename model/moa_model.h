@@ -117,6 +117,7 @@ typedef struct moa_search_opts {
                             // as is, so the caller adds the sentence index
     int trace;              // record routing traces for the returned hypotheses
     int token_logprobs;     // record per-token log-probs of the returned hypotheses
+    int attention;          // record the cross-attention of the returned hypotheses
 } moa_search_opts;
 
 void moa_search_opts_default(moa_search_opts *o);
@@ -177,6 +178,12 @@ typedef struct moa_hypothesis {
     double log_prob;        // raw sum, eos included
     double score;           // log_prob / n_tokens^length_penalty
     moa_trace *trace;       // NULL unless asked for
+    // Cross-attention (word alignment), NULL unless asked for (opts.attention):
+    // [decoder layer][t][attention_cols] floats, row t = where output token t
+    // looked in the source (attention_cols = source ids + eos, eos last), the
+    // k routed heads of the layer averaged with their gates. Each row sums to 1.
+    float *attention;
+    int attention_layers, attention_cols;
 } moa_hypothesis;
 
 typedef struct moa_result {

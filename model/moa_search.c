@@ -382,6 +382,7 @@ void moa_result_clear(moa_result *r) {
         free(r->hyps[i].tokens);
         free(r->hyps[i].token_logprobs);
         moa_trace_free(r->hyps[i].trace);
+        free(r->hyps[i].attention);
     }
     free(r->hyps);
     memset(r, 0, sizeof *r);

@@ -12,14 +12,42 @@
 
 #include "moa_buf.h"
 #include "moa_log.h"
+#include "moa_protect.h"
+#include "moa_split.h"
 #include "moa_text.h"
 #include "moa_utf8.h"
 
 #define SEED_MAX (UINT64_C(1) << 63)
 
+// A title/alt value inside a protected tag, translated as a unit of its own.
+typedef struct attr_ref {
+    int item;                   // the tag's item in the sentence's protection
+    size_t off, len;            // the value in the text
+    int unit;
+} attr_ref;
+
+// What a unit needs besides the engine's moa_unit (parallel to units).
+typedef struct unit_x {
+    int text;
+    moa_prot prot;              // prot.masked NULL: the unit is not protected
+    attr_ref *attrs;            // HTML: values to translate inside its inline tags
+    int n_attrs;
+} unit_x;
+
+// An attribute unit still to make (they follow every text's own units).
+typedef struct pending_attr {
+    int parent, item, text;
+    size_t off, len;
+    char quote;
+} pending_attr;
+
 struct moa_tr {
     moa_server *srv;
     int n_texts, is_array, html;
+    int split, protect;         // split_sentences, protect_placeholders in effect
+    unit_x *ux;                 // per unit (the texts' own, then attribute values)
+    pending_attr *pend;
+    int n_pend, cap_pend;
     char **texts;               // copies of the request's texts
     size_t *lens;
     moa_segs *segs;             // per text
@@ -54,8 +82,14 @@ void moa_tr_free(moa_tr *tr) {
     for (int i = 0; i < tr->n_units; i++) {
         free(tr->units[i].src);
         moa_result_clear(&tr->units[i].res);
+        if (tr->ux) {
+            moa_prot_free(&tr->ux[i].prot);
+            free(tr->ux[i].attrs);
+        }
     }
     free(tr->units);
+    free(tr->ux);
+    free(tr->pend);
     free(tr);
 }
 
@@ -434,14 +468,17 @@ static int fits(void *p, const char *s, size_t n) {
     return len <= c->limit;
 }
 
-// Cache key: model, options, then the source ids (a function of the text).
+// Cache key: model, options, the text settings (sentence splitting and
+// protection change what a unit is; protected units carry attention), then
+// the source ids (a function of the text).
 static size_t cache_key(const moa_tr *tr, const moa_unit *u, char *buf, size_t cap,
                         char **heap) {
-    size_t head = strlen(tr->srv->model_key) + 1 + strlen(tr->optkey) + 1 + 24;
+    size_t head = strlen(tr->srv->model_key) + 1 + strlen(tr->optkey) + 1 + 8 + 24;
     size_t need = head + (size_t)u->src_len * sizeof(int);
     char *k = need <= cap ? buf : (*heap = malloc(need));
     if (!k) return 0;
-    int w = snprintf(k, head, "%s\x1f%s\x1f%llu", tr->srv->model_key, tr->optkey,
+    int w = snprintf(k, head, "%s\x1f%s\x1fs%dp%da%d\x1f%llu", tr->srv->model_key, tr->optkey,
+                     tr->split, tr->protect, u->opts.attention,
                      tr->sampling ? (unsigned long long)u->opts.seed : 0ull);
     size_t off = (size_t)w + 1;
     k[off - 1] = '\x1f';
@@ -455,72 +492,207 @@ static int add_unit(moa_tr *tr, int *cap) {
         moa_unit *u = realloc(tr->units, (size_t)nc * sizeof *u);
         if (!u) return -1;
         tr->units = u;
+        unit_x *x = realloc(tr->ux, (size_t)nc * sizeof *x);
+        if (!x) return -1;
+        tr->ux = x;
         *cap = nc;
     }
-    memset(&tr->units[tr->n_units++], 0, sizeof tr->units[0]);
+    memset(&tr->units[tr->n_units], 0, sizeof tr->units[0]);
+    memset(&tr->ux[tr->n_units], 0, sizeof tr->ux[0]);
+    tr->ux[tr->n_units].prot.accel = SIZE_MAX;
+    tr->n_units++;
     return 0;
 }
 
-// Segments every text, splits long lines, tokenizes, looks units up in the
-// cache. Returns 0 or an HTTP status with err.
+// Attention is asked for only up to this many source tokens (split_tokens'
+// default): its memory grows with source × target tokens × layers × beam,
+// ~4 MB at 200 tokens and beam 4. Longer sentences put dropped items back
+// by their relative position.
+#define ATTN_MAX_TOKENS 200
+
+// One sentence [off, off+len) of text t becomes a unit: protected (ph: the
+// items of its stretch; NULL: not protected), tokenized. Returns 1 (a unit),
+// 0 (nothing the model would see or could change: keep it verbatim), -1
+// (out of memory) or -2 (a client error in err).
+static int make_unit(moa_tr *tr, int t, size_t off, size_t len, char attr, const moa_phs *ph,
+                     int *cap, char *err, size_t errlen) {
+    moa_server *srv = tr->srv;
+    const moa_config *cfg = srv->cfg;
+    const char *text = tr->texts[t];
+    moa_prot prot;
+    memset(&prot, 0, sizeof prot);
+    const char *src = text + off;
+    size_t sn = len;
+    if (ph) {
+        if (moa_protect_unit(srv->pv, text, off, len, ph, tr->html, attr, &prot)) return -1;
+        if (!moa_protect_has_words(&prot)) {  // "%s: %d", "&#169;": nothing to translate
+            moa_prot_free(&prot);
+            return 0;
+        }
+        src = prot.masked;
+        sn = prot.masked_len;
+    }
+    int *ids = NULL, n = 0;
+    char terr[256];
+    int rc = moa_tokenizer_encode(srv->tok, src, sn, 0, &ids, &n, terr, sizeof terr);
+    if (rc != 0 || n == 0 || n + 1 > cfg->max_positions) {
+        free(ids);
+        moa_prot_free(&prot);
+        if (rc == MOA_ENOMEM) return -1;
+        if (rc != 0) {
+            snprintf(err, errlen, "text %d: %s", t, terr);
+            return -2;
+        }
+        if (n == 0) return 0;  // nothing the model would see: keep it as it is
+        snprintf(err, errlen, "text %d: a piece of %d tokens could not be split below the "
+                 "model's limit of %d", t, n + 1, cfg->max_positions);
+        return -2;
+    }
+    if (add_unit(tr, cap)) {
+        free(ids);
+        moa_prot_free(&prot);
+        return -1;
+    }
+    moa_unit *u = &tr->units[tr->n_units - 1];
+    unit_x *x = &tr->ux[tr->n_units - 1];
+    u->src = ids;
+    u->src_len = n;
+    u->opts = tr->opts;
+    // spec §6: sentence i of a request samples with seed + i
+    if (tr->sampling) u->opts.seed = tr->opts.seed + (uint64_t)(tr->n_units - 1);
+    u->opts.trace = tr->want_trace || srv->heads != NULL;
+    u->state = MOA_UNIT_WAITING;
+    x->text = t;
+    if (ph) {
+        moa_protect_locate(&prot, srv->tok, ids, n);
+        u->opts.attention = moa_protect_wants_alignment(&prot) && n <= ATTN_MAX_TOKENS;
+        x->prot = prot;
+    }
+    return 1;
+}
+
+// HTML: the title/alt values of the unit's inline tags become units of
+// their own once every text's units are made.
+static int queue_attrs(moa_tr *tr, int ui) {
+    const moa_prot *p = &tr->ux[ui].prot;
+    for (int i = 0; i < p->n_items; i++) {
+        const moa_prot_item *it = &p->items[i];
+        for (int h = it->ph0; h < it->ph0 + it->n_ph; h++) {
+            const moa_ph *ph = &p->ph[h];
+            if (ph->kind != MOA_PH_TAG || (ph->tag != MOA_TAG_OPEN && ph->tag != MOA_TAG_EMPTY))
+                continue;
+            moa_seg av[4];
+            int na = moa_html_attr_values(p->text, ph->off, ph->off + ph->len, av, 4);
+            for (int k = 0; k < na; k++) {
+                if (tr->n_pend == tr->cap_pend) {
+                    int nc = tr->cap_pend ? 2 * tr->cap_pend : 8;
+                    pending_attr *q = realloc(tr->pend, (size_t)nc * sizeof *q);
+                    if (!q) return -1;
+                    tr->pend = q;
+                    tr->cap_pend = nc;
+                }
+                tr->pend[tr->n_pend++] = (pending_attr){ui, i, tr->ux[ui].text, av[k].off,
+                                                        av[k].len, av[k].attr};
+            }
+        }
+    }
+    return 0;
+}
+
+// A translatable stretch of text t (a line, a block's text, an attribute
+// value): its items found, cut into sentences, each sentence a unit (or
+// verbatim when there is nothing to translate). Appends to segs.
+static int stretch_units(moa_tr *tr, int t, const moa_seg *g, fits_ctx *fc, int *cap,
+                         moa_segs *segs, char *err, size_t errlen) {
+    const char *text = tr->texts[t];
+    moa_phs ph = {0};
+    moa_segs sub = {0};
+    moa_span *spans = NULL;
+    int status = 500;
+    // Items are found even without protection: no sentence is cut inside a
+    // placeholder. HTML markup is always protected (format html means it).
+    int protect = tr->protect || tr->html;
+    if (moa_protect_scan(text, g->off, g->len, tr->html, tr->protect && !tr->html && !g->attr,
+                         &ph))
+        goto done;
+    if (!tr->protect && tr->html) {
+        int w = 0;
+        for (int i = 0; i < ph.n; i++)
+            if (ph.v[i].kind == MOA_PH_TAG || ph.v[i].kind == MOA_PH_ENTITY) ph.v[w++] = ph.v[i];
+        ph.n = w;
+    }
+    int ns = moa_phs_spans(&ph, &spans);
+    if (ns < 0 || moa_split(text, g->off, g->len, spans, ns, tr->split, fits, fc, &sub)) goto done;
+    for (int i = 0; i < sub.n; i++) {
+        const moa_seg *s = &sub.v[i];
+        size_t off = s->off, len = s->len, end = s->off + s->len;
+        if (s->translate && protect) moa_protect_trim(text, &off, &len, &ph);
+        if (!s->translate) len = 0;
+        if (moa_segs_push(segs, s->off, (len ? off : end) - s->off, 0)) goto done;
+        if (!len) continue;
+        int r = make_unit(tr, t, off, len, g->attr, protect ? &ph : NULL, cap, err, errlen);
+        if (r == -2) {
+            status = 400;
+            goto done;
+        }
+        if (r < 0 || moa_segs_push(segs, off, len, r == 1)) goto done;
+        if (r == 1) {
+            segs->v[segs->n - 1].attr = g->attr;
+            if (tr->html && queue_attrs(tr, tr->n_units - 1)) goto done;
+        }
+        if (moa_segs_push(segs, off + len, end - off - len, 0)) goto done;
+    }
+    status = 0;
+done:
+    if (status == 500) snprintf(err, errlen, "out of memory");
+    free(spans);
+    moa_segs_free(&sub);
+    moa_phs_free(&ph);
+    return status;
+}
+
+// Segments every text, cuts it into sentences, protects and tokenizes them,
+// looks units up in the cache. Returns 0 or an HTTP status with err.
 static int build_units(moa_tr *tr, char *err, size_t errlen) {
     moa_server *srv = tr->srv;
     const moa_config *cfg = srv->cfg;
     fits_ctx fc = {srv->tok, srv->conf.split_tokens};
     if (fc.limit > cfg->max_positions - 1) fc.limit = cfg->max_positions - 1;
-    int cap = 0;
+    int cap = 0, status;
     for (int t = 0; t < tr->n_texts; t++) {
         const char *text = tr->texts[t];
         moa_segs raw = {0};
         if (moa_text_segment(text, tr->lens[t], tr->html, &raw) != 0) goto fail_oom;
         moa_segs *segs = &tr->segs[t];
+        tr->first_unit[t] = tr->n_units;
         for (int i = 0; i < raw.n; i++) {
-            moa_seg g = raw.v[i];
-            int rc = g.translate ? moa_text_split_long(text, g.off, g.len, fits, &fc, segs)
-                                 : moa_segs_push(segs, g.off, g.len, 0);
-            if (rc) {
+            const moa_seg *g = &raw.v[i];
+            status = g->translate ? stretch_units(tr, t, g, &fc, &cap, segs, err, errlen)
+                                  : moa_segs_push(segs, g->off, g->len, 0) ? 500 : 0;
+            if (status) {
                 moa_segs_free(&raw);
-                goto fail_oom;
+                if (status == 500) goto fail_oom;
+                return status;
             }
         }
         moa_segs_free(&raw);
-        tr->first_unit[t] = tr->n_units;
-        for (int i = 0; i < segs->n; i++) {
-            moa_seg *g = &segs->v[i];
-            if (!g->translate) continue;
-            int *ids = NULL, n = 0;
-            char terr[256];
-            int rc = moa_tokenizer_encode(srv->tok, text + g->off, g->len, 0, &ids, &n, terr,
-                                          sizeof terr);
-            if (rc == MOA_ENOMEM) goto fail_oom;
-            if (rc != 0) {
-                snprintf(err, errlen, "text %d: %s", t, terr);
-                return 400;
-            }
-            if (n == 0) {  // nothing the model would see: keep it as it is
-                free(ids);
-                g->translate = 0;
-                continue;
-            }
-            if (n + 1 > cfg->max_positions) {
-                free(ids);
-                snprintf(err, errlen, "text %d: a piece of %d tokens could not be split "
-                         "below the model's limit of %d", t, n + 1, cfg->max_positions);
-                return 400;
-            }
-            if (add_unit(tr, &cap)) {
-                free(ids);
-                goto fail_oom;
-            }
-            moa_unit *u = &tr->units[tr->n_units - 1];
-            u->src = ids;
-            u->src_len = n;
-            u->opts = tr->opts;
-            // spec §6: sentence i of a request samples with seed + i
-            if (tr->sampling) u->opts.seed = tr->opts.seed + (uint64_t)(tr->n_units - 1);
-            u->opts.trace = tr->want_trace || srv->heads != NULL;
-            u->state = MOA_UNIT_WAITING;
-        }
+    }
+    // title/alt values inside inline tags: units of their own, after every
+    // text's own units (the answer walks those in segment order)
+    for (int k = 0; k < tr->n_pend; k++) {
+        pending_attr pa = tr->pend[k];
+        moa_phs ph = {0};
+        if (moa_protect_scan(tr->texts[pa.text], pa.off, pa.len, 1, 0, &ph)) goto fail_oom;
+        int r = make_unit(tr, pa.text, pa.off, pa.len, pa.quote, &ph, &cap, err, errlen);
+        moa_phs_free(&ph);
+        if (r == -2) return 400;
+        if (r < 0) goto fail_oom;
+        if (r == 0) continue;  // nothing to translate: the value stays
+        unit_x *x = &tr->ux[pa.parent];
+        attr_ref *a = realloc(x->attrs, (size_t)(x->n_attrs + 1) * sizeof *a);
+        if (!a) goto fail_oom;
+        x->attrs = a;
+        x->attrs[x->n_attrs++] = (attr_ref){pa.item, pa.off, pa.len, tr->n_units - 1};
     }
     // Cache look-ups (after the units array stopped moving).
     for (int i = 0; i < tr->n_units; i++) {
@@ -752,6 +924,11 @@ int moa_api_translate_parse(moa_server *srv, const char *ctype, const char *auth
         snprintf(err, errlen, "format must be \"text\" or \"html\"");
         goto done;
     }
+    tr->split = srv->conf.split_sentences;
+    tr->protect = srv->conf.protect_placeholders;
+    if (get_bool(&f, "split_sentences", &tr->split) < 0 ||
+        get_bool(&f, "protect_placeholders", &tr->protect) < 0)
+        goto done;
     if ((status = parse_options(tr, &f, err, errlen)) != 0) goto done;
     status = build_units(tr, err, errlen);
 done:
@@ -811,6 +988,93 @@ static int decode_into(moa_server *srv, const moa_hypothesis *h, moa_buf *b, cha
     return 0;
 }
 
+// A hypothesis's cross-attention as one n_tokens × cols alignment matrix
+// (malloc'ed; NULL when there is none): the mean of the decoder layers above
+// the first. The first layer's attention is a poor alignment: put back by it,
+// a placeholder deleted from the default model's output returns to its place
+// 32% of the time (no better than by relative position, 33%), against 78%
+// with the layers above it and 77% with all three (bench/align_eval.c,
+// bench/RESULTS.md).
+static float *alignment(const moa_hypothesis *h) {
+    if (!h->attention || h->attention_layers < 1) return NULL;
+    size_t n = (size_t)h->n_tokens * (size_t)h->attention_cols;
+    float *a = calloc(n ? n : 1, sizeof *a);
+    if (!a) return NULL;
+    int l0 = h->attention_layers > 1 ? 1 : 0;
+    float w = 1.0f / (float)(h->attention_layers - l0);
+    for (int l = l0; l < h->attention_layers; l++)
+        for (size_t i = 0; i < n; i++) a[i] += h->attention[(size_t)l * n + i] * w;
+    return a;
+}
+
+// Appends unit ui's translation (hypothesis hi, else its best) to out: the
+// decoded ids, or for a protected unit the restored text, with its inline
+// tags' title/alt values translated. Repairs go to warn (may be NULL).
+static int unit_output(moa_server *srv, const moa_tr *tr, int ui, int hi, moa_buf *out,
+                       moa_buf *warn, char *err, size_t errlen) {
+    const moa_unit *un = &tr->units[ui];
+    const unit_x *x = &tr->ux[ui];
+    const moa_hypothesis *h = &un->res.hyps[hi < un->res.n_hyps ? hi : 0];
+    if (!x->prot.masked) return decode_into(srv, h, out, err, errlen);
+    int rc = -1, ni = x->prot.n_items;
+    const char **itext = NULL;
+    size_t *ilen = NULL;
+    moa_buf *ib = NULL;
+    if (x->n_attrs) {
+        itext = calloc((size_t)ni, sizeof *itext);
+        ilen = calloc((size_t)ni, sizeof *ilen);
+        ib = calloc((size_t)ni, sizeof *ib);
+        if (!itext || !ilen || !ib) goto done;
+        for (int i = 0; i < ni; i++) {
+            const moa_prot_item *it = &x->prot.items[i];
+            size_t at = it->off;
+            int any = 0;
+            for (int k = 0; k < x->n_attrs; k++) {  // attrs are in text order
+                const attr_ref *a = &x->attrs[k];
+                if (a->item != i) continue;
+                moa_buf_put(&ib[i], tr->texts[x->text] + at, a->off - at);
+                if (unit_output(srv, tr, a->unit, 0, &ib[i], NULL, err, errlen)) goto done;
+                at = a->off + a->len;
+                any = 1;
+            }
+            if (!any) continue;
+            moa_buf_put(&ib[i], tr->texts[x->text] + at, it->off + it->len - at);
+            if (ib[i].oom) goto done;
+            itext[i] = ib[i].s;
+            ilen[i] = ib[i].n;
+        }
+    }
+    float *attn = alignment(h);
+    rc = moa_protect_restore(&x->prot, srv->pv, srv->tok, h->tokens, h->n_tokens, attn,
+                             h->attention_cols, itext, ilen, out, warn);
+    free(attn);
+    if (rc) snprintf(err, errlen, "out of memory putting placeholders back");
+done:
+    for (int i = 0; ib && i < ni; i++) free(ib[i].s);
+    free(ib);
+    free(itext);
+    free(ilen);
+    return rc;
+}
+
+// {"warnings": [...]} lines of buf on o, when there are any. 0, or -1: out
+// of memory.
+static int add_warnings(cJSON *o, const moa_buf *w) {
+    if (!w->n) return 0;
+    cJSON *arr = cJSON_AddArrayToObject(o, "warnings");
+    if (!arr) return -1;
+    for (const char *s = w->s; *s;) {
+        const char *nl = strchr(s, '\n');
+        size_t n = nl ? (size_t)(nl - s) : strlen(s);
+        char *line = strndup(s, n);
+        int lost = !line || put(arr, NULL, cJSON_CreateString(line));
+        free(line);
+        if (lost) return -1;
+        s += n + (nl != NULL);
+    }
+    return 0;
+}
+
 // Every cJSON call is checked: out of memory gives NULL (500), never an
 // answer with a field missing.
 cJSON *moa_api_translate_answer(moa_server *srv, moa_tr *tr, double t_start, char *err,
@@ -818,7 +1082,7 @@ cJSON *moa_api_translate_answer(moa_server *srv, moa_tr *tr, double t_start, cha
     int n_alt = tr->opts.num_hypotheses - 1;
     cJSON *root = cJSON_CreateObject();
     moa_buf *alts = calloc((size_t)(n_alt > 0 ? n_alt : 1), sizeof *alts);
-    moa_buf out = {0};
+    moa_buf out = {0}, warn = {0};
     // An array request's lists, built aside and attached to root at the end
     // (cJSON keeps the order of insertion); a failure frees what is left.
     cJSON *tt = NULL, *top_alts = NULL, *detected = NULL, *traces = NULL;
@@ -830,11 +1094,29 @@ cJSON *moa_api_translate_answer(moa_server *srv, moa_tr *tr, double t_start, cha
     if (tr->auto_source && tr->is_array && !(detected = cJSON_CreateArray())) goto fail_oom;
     memset(&tr->counts, 0, sizeof tr->counts);
     tr->counts.texts = tr->n_texts;
+    for (int i = 0; i < tr->n_units; i++) {
+        moa_unit *un = &tr->units[i];
+        if (un->state != MOA_UNIT_DONE || un->res.n_hyps < 1) {
+            snprintf(err, errlen, "a sentence came back without a translation");
+            goto fail;
+        }
+        tr->counts.sentences++;
+        tr->counts.src_tokens += un->src_len + 1;
+        tr->counts.tgt_tokens += un->res.hyps[0].n_tokens;
+        if (!un->from_cache && tr->use_cache) {
+            char kb[1024], *heap = NULL;
+            size_t kn = cache_key(tr, un, kb, sizeof kb, &heap);
+            if (kn) moa_cache_put(srv->cache, heap ? heap : kb, kn, &un->res);
+            free(heap);
+        }
+    }
     for (int t = 0; t < tr->n_texts; t++) {
         const char *text = tr->texts[t];
         const moa_segs *segs = &tr->segs[t];
         out.n = 0;
         moa_buf_puts(&out, "");
+        warn.n = 0;
+        moa_buf_puts(&warn, "");
         for (int a = 0; a < n_alt; a++) {
             alts[a].n = 0;
             moa_buf_puts(&alts[a], "");
@@ -850,31 +1132,17 @@ cJSON *moa_api_translate_answer(moa_server *srv, moa_tr *tr, double t_start, cha
                 for (int a = 0; a < n_alt; a++) moa_buf_put(&alts[a], text + g->off, g->len);
                 continue;
             }
-            moa_unit *un = &tr->units[u++];
-            if (un->state != MOA_UNIT_DONE || un->res.n_hyps < 1) {
-                snprintf(err, errlen, "a sentence came back without a translation");
-                goto fail;
-            }
+            int ui = u++;
+            moa_unit *un = &tr->units[ui];
             const moa_hypothesis *h = &un->res.hyps[0];
-            if (decode_into(srv, h, &out, err, errlen)) goto fail;
-            for (int a = 0; a < n_alt; a++) {
-                int hi = a + 1 < un->res.n_hyps ? a + 1 : 0;
-                if (decode_into(srv, &un->res.hyps[hi], &alts[a], err, errlen)) goto fail;
-            }
+            if (unit_output(srv, tr, ui, 0, &out, &warn, err, errlen)) goto fail;
+            for (int a = 0; a < n_alt; a++)
+                if (unit_output(srv, tr, ui, a + 1, &alts[a], NULL, err, errlen)) goto fail;
             lp += h->log_prob;
             ntok += h->n_tokens;
-            tr->counts.sentences++;
-            tr->counts.src_tokens += un->src_len + 1;
-            tr->counts.tgt_tokens += h->n_tokens;
             if (traces && put(traces, NULL, unit_trace(srv, un))) goto fail_oom;
-            if (!un->from_cache && tr->use_cache) {
-                char kb[1024], *heap = NULL;
-                size_t kn = cache_key(tr, un, kb, sizeof kb, &heap);
-                if (kn) moa_cache_put(srv->cache, heap ? heap : kb, kn, &un->res);
-                free(heap);
-            }
         }
-        if (out.oom) goto fail_oom;
+        if (out.oom || warn.oom) goto fail_oom;
         cJSON *o = cJSON_CreateObject();
         if (put(trs, NULL, o) || !cJSON_AddStringToObject(o, "text", out.s)) goto fail_oom;
         if (tr->want_scores &&
@@ -887,7 +1155,7 @@ cJSON *moa_api_translate_answer(moa_server *srv, moa_tr *tr, double t_start, cha
             for (int a = 0; a < n_alt; a++)
                 if (alts[a].oom || put(ta, NULL, cJSON_CreateString(alts[a].s))) goto fail_oom;
         }
-        if (traces && put_own(o, "trace", &traces)) goto fail_oom;
+        if ((traces && put_own(o, "trace", &traces)) || add_warnings(o, &warn)) goto fail_oom;
         if (tt ? put(tt, NULL, cJSON_CreateString(out.s))
                : !cJSON_AddStringToObject(root, "translatedText", out.s))
             goto fail_oom;
@@ -927,6 +1195,7 @@ cJSON *moa_api_translate_answer(moa_server *srv, moa_tr *tr, double t_start, cha
     for (int a = 0; a < n_alt; a++) free(alts[a].s);
     free(alts);
     free(out.s);
+    free(warn.s);
     return root;
 fail_oom:
     snprintf(err, errlen, "out of memory");
@@ -938,6 +1207,7 @@ fail:
     for (int a = 0; alts && a < n_alt; a++) free(alts[a].s);
     free(alts);
     free(out.s);
+    free(warn.s);
     cJSON_Delete(root);
     return NULL;
 }

@@ -11,7 +11,7 @@ typedef struct entry {
     uint64_t hash;
     size_t klen;
     char *key;
-    moa_result val;                 // hyps with tokens; no traces
+    moa_result val;                 // hyps with tokens and attention; no traces
 } entry;
 
 struct moa_cache {
@@ -65,7 +65,8 @@ void moa_cache_free(moa_cache *c) {
     free(c);
 }
 
-// Copies hypotheses' tokens and scores (not traces or per-token log-probs).
+// Copies hypotheses' tokens, scores and cross-attention (placeholders are put
+// back with it), not traces or per-token log-probs.
 // 0 or -1; on failure dst is left clear.
 static int copy_result(moa_result *dst, const moa_result *src) {
     memset(dst, 0, sizeof *dst);
@@ -85,6 +86,18 @@ static int copy_result(moa_result *dst, const moa_result *src) {
             return -1;
         }
         if (h->n_tokens) memcpy(d->tokens, h->tokens, (size_t)h->n_tokens * sizeof(int));
+        if (h->attention) {
+            size_t na = (size_t)h->attention_layers * (size_t)h->n_tokens *
+                        (size_t)h->attention_cols;
+            d->attention = malloc((na ? na : 1) * sizeof(float));
+            if (!d->attention) {
+                moa_result_clear(dst);
+                return -1;
+            }
+            memcpy(d->attention, h->attention, na * sizeof(float));
+            d->attention_layers = h->attention_layers;
+            d->attention_cols = h->attention_cols;
+        }
     }
     return 0;
 }

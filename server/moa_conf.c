@@ -73,6 +73,15 @@ static const opt_def opts[] = {
     {"split_tokens", T_INT, F(split_tokens), 8, 1000000, "200",
      "a line with more source tokens than this (or than the model allows) is "
      "split at sentence ends, failing that at whitespace, and joined back"},
+    {"split_sentences", T_BOOL, F(split_sentences), 0, 0, "true",
+     "translate every sentence of a text as its own unit (ends: . ! ? ... and "
+     "CJK marks before a capital, digit or quote; not after abbreviations, in "
+     "numbers, URLs, paths or placeholders), joined back with the source's "
+     "whitespace; a request's split_sentences field overrides it"},
+    {"protect_placeholders", T_BOOL, F(protect_placeholders), 0, 0, "true",
+     "keep printf/Qt/ICU/brace placeholders, markup tags, entities and keyboard "
+     "accelerators out of the model's reach and put each back exactly as often "
+     "as the source has it; a request's protect_placeholders field overrides it"},
     {"timeout", T_DBL, F(timeout), 0.01, 86400, "60",
      "seconds a /translate request may take; then 504 and its sentences leave "
      "the batch"},

@@ -36,6 +36,8 @@ typedef struct moa_conf {
     int max_texts;              // texts per request (400 beyond)
     int max_chars;              // characters per text (400 beyond)
     int split_tokens;           // a line with more source tokens is split
+    int split_sentences;        // every sentence its own unit (request may override)
+    int protect_placeholders;   // placeholders/markup/accelerators protected (ditto)
     double timeout;             // s per request (504 beyond)
     double drain_timeout;       // s to finish in-flight requests on SIGTERM
     int cache_size;             // cached sentences; 0 = off

@@ -98,6 +98,10 @@ static int load_model(moa_server *srv, char *err, size_t errlen) {
                  c->model, moa_tokenizer_vocab_size(srv->tok), srv->cfg->vocab_size);
         return -1;
     }
+    if (!(srv->pv = moa_protect_vocab_create(srv->tok))) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     if (srv->cfg->name[0]) snprintf(srv->model_name, sizeof srv->model_name, "%s", srv->cfg->name);
     else {
         const char *b = strrchr(c->model, '/');
@@ -271,6 +275,7 @@ done:
     moa_sched_free(srv.sched);
     moa_heads_free(srv.heads);
     moa_cache_free(srv.cache);
+    moa_protect_vocab_free(srv.pv);
     moa_tokenizer_free(srv.tok);
     moa_model_free(srv.model);
     moa_metrics_free(srv.metrics);

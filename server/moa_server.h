@@ -15,6 +15,7 @@
 #include "moa_heads.h"
 #include "moa_metrics.h"
 #include "moa_model.h"
+#include "moa_protect.h"
 #include "moa_sched.h"
 #include "moa_tokenizer.h"
 
@@ -23,6 +24,7 @@ typedef struct moa_server {
     moa_model *model;           // NULL until loaded
     const moa_config *cfg;
     moa_tokenizer *tok;
+    moa_protect_vocab *pv;      // the tokenizer's sentinel pieces
     moa_sched *sched;
     moa_cache *cache;           // NULL when cache_size is 0
     moa_heads *heads;           // NULL when heads is off

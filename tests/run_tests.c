@@ -19,6 +19,8 @@ extern const moa_test_case moa_tests_search[];
 extern const moa_test_case moa_tests_cpus[];
 extern const moa_test_case moa_tests_sched[];
 extern const moa_test_case moa_tests_utf8[];
+extern const moa_test_case moa_tests_split[];
+extern const moa_test_case moa_tests_protect[];
 extern const moa_test_case moa_tests_api[];
 
 static const struct {
@@ -30,6 +32,7 @@ static const struct {
     {"search", moa_tests_search},     {"cpus", moa_tests_cpus},
     {"sched", moa_tests_sched},
     {"utf8", moa_tests_utf8},
+    {"split", moa_tests_split},       {"protect", moa_tests_protect},
     {"api", moa_tests_api},
 };
 

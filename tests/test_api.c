@@ -18,10 +18,12 @@ static void server_load(moa_server *srv) {
     if (!(srv->model = moa_model_load(TINY, err, sizeof err))) MOA_TEST_FAIL("%s", err);
     if (!(srv->tok = moa_tokenizer_load(TINY, err, sizeof err))) MOA_TEST_FAIL("%s", err);
     srv->cfg = moa_model_config(srv->model);
+    if (!(srv->pv = moa_protect_vocab_create(srv->tok))) MOA_TEST_FAIL("out of memory");
     pthread_rwlock_init(&srv->keys_lock, NULL);
 }
 
 static void server_free(moa_server *srv) {
+    moa_protect_vocab_free(srv->pv);
     moa_tokenizer_free(srv->tok);
     moa_model_free(srv->model);
     pthread_rwlock_destroy(&srv->keys_lock);

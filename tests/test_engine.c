@@ -27,9 +27,9 @@ typedef struct corpus {
     int **ids;
 } corpus;
 
-static corpus load_corpus(int n) {
+static corpus load_corpus_from(const char *dir, int n) {
     char err[512];
-    moa_tokenizer *tok = moa_tokenizer_load(TINY, err, sizeof err);
+    moa_tokenizer *tok = moa_tokenizer_load(dir, err, sizeof err);
     if (!tok) MOA_TEST_FAIL("%s", err);
     FILE *f = fopen(SAMPLE, "r");
     if (!f) MOA_TEST_FAIL("cannot open %s", SAMPLE);
@@ -49,6 +49,8 @@ static corpus load_corpus(int n) {
     moa_tokenizer_free(tok);
     return c;
 }
+
+static corpus load_corpus(int n) { return load_corpus_from(TINY, n); }
 
 static void corpus_free(corpus *c) {
     for (int i = 0; i < c->n; i++) free(c->ids[i]);
@@ -399,6 +401,69 @@ static void test_trace_consistent_with_scoring(void) {
     moa_model_free(m);
 }
 
+// Cross-attention of beam hypotheses (reordered with the beams) equals that
+// of forced decoding of the same tokens; rows are distributions; asking for
+// it changes no token and no score.
+static void test_attention_consistent_with_forced(void) {
+    // the trained model: random weights attend about evenly whatever the
+    // history, which would hide a hypothesis getting another's rows
+    char lerr[512];
+    moa_model *m = moa_model_load("tests/fixtures/models/tiny-trained", lerr, sizeof lerr);
+    if (!m) MOA_TEST_FAIL("%s", lerr);
+    const moa_config *c = moa_model_config(m);
+    corpus cp = load_corpus_from("tests/fixtures/models/tiny-trained", 16);
+    moa_session *s = moa_session_create(m, 64, NULL, 0);
+    moa_search_opts o;
+    moa_search_opts_default(&o);
+    o.num_hypotheses = 2;
+    moa_result *plain = translate_all(s, &cp, &o);
+    o.attention = 1;
+    moa_result *r = translate_all(s, &cp, &o);
+    for (int i = 0; i < cp.n; i++) {
+        ASSERT_EQ_INT(r[i].n_hyps, plain[i].n_hyps);
+        for (int hi = 0; hi < r[i].n_hyps; hi++) {
+            moa_hypothesis *hy = &r[i].hyps[hi];
+            ASSERT_TRUE(plain[i].hyps[hi].attention == NULL);
+            ASSERT_EQ_INT(hy->n_tokens, plain[i].hyps[hi].n_tokens);
+            ASSERT_TRUE(!memcmp(hy->tokens, plain[i].hyps[hi].tokens, hy->n_tokens * sizeof(int)));
+            ASSERT_TRUE(hy->score == plain[i].hyps[hi].score);
+            ASSERT_TRUE(hy->attention != NULL);
+            ASSERT_EQ_INT(hy->attention_layers, c->decoder_layers);
+            ASSERT_EQ_INT(hy->attention_cols, cp.len[i] + 1);
+            int cols = hy->attention_cols, rows = hy->attention_layers * hy->n_tokens;
+            for (int row = 0; row < rows; row++) {
+                double sum = 0;
+                for (int k = 0; k < cols; k++) {
+                    float a = hy->attention[(size_t)row * cols + k];
+                    ASSERT_TRUE(a >= 0 && a <= 1);
+                    sum += a;
+                }
+                ASSERT_NEAR(sum, 1.0, 1e-4);
+            }
+            // forced decoding of this hypothesis (eos appended by the engine)
+            int tl = hy->n_tokens - 1;
+            const int *tg = hy->tokens;
+            moa_search_opts f;
+            moa_search_opts_default(&f);
+            f.attention = 1;
+            moa_result sc;
+            char err[256];
+            ASSERT_EQ_INT(run_batch(s, (const int *const *)&cp.ids[i], &cp.len[i], &tg, &tl, 1, &f,
+                                    &sc, err, sizeof err), 0);
+            const moa_hypothesis *u = &sc.hyps[0];
+            ASSERT_EQ_INT(u->n_tokens, hy->n_tokens);
+            for (size_t k = 0; k < (size_t)rows * cols; k++)
+                ASSERT_NEAR(u->attention[k], hy->attention[k], 1e-5);
+            moa_result_clear(&sc);
+        }
+    }
+    results_free(r, cp.n);
+    results_free(plain, cp.n);
+    moa_session_free(s);
+    corpus_free(&cp);
+    moa_model_free(m);
+}
+
 // --- sessions -------------------------------------------------------------------------
 
 static void test_session_add_step_take_cancel(void) {
@@ -677,6 +742,7 @@ const moa_test_case moa_tests_engine[] = {
     {"length_limits_and_no_unk", test_length_limits_and_no_unk},
     {"sampling_seeded_and_topk1_is_greedy", test_sampling_seeded_and_topk1_is_greedy},
     {"trace_consistent_with_scoring", test_trace_consistent_with_scoring},
+    {"attention_consistent_with_forced", test_attention_consistent_with_forced},
     {"session_add_step_take_cancel", test_session_add_step_take_cancel},
     {"session_reserves_opts_rows", test_session_reserves_opts_rows},
     {"no_allocation_per_step", test_no_allocation_per_step},

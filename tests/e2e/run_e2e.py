@@ -30,6 +30,8 @@ import threading
 import time
 import traceback
 import urllib.parse
+from collections import Counter
+from html.parser import HTMLParser
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -234,11 +236,14 @@ def cli_translate(lines: List[str], beam: int) -> List[str]:
 
 @test
 def test_translate_matches_cli():
+    # the engine path: the CLI translates lines as they are, so the server's
+    # sentence splitting and placeholder protection are off here
     s = main_server()
     src = sentences(12)
     for beam in (1, 4):
         want = cli_translate(src, beam)
-        got = translate(s, {"text": src, "beam_size": beam})
+        got = translate(s, {"text": src, "beam_size": beam, "split_sentences": False,
+                            "protect_placeholders": False})
         check(got["translatedText"] == want, f"beam {beam}: server {got['translatedText']} "
               f"!= CLI {want}")
         check([t["text"] for t in got["translations"]] == want, "translations[].text")
@@ -302,6 +307,215 @@ def test_html_format():
     check('<script>var a = "Open file";</script>' in out, "script body untouched")
     d = translate(s, {"text": "Delete unused", "beam_size": 1})["translatedText"]
     check(f'<p class="x">{d}</p>' in out, f"text between tags translated: {out}")
+
+
+# --- sentences, placeholders, HTML (server/moa_split.h, moa_protect.h) ------------------------
+
+ISSUE_TEXT = ["The file could not be opened.", "Check the permissions and try again.",
+              "Do you want to continue?"]
+
+
+@test
+def test_sentences_each_a_unit_joined_with_source_whitespace():
+    s = main_server()
+    text = "  " + ISSUE_TEXT[0] + " " + ISSUE_TEXT[1] + "\t  " + ISSUE_TEXT[2]
+    j = translate(s, {"text": text, "beam_size": 1, "trace": True})
+    units = j["translations"][0]["trace"]
+    check(len(units) == 3, f"3 sentences in, {len(units)} units")
+    alone = [translate(s, {"text": t, "beam_size": 1})["translatedText"] for t in ISSUE_TEXT]
+    want = "  " + alone[0] + " " + alone[1] + "\t  " + alone[2]
+    check(j["translatedText"] == want, f"{j['translatedText']!r} != {want!r}")
+    # a paragraph spreads over the compute workers like any batch: the same
+    # answer as the three sentences sent as three texts
+    k = translate(s, {"text": ISSUE_TEXT, "beam_size": 1})
+    check(k["translatedText"] == alone, "sentence units = the sentences alone")
+
+
+@test
+def test_split_sentences_field_and_option():
+    s = main_server()
+    text = " ".join(ISSUE_TEXT)
+    j = translate(s, {"text": text, "beam_size": 1, "trace": True, "split_sentences": False})
+    check(len(j["translations"][0]["trace"]) == 1, "split_sentences false: one unit")
+    check(j["translatedText"] == cli_translate([text], 1)[0], "the line as the engine sees it")
+    check(translate(s, {"text": text, "split_sentences": "no"}, expect=400)["error"]
+          .startswith("split_sentences"), "type checked")
+    if "nosplit" not in SERVERS:
+        SERVERS["nosplit"] = Server("nosplit", "--split-sentences", "false",
+                                    env={"MOA_PROTECT_PLACEHOLDERS": "false"})
+    n = SERVERS["nosplit"]
+    j = translate(n, {"text": text, "beam_size": 1, "trace": True})
+    check(len(j["translations"][0]["trace"]) == 1, "--split-sentences false: one unit")
+    j = translate(n, {"text": text, "beam_size": 1, "trace": True, "split_sentences": True})
+    check(len(j["translations"][0]["trace"]) == 3, "the field overrides the option")
+    # MOA_PROTECT_PLACEHOLDERS=false: the model sees %qE itself
+    j = translate(n, {"text": "Copy %qE", "beam_size": 1, "trace": True})
+    src = "".join(j["translations"][0]["trace"][0]["source_pieces"])
+    check("qE" in src, f"unprotected: {src}")
+    j = translate(n, {"text": "Copy %qE", "beam_size": 1, "trace": True,
+                      "protect_placeholders": True})
+    src = "".join(j["translations"][0]["trace"][0]["source_pieces"])
+    check("qE" not in src, f"the field overrides the variable: {src}")
+
+
+def placeholders(text: str) -> Counter:
+    sys.path.insert(0, os.path.join(REPO, "train"))
+    from evaluate import extract_placeholders  # train/evaluate.py's definition
+    return Counter(extract_placeholders(text))
+
+
+PH_TEXTS = [
+    "Delete %s files from %d folders",
+    "%1$s of %2$s copied",
+    "Width: %-10.2f mm, name %(name)s",
+    "Found %1 results in %2",
+    "Hello {0}, you have {count} new {1}",
+    "Value {0,number} and ${HOME} and {{user}}",
+    "Click <b>Save</b> to keep <i>your</i> changes &amp; exit",
+    "<a href=\"x.html\">Open</a> the file %s now",
+    "Error: %s: %s (%d)",
+    "100%% done with %s",
+    "Copy sent emails into <application>KMail</application>'s <resource>%1</resource> folder",
+    "Fingerprint and babbleprint for the %s key are: %s %s",
+]
+
+
+@test
+def test_placeholders_kept():
+    s = main_server()
+    for beam in (1, 4):
+        j = translate(s, {"text": PH_TEXTS, "beam_size": beam})
+        for src, t in zip(PH_TEXTS, j["translations"]):
+            got = placeholders(t["text"])
+            check(got == placeholders(src), f"beam {beam}: {src!r} -> {t['text']!r}")
+            w = t.get("warnings", [])
+            check(isinstance(w, list) and all(isinstance(x, str) and x for x in w), f"warnings {w}")
+    # the sentinels are what the model sees
+    j = translate(s, {"text": "Copy <b>%02d</b> of %qE", "beam_size": 1, "trace": True})
+    src = "".join(j["translations"][0]["trace"][0]["source_pieces"])
+    check("%qE" not in src and "<b>" not in src, f"protected: {src}")
+    # accelerators: one marker, on a letter, whatever the model did
+    for text, mark in (("&Save the file", "&"), ("Open _recent file", "_"), ("Sa&ve as", "&")):
+        out = translate(s, {"text": text, "beam_size": 1})["translatedText"]
+        check(out.count(mark) == 1, f"{text!r} -> {out!r}: one {mark}")
+        i = out.index(mark)
+        check(i + 1 < len(out) and out[i + 1].isalpha(), f"{text!r} -> {out!r}: on a letter")
+    # off: the text goes to the model as it is
+    j = translate(s, {"text": "Copy %qE", "beam_size": 1, "trace": True,
+                      "protect_placeholders": False})
+    check("%qE" in "".join(j["translations"][0]["trace"][0]["source_pieces"]).replace("▁", ""),
+          "protect_placeholders false")
+
+
+@test
+def test_protection_settings_in_cache_key():
+    s = limits_server()  # cache on
+    def hits() -> float:
+        return parse_prometheus(request(s, "GET", "/metrics")[2].decode())["moa_cache_hits_total"][""]
+    body = {"text": "Keep %s safe", "beam_size": 1, "protect_placeholders": False}
+    translate(s, body, headers=KEY)
+    h0 = hits()
+    translate(s, dict(body, protect_placeholders=True), headers=KEY)
+    check(hits() == h0, "protection on: not the unprotected entry")
+    translate(s, dict(body, protect_placeholders=True), headers=KEY)
+    check(hits() == h0 + 1, "same settings: a hit")
+    translate(s, dict(body, split_sentences=False), headers=KEY)
+    check(hits() == h0 + 1, "splitting off: another key")
+
+
+class Markup(HTMLParser):
+    """Tags, entities and raw bodies of an HTML text, checking nesting."""
+
+    VOID = {"br", "img", "hr", "input", "meta", "link", "wbr", "source", "area", "col", "base"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=False)
+        self.stack: List[str] = []
+        self.errors: List[str] = []
+        self.tags: List[Tuple[str, str]] = []
+        self.attrs: List[Tuple[str, Tuple[Tuple[str, Optional[str]], ...]]] = []
+        self.refs: List[str] = []
+        self.comments: List[str] = []
+        self.raw: List[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(("start", tag))
+        self.attrs.append((tag, tuple(attrs)))
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.tags.append(("empty", tag))
+        self.attrs.append((tag, tuple(attrs)))
+
+    def handle_endtag(self, tag):
+        self.tags.append(("end", tag))
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+        else:
+            self.stack.pop()
+
+    def handle_entityref(self, name):
+        self.refs.append(f"&{name};")
+
+    def handle_charref(self, name):
+        self.refs.append(f"&#{name};")
+
+    def handle_comment(self, data):
+        self.comments.append(data)
+
+    def handle_data(self, data):
+        if self.stack and self.stack[-1] in ("script", "style", "pre", "code"):
+            self.raw.append(data)
+
+
+def parse_html(text: str) -> Markup:
+    m = Markup()
+    m.feed(text)
+    m.close()
+    return m
+
+
+@test
+def test_html_well_formed_blocks():
+    s = main_server()
+    doc = ("<h1 title=\"Main page\">Open file</h1>\n"
+           "<p>The file could not be opened. Click <b>Save</b> to keep <em>your</em> changes "
+           "&amp; exit.<br>Check the <a href=\"perm.html\" title=\"File permissions\">permissions</a>"
+           " and try again.</p>\n"
+           "<ul><li>Delete unused <img src=\"i.png\" alt=\"Delete icon\"> files</li>"
+           "<li>Search <kbd>Ctrl</kbd>+<kbd>F</kbd> &#8217;help&#8217;</li></ul>\n"
+           "<!-- Open file: keep this -->\n"
+           "<pre>Open file\n  Save file</pre><p>Run <code>make  test</code> now</p>\n"
+           "<script>var a = \"Open file\";</script><style>p { color: red }</style>")
+    want = parse_html(doc)
+    check(not want.errors and not want.stack, f"the test document itself: {want.errors}")
+    for beam in (1, 4):
+        out = translate(s, {"text": doc, "format": "html", "beam_size": beam})["translatedText"]
+        got = parse_html(out)
+        check(not got.errors and not got.stack, f"beam {beam}: not well-formed: {got.errors} "
+              f"{got.stack}: {out}")
+        check(Counter(got.tags) == Counter(want.tags), f"tags: {out}")
+        check(Counter(got.refs) == Counter(want.refs), f"entities: {out}")
+        check(got.comments == want.comments, "comments untouched")
+        check(got.raw == want.raw, f"script/style/pre/code untouched: {got.raw}")
+        # attributes: only title and alt change
+        wa = {(t, k, v) for t, at in want.attrs for k, v in at if k not in ("title", "alt")}
+        ga = {(t, k, v) for t, at in got.attrs for k, v in at if k not in ("title", "alt")}
+        check(wa == ga, f"other attributes untouched: {wa ^ ga}")
+    # a title is translated like the same words on their own
+    out = translate(s, {"text": doc, "format": "html", "beam_size": 1})["translatedText"]
+    got = parse_html(out)
+    title = dict(got.attrs[0][1])["title"]
+    alone = translate(s, {"text": "Main page", "beam_size": 1})["translatedText"]
+    check(title == alone, f"title {title!r} != {alone!r}")
+    # a block's sentences are units with their inline tags inside: the
+    # paragraph's first sentence is one unit, not cut at <b>
+    j = translate(s, {"text": "<p>Click <b>Save</b> to keep <i>your</i> changes.</p>",
+                      "format": "html", "beam_size": 1, "trace": True})
+    check(len(j["translations"][0]["trace"]) == 1, "one sentence, one unit")
+    pieces = "".join(j["translations"][0]["trace"][0]["source_pieces"][:-1]).replace("▁", " ")
+    check("<" not in pieces and "Save" in pieces, f"the model sees the plain sentence: {pieces}")
 
 
 @test
@@ -969,11 +1183,14 @@ def test_workers_follow_affinity_mask():
 def test_sigterm_drains():
     s = Server("drain", "--cache-size", "0", "--max-inflight", "1", "--drain-timeout", "60")
     # 10 texts of 300 lines, one sentence in flight: seconds of work (tiny
-    # model), so it is still in flight while the checks below run
+    # model), so it is still in flight while the checks below run; one unit
+    # per line, the workload this was sized for (sentence splitting makes
+    # more units of the sample's multi-sentence lines)
     texts = ["\n".join(sentences(300, offset=i)) for i in range(10)]
     res: Dict[str, Any] = {}
     def big() -> None:
-        res["big"] = request(s, "POST", "/translate", {"text": texts})
+        res["big"] = request(s, "POST", "/translate", {"text": texts, "split_sentences": False,
+                                                       "protect_placeholders": False})
     t = threading.Thread(target=big)
     t.start()
     check(queued(s, 100), "the request's sentences never queued")
