@@ -7,6 +7,8 @@
 //   bit 3     Authorization: Bearer with the configured key; bit 4: a wrong one
 //   bit 5     an API key is configured (else none is needed)
 //   bit 6     routing statistics on (every unit asks for a trace)
+//   bit 7     split_sentences and protect_placeholders off by default (the
+//             request's fields may still turn them on)
 //
 // A body that parses is then answered as if the model had translated each
 // unit into its own source ids (the answer builder, detokenizer and cache
@@ -41,6 +43,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
         abort();
     }
     srv.cfg = moa_model_config(srv.model);
+    if (!(srv.pv = moa_protect_vocab_create(srv.tok))) abort();
     snprintf(srv.model_name, sizeof srv.model_name, "%s", srv.cfg->name);
     snprintf(srv.model_key, sizeof srv.model_key, "%s|fuzz", srv.cfg->name);
     srv.metrics = moa_metrics_create();
@@ -142,6 +145,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     memcpy(body, data + 1, n);
     srv.n_keys = sel & 32 ? 1 : 0;
     srv.heads = sel & 64 ? heads : NULL;
+    srv.conf.split_sentences = srv.conf.protect_placeholders = !(sel & 128);
     srv.cache = moa_cache_create(64);  // fresh: one input never sees another's
     char *a = round_trip(sel, body, n);
     if (a) {

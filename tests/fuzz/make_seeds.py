@@ -79,25 +79,38 @@ def translate_parse():
         write("translate_parse", name, bytes([sel]) + body)
 
 
-# --- text layer: selector byte (bit 0 html, bits 1-7 fits limit) + text ---------------
+# --- text layer: two selector bytes (see fuzz_text.c) + text ---------------------------
 
 def text():
-    def sel(html, limit):
-        return bytes([(html & 1) | ((limit - 1) << 1)])
+    HTML, ACCEL, SENT, ATTN = 1, 2, 4, 8
+
+    def sel(flags, limit_n, edit):
+        return bytes([flags | (limit_n << 4), edit])
     seeds = {
-        "plain-lines": (0, 40, "  First line.  \n\nSecond line\t\r\n\tthird\n"),
-        "plain-long": (0, 16, "This is a sentence. And another one! Is it? Yes… "
-                              "日本語の文。次の文！ \"Quoted.\" (Bracketed.) end"),
-        "plain-nospace": (0, 4, "abcdefghijklmnopqrstuvwxyzäöüß日本語"),
-        "html-basic": (1, 64, "<p class=\"a>b\">Hello <b>world</b> &amp; &#x1F600; &#128512;</p>"),
-        "html-raw": (1, 32, "<script>if (a<b) x();</script><style>p{}</style><pre>keep\n me</pre>"
-                            "<code/>text<textarea>t</textarea>"),
-        "html-comment": (1, 8, "<!-- note -->visible<!-- unclosed"),
-        "html-unclosed": (1, 128, "a < b and <em>c</em> &bogus <div title='x"),
-        "html-entities": (1, 2, "&;&#;&#x;&abcdefghijklmnopqrstuvwxyzabcdefghij;&1a;"),
+        "plain-lines": (SENT, 15, 0, "  First line.  \n\nSecond line\t\r\n\tthird\n"),
+        "plain-sentences": (SENT | ATTN, 2, 3, "This is a sentence. And another one! Is it? Yes… "
+                                               "日本語の文。次の文！ \"Quoted.\" (Bracketed.) e.g. "
+                                               "Mr. Smith, see Fig. 3. Version 3.14 at www.x.org."),
+        "plain-nospace": (0, 0, 0, "abcdefghijklmnopqrstuvwxyzäöüß日本語"),
+        "printf": (SENT | ATTN, 15, 2, "Delete %s files? %1$s of %2$d, %-10.2f%% done. "
+                                       "%(name)s and %L1 {0} {name} {0,number} {{var}} ${HOME}."),
+        "accelerator": (ACCEL | SENT, 15, 16, "&Save the file"),
+        "accelerator-underscore": (ACCEL, 15, 48, "Open _File..."),
+        "plain-tags": (SENT | ATTN, 6, 1, "Click <b>here</b> or <a href=\"x\">there</a> &amp; "
+                                          "<file> stays text. Use <br/> now."),
+        "html-basic": (HTML | SENT, 15, 0, "<p class=\"a>b\">Hello <b>world</b> &amp; &#x1F600;. "
+                                           "Next sentence.</p><p>Two</p>"),
+        "html-raw": (HTML, 4, 5, "<script>if (a<b) x();</script><style>p{}</style>"
+                                 "<pre>keep\n me</pre><code>x</code>text<textarea>t</textarea>"),
+        "html-attrs": (HTML | SENT | ATTN, 15, 2, "<img alt=\"A cat.\" src=x> <a title='Go home' "
+                                                  "href=/>Home <i>now</i></a><div title=x>Text</div>"),
+        "html-comment": (HTML, 1, 0, "<!-- note -->visible<!-- unclosed"),
+        "html-unclosed": (HTML, 15, 33, "a < b and <em>c</em> &bogus <div title='x"),
+        "html-crossed": (HTML | ATTN, 15, 32, "<b><i>crossed</b></i> and </u>stray<s> tags"),
+        "html-entities": (HTML, 0, 7, "&;&#;&#x;&abcdefghijklmnopqrstuvwxyzabcdefghij;&1a;"),
     }
-    for name, (html, limit, t) in seeds.items():
-        write("text", name, sel(html, limit) + t.encode("utf-8"))
+    for name, (flags, limit_n, edit, t) in seeds.items():
+        write("text", name, sel(flags, limit_n, edit) + t.encode("utf-8"))
 
 
 # --- config: file \0 args (lines) \0 env (NAME=VALUE lines, MOA_ prefixed) -----------

@@ -329,10 +329,13 @@ static void server_start(void) {
     srv.conf.max_texts = 8;
     srv.conf.max_chars = 2000;
     srv.conf.split_tokens = 200;
+    srv.conf.split_sentences = 1;
+    srv.conf.protect_placeholders = 1;
     srv.conf.timeout = 60;
     srv.model = model;
     srv.cfg = moa_model_config(model);
     srv.tok = tok;
+    if (!(srv.pv = moa_protect_vocab_create(tok))) MOA_TEST_FAIL("out of memory");
     snprintf(srv.model_name, sizeof srv.model_name, "%s", srv.cfg->name);
     snprintf(srv.model_key, sizeof srv.model_key, "%s|oom", srv.cfg->name);
     pthread_rwlock_init(&srv.keys_lock, NULL);
@@ -348,6 +351,7 @@ static void server_stop(void) {
     moa_sched_free(srv.sched);
     moa_heads_free(srv.heads);
     moa_metrics_free(srv.metrics);
+    moa_protect_vocab_free(srv.pv);
     pthread_rwlock_destroy(&srv.keys_lock);
 }
 
@@ -462,11 +466,13 @@ static void sweep_serve(const char *what, const char *ctype, const char *body) {
 static void test_server_translate(void) {
     server_start();
     sweep_serve("/translate JSON, html, two texts, beam 2, alternatives", "application/json",
-                "{\"q\": [\"Delete unused files.\", \"<b>Open</b> the file &amp; save it.\"],"
+                "{\"q\": [\"Delete unused files. Show %s hidden ones!\","
+                " \"<p><b>Open</b> the file &amp; save it.</p><p title=\\\"Close\\\">Close {0}</p>\"],"
                 " \"format\": \"html\", \"beam_size\": 2, \"alternatives\": 1,"
                 " \"return_scores\": true}");
     sweep_serve("/translate form, sampling, trace", "application/x-www-form-urlencoded",
-                "q=Show+hidden+files&sampling_topk=3&seed=5&trace=true&source=auto");
+                "q=Show+hidden+files&q=%26Save+%25d+items.+Quit+now%3F&sampling_topk=3&seed=5"
+                "&trace=true&source=auto");
     server_stop();
 }
 
