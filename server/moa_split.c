@@ -191,7 +191,9 @@ static int split_halves(const char *t, size_t a, size_t b, const moa_span *keep,
         size_t m = mid;
         int s = span_at(keep, nk, m);
         if (s >= 0) m = keep[s].off;
-        while (m > a && ((unsigned char)t[m] & 0xC0) == 0x80) m--;
+        // (a stray continuation byte right after a span must not walk into it)
+        while (m > a && ((unsigned char)t[m] & 0xC0) == 0x80 && span_at(keep, nk, m - 1) < 0)
+            m--;
         if (m == a) {
             m = s >= 0 ? keep[s].off + keep[s].len : mid;
             while (m < b && ((unsigned char)t[m] & 0xC0) == 0x80) m++;
