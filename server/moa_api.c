@@ -564,7 +564,10 @@ static int make_unit(moa_tr *tr, int t, size_t off, size_t len, char attr, const
     u->state = MOA_UNIT_WAITING;
     x->text = t;
     if (ph) {
-        moa_protect_locate(&prot, srv->tok, ids, n);
+        if (moa_protect_locate(&prot, srv->tok, ids, n)) {  // ids are the unit's now
+            moa_prot_free(&prot);
+            return -1;
+        }
         u->opts.attention = moa_protect_wants_alignment(&prot) && n <= ATTN_MAX_TOKENS;
         x->prot = prot;
     }
@@ -1045,6 +1048,10 @@ static int unit_output(moa_server *srv, const moa_tr *tr, int ui, int hi, moa_bu
         }
     }
     float *attn = alignment(h);
+    if (!attn && h->attention && h->attention_layers >= 1) {  // out of memory: not a
+        snprintf(err, errlen, "out of memory");                // worse answer, none
+        goto done;
+    }
     rc = moa_protect_restore(&x->prot, srv->pv, srv->tok, h->tokens, h->n_tokens, attn,
                              h->attention_cols, itext, ilen, out, warn);
     free(attn);

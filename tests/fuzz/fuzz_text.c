@@ -89,7 +89,7 @@ static void protect_sentence(const char *t, size_t off, size_t len, const moa_ph
         moa_prot_free(&p);  // NUL or bad UTF-8: the server refused the text before
         return;
     }
-    moa_protect_locate(&p, tok, ids, n);
+    FUZZ_CHECK(moa_protect_locate(&p, tok, ids, n) == 0);
     // the "translation": ids edited as byte 1 says, then eos
     int *hyp = malloc((size_t)(2 * n + 2) * sizeof(int)), h = 0;
     FUZZ_CHECK(hyp);
