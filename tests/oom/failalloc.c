@@ -6,6 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/common_interface_defs.h>
+#endif
+
 void *__real_malloc(size_t n);
 void *__real_calloc(size_t n, size_t size);
 void *__real_realloc(void *p, size_t n);
@@ -35,6 +39,10 @@ static int fail_now(void) {
     if (atomic_fetch_add(&seen, 1) + 1 != t) return 0;
     atomic_store(&fired, 1);
     atomic_store(&target, 0);
+#ifdef __SANITIZE_ADDRESS__
+    // FAILALLOC_TRACE=1: where the failing allocation is (debugging a sweep)
+    if (getenv("FAILALLOC_TRACE")) __sanitizer_print_stack_trace();
+#endif
     return 1;
 }
 

@@ -14,7 +14,8 @@
 // inside shared libraries (libc itself, OpenBLAS, SentencePiece's operator
 // new) are not counted; cJSON's are once its hooks call malloc from an
 // object linked in (moa_api_init does).
-// One failure per arming: after it, allocations succeed again, as they
+// FAILALLOC_TRACE=1 in the environment prints the stack of each failing
+// allocation (ASan builds). One failure per arming: after it, allocations succeed again, as they
 // would once memory is back. Counters are atomic; arming is not meant to
 // race with other threads allocating.
 #ifndef MOA_FAILALLOC_H

@@ -470,9 +470,11 @@ static void test_server_translate(void) {
                 " \"<p><b>Open</b> the file &amp; save it.</p><p title=\\\"Close\\\">Close {0}</p>\"],"
                 " \"format\": \"html\", \"beam_size\": 2, \"alternatives\": 1,"
                 " \"return_scores\": true}");
-    sweep_serve("/translate form, sampling, trace", "application/x-www-form-urlencoded",
+    sweep_serve("/translate form, sampling", "application/x-www-form-urlencoded",
                 "q=Show+hidden+files&q=%26Save+%25d+items.+Quit+now%3F&sampling_topk=3&seed=5"
-                "&trace=true&source=auto");
+                "&source=auto");
+    // a trace is a few hundred small JSON objects: one short text
+    sweep_serve("/translate trace", "application/json", "{\"text\": \"Quit\", \"trace\": true}");
     server_stop();
 }
 
