@@ -10,6 +10,9 @@
 #   make test-browser      the pages at / and /heads in headless chromium
 #   make test-deploy       image, compose stack, failover under load (root; README "Deploy")
 #   make test-deploy-local the container-free part: k8s manifests, nginx failover
+#   make fuzz              libFuzzer targets, FUZZ_SECONDS each (tests/fuzz/README.md)
+#   make test-fuzz-replay  the fuzz corpora replayed under ASan/UBSan (seconds)
+#   make test-oom          allocation failures injected into translate calls
 
 # x86-64-v3 = AVX2 + FMA (Haswell, 2013, and every x86 server CPU since).
 # The engine's hot loops are vectorised for it; OpenBLAS picks its own kernels
@@ -36,6 +39,15 @@ else ifeq ($(MODE),debug)
   OPT := -O0 -g
 else ifeq ($(MODE),asan)
   OPT := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=address,undefined
+else ifeq ($(MODE),fuzz)
+  # libFuzzer builds (tests/fuzz/fuzz.mk): clang's coverage instrumentation
+  # plus ASan and UBSan. vptr is left out: the tokenizer's C++ is linked by
+  # the C driver.
+  CC := clang
+  CXX := clang++
+  OPT := -O1 -g -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize=vptr \
+    -fno-omit-frame-pointer -fno-sanitize-recover=undefined
   LDFLAGS += -fsanitize=address,undefined
 endif
 CFLAGS := -std=c11 $(OPT) $(WARN) -pthread
@@ -92,7 +104,7 @@ $(BUILD)/tests/test_engine.o: model/moa_engine.c
 
 # The runner also links the server's modules but its main (tests/test_sched.c).
 RUNNER_SERVER_OBJ := $(filter-out $(BUILD)/server/moa_server.o,$(SERVER_OBJ))
-$(BUILD)/tests/test_sched.o: $(wildcard server/*.h)
+$(BUILD)/tests/test_sched.o $(BUILD)/tests/test_api.o: $(wildcard server/*.h)
 $(RUNNER): $(TEST_OBJ) $(RUNNER_SERVER_OBJ) $(WEB_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -pthread $^ $(SERVER_LIBS) $(LDLIBS) -o $@
 
@@ -106,6 +118,9 @@ $(WEB_OBJ): $(WEB_C) server/moa_web.h
 # The HTTP server (server/README.md).
 $(SERVER): $(SERVER_OBJ) $(WEB_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -pthread $^ $(SERVER_LIBS) $(LDLIBS) -o $@
+
+include tests/fuzz/fuzz.mk
+include tests/oom/oom.mk
 
 # --- dependencies --------------------------------------------------------------
 
@@ -129,11 +144,14 @@ check-deps:
 
 # --- tests ---------------------------------------------------------------------
 
-# C unit tests, Python unit tests (evaluation, converter), golden tests of
-# the C engine against the PyTorch reference.
+# C unit tests, the fuzz corpora and the allocation-failure sweeps under
+# ASan, Python unit tests (evaluation, converter), golden tests of the C
+# engine against the PyTorch reference.
 test: deps
 	$(MAKE) all
 	$(MAKE) test-c
+	$(MAKE) test-fuzz-replay
+	$(MAKE) test-oom
 	$(MAKE) test-python
 	$(MAKE) test-golden
 	$(MAKE) test-e2e

@@ -18,6 +18,7 @@
 // caches, traces, finished hypotheses), both from pools of blocks the
 // session recycles: a finished sentence's blocks serve the next one. A
 // result is one block, handed to the caller. moa_session_allocs counts it all.
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,7 +27,9 @@
 
 // --- sentences in flight ---------------------------------------------------------
 
-enum { SENT_QUEUED = 0, SENT_LIVE = 1 };
+// FINISHED: its search is over but its result could not be allocated yet
+// (out of memory); it keeps its rows and body and retires at a later step.
+enum { SENT_QUEUED = 0, SENT_LIVE = 1, SENT_FINISHED = 2 };
 
 typedef struct sent {
     int id;
@@ -114,7 +117,8 @@ struct moa_session {
     const moa_config *c;
     int max_rows;
     int rows_used;
-    int next_id;
+    int next_id;            // the id the next sentence gets, 0..INT_MAX
+    int ids_wrapped;        // next_id went past INT_MAX: ids may be in use
 
     sent **sents;           // queued and live, in arrival order
     int n_sents, cap_sents;
@@ -860,7 +864,8 @@ static size_t result_layout(const moa_config *c, const sent *st, const int *ord,
     for (int i = 0; i < want; i++) {
         int f = ord[i], n = st->fin[f].n_tokens;
         size_t nd = Ld * n;
-        moa_hypothesis *h = &hy[i];
+        // no &hy[i] while measuring: arithmetic on a null pointer is undefined
+        moa_hypothesis *h = base ? &hy[i] : NULL;
         TAKE(&cv, h->tokens, (size_t)n * sizeof(int));
         if (lps) TAKE(&cv, h->token_logprobs, (size_t)n * sizeof(float));
         moa_trace *t = NULL;
@@ -1000,6 +1005,31 @@ uint64_t moa_session_allocs(const moa_session *s) { return s->n_allocs; }
 int moa_session_live(const moa_session *s) { return s->n_sents; }
 int moa_session_rows(const moa_session *s) { return s->rows_used; }
 
+static int id_in_use(const moa_session *s, int id) {
+    for (int i = 0; i < s->n_sents; i++)
+        if (s->sents[i]->id == id) return 1;
+    for (int i = 0; i < s->n_done; i++)
+        if (s->done[s->done_head + i].id == id) return 1;
+    return 0;
+}
+
+// Ids count up from 0 and wrap from INT_MAX back to 0 (a long-lived
+// server's session sees more than 2^31 sentences). After the wrap an id
+// still held by a sentence or an untaken result is skipped, so ids stay
+// unique within the session (callers cancel and match results by id).
+static int new_id(moa_session *s) {
+    for (;;) {
+        int id = s->next_id;
+        if (id == INT_MAX) {
+            s->next_id = 0;
+            s->ids_wrapped = 1;
+        } else {
+            s->next_id = id + 1;
+        }
+        if (!s->ids_wrapped || !id_in_use(s, id)) return id;
+    }
+}
+
 static int session_push(moa_session *s, const int *src, int src_len, const int *tgt,
                         int tgt_len, const moa_search_opts *opts, void *user,
                         char *err, size_t errlen) {
@@ -1076,8 +1106,7 @@ static int session_push(moa_session *s, const int *src, int src_len, const int *
         st->cap = st->max_len + 1;
     }
     if (sampling) moa_rng_seed(&st->rng, opts->seed);
-    st->id = s->next_id++;
-    if (s->next_id < 0) s->next_id = 0;
+    st->id = new_id(s);
     st->state = SENT_QUEUED;
     s->sents[s->n_sents++] = st;
     return st->id;
@@ -1093,7 +1122,7 @@ int moa_session_add(moa_session *s, const int *src, int src_len,
 
 static void remove_sent(moa_session *s, int idx) {
     sent *st = s->sents[idx];
-    if (st->state == SENT_LIVE) s->rows_used -= st->beam;
+    if (st->state != SENT_QUEUED) s->rows_used -= st->beam;
     sent_release(s, st);
     memmove(s->sents + idx, s->sents + idx + 1, (size_t)(s->n_sents - idx - 1) * sizeof *s->sents);
     s->n_sents--;
@@ -1110,7 +1139,21 @@ int moa_session_cancel(moa_session *s, int id) {
 
 int moa_session_step(moa_session *s) {
     const moa_config *c = s->c;
-    int rc;
+    int rc, err = 0;
+    // Sentences whose result could not be allocated at an earlier step
+    // retire first (their search is over; they only wait for memory).
+    for (int i = 0; i < s->n_sents;) {
+        sent *st = s->sents[i];
+        if (st->state != SENT_FINISHED) {
+            i++;
+        } else if ((rc = retire(s, st)) == 0) {
+            remove_sent(s, i);
+        } else {
+            err = rc;
+            i++;
+        }
+    }
+
     // admit newcomers while rows remain, in arrival order
     sent *fresh[256];
     int nf = 0, rows = s->rows_used, N = 0;
@@ -1131,19 +1174,24 @@ int moa_session_step(moa_session *s) {
         rc = arena_reserve(s, N > s->max_rows ? N : s->max_rows,
                            longest * longest * (size_t)c->top_k, staging);
         for (int i = 0; i < nf && !rc; i++) rc = sent_alloc(s, fresh[i]);
-        if (rc) {  // all stay queued, without bodies
+        if (rc) {
+            // All or none: a sentence admitted without the batch's encoder
+            // pass would decode against cross-attention K/V never written.
+            // They stay queued, without bodies, for the next step; the live
+            // ones decode now all the same.
             for (int i = 0; i < nf; i++) {
                 pool_put(&s->bodies, fresh[i]->body);
                 fresh[i]->body = NULL;
             }
-            return rc;
+            err = rc;
+        } else {
+            for (int i = 0; i < nf; i++) {
+                fresh[i]->state = SENT_LIVE;
+                fresh[i]->n_live = 1;
+                s->rows_used += fresh[i]->beam;
+            }
+            encode(s, fresh, nf);
         }
-        for (int i = 0; i < nf; i++) {
-            fresh[i]->state = SENT_LIVE;
-            fresh[i]->n_live = 1;
-            s->rows_used += fresh[i]->beam;
-        }
-        encode(s, fresh, nf);
     }
 
     // rows: every live hypothesis of every live sentence, grouped by sentence
@@ -1157,7 +1205,7 @@ int moa_session_step(moa_session *s) {
             R++;
         }
     }
-    if (R == 0) return 0;
+    if (R == 0) return err;
     MOA_ASSERT(R <= s->w.cap);  // R <= rows_used <= max_rows <= w.cap
     if ((rc = decode_rows(s, R))) return rc;
 
@@ -1170,14 +1218,22 @@ int moa_session_step(moa_session *s) {
         int fin = advance(s, st, s->logits + (size_t)r * c->vocab_size, s->lse + r);
         r += nl;
         if (fin < 0) return fin;
-        if (fin) {
-            if ((rc = retire(s, st))) return rc;
+        if (!fin) {
+            i++;
+            continue;
+        }
+        // Finished: its search must not run again (a forced or sampled
+        // sentence would finish a second time), so without memory for its
+        // result it waits, FINISHED, for a later step.
+        st->state = SENT_FINISHED;
+        if ((rc = retire(s, st)) == 0) {
             remove_sent(s, i);
         } else {
+            err = rc;
             i++;
         }
     }
-    return R;
+    return err ? err : R;
 }
 
 int moa_session_take(moa_session *s, moa_result *r) {
@@ -1196,9 +1252,12 @@ static int run_batch(moa_session *s, const int *const *src, const int *src_len,
                      const moa_search_opts *opts, moa_result *out, char *err,
                      size_t errlen) {
     int rc = 0, next = 0, pending = 0;
+    for (int i = 0; i < n; i++) memset(&out[i], 0, sizeof out[i]);  // zero on every error
     int *ids = malloc((size_t)(n ? n : 1) * sizeof(int));
-    if (!ids) return MOA_ENOMEM;
-    for (int i = 0; i < n; i++) memset(&out[i], 0, sizeof out[i]);
+    if (!ids) {
+        if (err) snprintf(err, errlen, "out of memory");
+        return MOA_ENOMEM;
+    }
     int beam = tgt ? 1 : moa_search_opts_rows(opts);
     while (next < n || pending > 0) {
         // keep the session full: add while rows would remain free
@@ -1212,7 +1271,10 @@ static int run_batch(moa_session *s, const int *const *src, const int *src_len,
             ids[next++] = id;
             pending++;
         }
-        if ((rc = moa_session_step(s)) < 0) goto done;
+        if ((rc = moa_session_step(s)) < 0) {
+            if (err) snprintf(err, errlen, "%s", moa_strerror(rc));
+            goto done;
+        }
         rc = 0;
         moa_result r;
         while (moa_session_take(s, &r) == 1) {

@@ -226,7 +226,8 @@ void moa_session_free(moa_session *s);  // NULL is a no-op
 
 // Queues a sentence (src: token ids WITHOUT the trailing eos; the engine
 // appends it; src is copied). Returns a sentence id >= 0, or a negative moa_errno with a
-// message (bad options, too long, session full). The sentence is encoded at
+// message (bad options, too long, session full). Ids count up and wrap from
+// INT_MAX to 0, skipping any still held by a sentence or an untaken result. The sentence is encoded at
 // the next moa_session_step together with the other newcomers.
 int moa_session_add(moa_session *s, const int *src, int src_len,
                     const moa_search_opts *opts, void *user,
@@ -237,7 +238,12 @@ int moa_session_live(const moa_session *s);
 int moa_session_rows(const moa_session *s);
 // Runs one iteration: encodes newcomers, one decoder step for every live
 // hypothesis of every sentence, retires finished sentences. Returns the
-// number of rows decoded, or a negative error.
+// number of rows decoded, or a negative error (MOA_ENOMEM). After an error
+// the session is still whole and the next call carries on: newcomers that
+// could not be admitted stay queued (all of that step's or none), a
+// finished sentence whose result could not be allocated keeps its place
+// (moa_session_live counts it) and retires at a later step, the others
+// went on decoding. Or the caller cancels what it no longer wants.
 int moa_session_step(moa_session *s);
 // Takes one finished sentence: 1 and fills r (caller clears it), 0 if none.
 int moa_session_take(moa_session *s, moa_result *r);

@@ -305,24 +305,31 @@ static cJSON *json_num(double v) {
     return isfinite(v) ? cJSON_CreateNumber(v) : cJSON_CreateNull();
 }
 
+// Adds item (NULL: its creation failed) to the object obj under key, or to
+// the array obj when key is NULL; 1, or 0 with item freed (cJSON leaves an
+// item it could not attach to the caller: adding a key allocates).
+static int attach(cJSON *obj, const char *key, cJSON *item) {
+    if (item && (key ? cJSON_AddItemToObject(obj, key, item) : cJSON_AddItemToArray(obj, item)))
+        return 1;
+    cJSON_Delete(item);
+    return 0;
+}
+
 // {"experts": [k], "gates": [k], "margin": m}, or NULL (nothing left over).
 static cJSON *trace_entry(int k, const int *experts, const float *gates, float margin) {
     cJSON *e = cJSON_CreateObject();
-    if (!e || !cJSON_AddItemToObject(e, "experts", cJSON_CreateIntArray(experts, k)))
-        goto fail;
+    if (!e || !attach(e, "experts", cJSON_CreateIntArray(experts, k))) goto fail;
     cJSON *g = cJSON_AddArrayToObject(e, "gates");
     if (!g) goto fail;
     for (int j = 0; j < k; j++)
-        if (!cJSON_AddItemToArray(g, json_num(gates[j]))) goto fail;
-    if (!cJSON_AddItemToObject(e, "margin", json_num(margin))) goto fail;
+        if (!attach(g, NULL, json_num(gates[j]))) goto fail;
+    if (!attach(e, "margin", json_num(margin))) goto fail;
     return e;
 fail:
     cJSON_Delete(e);
     return NULL;
 }
 
-// One part of a trace: [layer][pos] entries, rows of k experts and gates and
-// one margin each (moa_trace's layout). NULL when out of memory.
 static cJSON *trace_part(int layers, int n_pos, int k, const int *experts, const float *gates,
                          const float *margin) {
     cJSON *arr = cJSON_CreateArray();

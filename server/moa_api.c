@@ -96,6 +96,42 @@ void moa_tr_free(moa_tr *tr) {
     free(tr);
 }
 
+// --- cJSON's allocations --------------------------------------------------------------------
+
+// cJSON returns NULL alike for malformed JSON and for a failed allocation;
+// with moa_api_init its allocations come through here, so that a parse
+// can tell the two apart (500, not a 400 blaming the client's JSON).
+static _Thread_local int cjson_oom;
+
+static void *cjson_alloc(size_t n) {
+    void *p = malloc(n);
+    if (!p) cjson_oom = 1;
+    return p;
+}
+
+void moa_api_init(void) {
+    cJSON_Hooks h = {cjson_alloc, free};
+    cJSON_InitHooks(&h);
+}
+
+// Attaches item (NULL: its creation failed) to the object obj under key,
+// or to the array obj when key is NULL. 0, or -1 with item freed: out of
+// memory (cJSON's adders leave an item they could not attach to the caller).
+static int put(cJSON *obj, const char *key, cJSON *item) {
+    if (obj && item &&
+        (key ? cJSON_AddItemToObject(obj, key, item) : cJSON_AddItemToArray(obj, item)))
+        return 0;
+    cJSON_Delete(item);
+    return -1;
+}
+
+// Moves *item into obj (put) and forgets it: it is obj's or freed.
+static int put_own(cJSON *obj, const char *key, cJSON **item) {
+    cJSON *it = *item;
+    *item = NULL;
+    return put(obj, key, it);
+}
+
 // --- API keys ----------------------------------------------------------------------------
 
 // Compares without an early exit, so timing does not reveal a key's prefix.
@@ -220,21 +256,35 @@ static cJSON *parse_form(const char *body, size_t n, char *err, size_t errlen) {
                 cJSON_Delete(o);
                 goto fail_oom;
             }
+            // Repeated q/text make an array of their values, in order; any
+            // other repeated field: the last value wins. Old items are
+            // detached and their successors added by key (cJSON's
+            // ReplaceItemViaPointer leaves the replacement without a name:
+            // the field was lost).
+            int lost;
             if (old && (!strcmp(k, "q") || !strcmp(k, "text"))) {
                 if (!cJSON_IsArray(old)) {
-                    cJSON *arr = cJSON_CreateArray();
-                    cJSON_AddItemToArray(arr, cJSON_DetachItemViaPointer(o, old));
-                    cJSON_AddItemToObject(o, k, arr);
-                    old = arr;
+                    cJSON *first = cJSON_DetachItemViaPointer(o, old);
+                    old = cJSON_CreateArray();
+                    if (put(old, NULL, first) || put(o, k, old)) {
+                        free(k);
+                        free(v);
+                        cJSON_Delete(sv);
+                        cJSON_Delete(o);
+                        goto fail_oom;
+                    }
                 }
-                cJSON_AddItemToArray(old, sv);
-            } else if (old) {
-                cJSON_ReplaceItemViaPointer(o, old, sv);
+                lost = put(old, NULL, sv);
             } else {
-                cJSON_AddItemToObject(o, k, sv);
+                if (old) cJSON_Delete(cJSON_DetachItemViaPointer(o, old));
+                lost = put(o, k, sv);
             }
             free(k);
             free(v);
+            if (lost) {  // sv went with it
+                cJSON_Delete(o);
+                goto fail_oom;
+            }
         }
         i = amp + 1;
     }
@@ -611,7 +661,10 @@ static int make_unit(moa_tr *tr, int t, size_t off, size_t len, char attr, const
     u->state = MOA_UNIT_WAITING;
     x->text = t;
     if (ph) {
-        moa_protect_locate(&prot, md->tok, ids, n);
+        if (moa_protect_locate(&prot, md->tok, ids, n)) {  // ids are the unit's now
+            moa_prot_free(&prot);
+            return -1;
+        }
         u->opts.attention = moa_protect_wants_alignment(&prot) && n <= ATTN_MAX_TOKENS;
         x->prot = prot;
     }
@@ -846,7 +899,12 @@ int moa_api_translate_parse(moa_server *srv, const char *ctype, const char *auth
         if (!root) return strcmp(err, "out of memory") ? 400 : 500;
     } else {
         const char *end = NULL;
+        cjson_oom = 0;
         root = cJSON_ParseWithLengthOpts(body, n, &end, 0);
+        if (!root && cjson_oom) {
+            snprintf(err, errlen, "out of memory");
+            return 500;
+        }
         if (!root) {
             snprintf(err, errlen, "malformed JSON near byte %ld",
                      end ? (long)(end - body) : 0L);
@@ -984,27 +1042,35 @@ static cJSON *pieces(const moa_tokenizer *tok, const int *ids, int n, int eos) {
     cJSON *arr = cJSON_CreateArray();
     for (int i = 0; arr && i < n; i++) {
         const char *p = moa_tokenizer_piece(tok, ids[i]);
-        cJSON_AddItemToArray(arr, cJSON_CreateString(p ? p : "?"));
+        if (put(arr, NULL, cJSON_CreateString(p ? p : "?"))) goto fail;
     }
     if (arr && eos >= 0) {
         const char *p = moa_tokenizer_piece(tok, eos);
-        cJSON_AddItemToArray(arr, cJSON_CreateString(p ? p : "</s>"));
+        if (put(arr, NULL, cJSON_CreateString(p ? p : "</s>"))) goto fail;
     }
     return arr;
+fail:
+    cJSON_Delete(arr);
+    return NULL;
 }
 
+// NULL: out of memory.
 static cJSON *unit_trace(const moa_srv_model *md, const moa_unit *u) {
     const moa_hypothesis *h = &u->res.hyps[0];
     const moa_trace *t = h->trace;
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
-    cJSON_AddItemToObject(o, "source_pieces", pieces(md->tok, u->src, u->src_len, md->cfg->eos_id));
-    cJSON_AddItemToObject(o, "target_pieces", pieces(md->tok, h->tokens, h->n_tokens, -1));
+    if (put(o, "source_pieces", pieces(md->tok, u->src, u->src_len, md->cfg->eos_id)) ||
+        put(o, "target_pieces", pieces(md->tok, h->tokens, h->n_tokens, -1)))
+        goto fail;
     if (!t) return o;
     // the expert count, which the picks alone do not tell (an expert may go unpicked)
-    cJSON_AddNumberToObject(o, "num_experts", md->cfg->num_experts);
-    moa_trace_json(t, o);  // the engine's layout, as the CLI's --trace
+    if (!cJSON_AddNumberToObject(o, "num_experts", md->cfg->num_experts)) goto fail;
+    if (moa_trace_json(t, o)) goto fail;  // the engine's layout, as the CLI's --trace
     return o;
+fail:
+    cJSON_Delete(o);
+    return NULL;
 }
 
 static int decode_into(const moa_srv_model *md, const moa_hypothesis *h, moa_buf *b, char *err,
@@ -1074,6 +1140,10 @@ static int unit_output(moa_server *srv, const moa_tr *tr, int ui, int hi, moa_bu
         }
     }
     float *attn = alignment(h);
+    if (!attn && h->attention && h->attention_layers >= 1) {  // out of memory: not a
+        snprintf(err, errlen, "out of memory");                // worse answer, none
+        goto done;
+    }
     rc = moa_protect_restore(&x->prot, md->pv, md->tok, h->tokens, h->n_tokens, attn,
                              h->attention_cols, itext, ilen, out, warn);
     free(attn);
@@ -1086,20 +1156,26 @@ done:
     return rc;
 }
 
-// {"warnings": [...]} lines of buf on o, when there are any.
-static void add_warnings(cJSON *o, const moa_buf *w) {
-    if (!w->n) return;
+// {"warnings": [...]} lines of buf on o, when there are any. 0, or -1: out
+// of memory.
+static int add_warnings(cJSON *o, const moa_buf *w) {
+    if (!w->n) return 0;
     cJSON *arr = cJSON_AddArrayToObject(o, "warnings");
-    for (const char *s = w->s; arr && *s;) {
+    if (!arr) return -1;
+    for (const char *s = w->s; *s;) {
         const char *nl = strchr(s, '\n');
         size_t n = nl ? (size_t)(nl - s) : strlen(s);
         char *line = strndup(s, n);
-        if (line) cJSON_AddItemToArray(arr, cJSON_CreateString(line));
+        int lost = !line || put(arr, NULL, cJSON_CreateString(line));
         free(line);
+        if (lost) return -1;
         s += n + (nl != NULL);
     }
+    return 0;
 }
 
+// Every cJSON call is checked: out of memory gives NULL (500), never an
+// answer with a field missing.
 cJSON *moa_api_translate_answer(moa_server *srv, moa_tr *tr, double t_start, char *err,
                                 size_t errlen) {
     const moa_srv_model *md = tr->m;
@@ -1107,19 +1183,15 @@ cJSON *moa_api_translate_answer(moa_server *srv, moa_tr *tr, double t_start, cha
     cJSON *root = cJSON_CreateObject();
     moa_buf *alts = calloc((size_t)(n_alt > 0 ? n_alt : 1), sizeof *alts);
     moa_buf out = {0}, warn = {0};
+    // An array request's lists, built aside and attached to root at the end
+    // (cJSON keeps the order of insertion); a failure frees what is left.
+    cJSON *tt = NULL, *top_alts = NULL, *detected = NULL, *traces = NULL;
     if (!root || !alts) goto fail_oom;
     cJSON *trs = cJSON_AddArrayToObject(root, "translations");
-    // Created now, attached to root in their place below: cJSON keeps the
-    // order of insertion, and a failure frees them with root.
-    cJSON *tt = tr->is_array ? cJSON_CreateArray() : NULL;
-    cJSON *top_alts = tr->alternatives > 0 && tr->is_array ? cJSON_CreateArray() : NULL;
-    cJSON *detected = tr->auto_source && tr->is_array ? cJSON_CreateArray() : NULL;
-    cJSON *pending = cJSON_CreateArray();  // owns the three until they are attached
-    if (!pending) goto fail_oom;
-    if (tt) cJSON_AddItemToArray(pending, tt);
-    if (top_alts) cJSON_AddItemToArray(pending, top_alts);
-    if (detected) cJSON_AddItemToArray(pending, detected);
-    cJSON_AddItemToObject(root, "_pending", pending);
+    if (!trs) goto fail_oom;
+    if (tr->is_array && !(tt = cJSON_CreateArray())) goto fail_oom;
+    if (tr->alternatives > 0 && tr->is_array && !(top_alts = cJSON_CreateArray())) goto fail_oom;
+    if (tr->auto_source && tr->is_array && !(detected = cJSON_CreateArray())) goto fail_oom;
     memset(&tr->counts, 0, sizeof tr->counts);
     tr->counts.texts = tr->n_texts;
     for (int i = 0; i < tr->n_units; i++) {
@@ -1151,7 +1223,7 @@ cJSON *moa_api_translate_answer(moa_server *srv, moa_tr *tr, double t_start, cha
         }
         double lp = 0;
         long ntok = 0;
-        cJSON *traces = tr->want_trace ? cJSON_CreateArray() : NULL;
+        if (tr->want_trace && !(traces = cJSON_CreateArray())) goto fail_oom;
         int u = tr->first_unit[t];
         for (int i = 0; i < segs->n; i++) {
             const moa_seg *g = &segs->v[i];
@@ -1168,55 +1240,56 @@ cJSON *moa_api_translate_answer(moa_server *srv, moa_tr *tr, double t_start, cha
                 if (unit_output(srv, tr, ui, a + 1, &alts[a], NULL, err, errlen)) goto fail;
             lp += h->log_prob;
             ntok += h->n_tokens;
-            if (traces) cJSON_AddItemToArray(traces, unit_trace(tr->m, un));
+            if (traces && put(traces, NULL, unit_trace(tr->m, un))) goto fail_oom;
         }
         if (out.oom || warn.oom) goto fail_oom;
         cJSON *o = cJSON_CreateObject();
-        cJSON_AddItemToArray(trs, o);
-        cJSON_AddStringToObject(o, "text", out.s);
-        if (tr->want_scores)
-            cJSON_AddItemToObject(o, "score", num_or_null(ntok ? lp / pow((double)ntok,
-                                                          tr->opts.length_penalty) : 0.0));
+        if (put(trs, NULL, o) || !cJSON_AddStringToObject(o, "text", out.s)) goto fail_oom;
+        if (tr->want_scores &&
+            put(o, "score", num_or_null(ntok ? lp / pow((double)ntok, tr->opts.length_penalty)
+                                             : 0.0)))
+            goto fail_oom;
         cJSON *ta = NULL;
         if (n_alt > 0) {
-            ta = cJSON_AddArrayToObject(o, "alternatives");
-            for (int a = 0; a < n_alt; a++) {
-                if (alts[a].oom) goto fail_oom;
-                cJSON_AddItemToArray(ta, cJSON_CreateString(alts[a].s));
-            }
+            if (!(ta = cJSON_AddArrayToObject(o, "alternatives"))) goto fail_oom;
+            for (int a = 0; a < n_alt; a++)
+                if (alts[a].oom || put(ta, NULL, cJSON_CreateString(alts[a].s))) goto fail_oom;
         }
-        if (traces) cJSON_AddItemToObject(o, "trace", traces);
-        add_warnings(o, &warn);
-        if (tt) cJSON_AddItemToArray(tt, cJSON_CreateString(out.s));
-        else cJSON_AddStringToObject(root, "translatedText", out.s);
+        if ((traces && put_own(o, "trace", &traces)) || add_warnings(o, &warn)) goto fail_oom;
+        if (tt ? put(tt, NULL, cJSON_CreateString(out.s))
+               : !cJSON_AddStringToObject(root, "translatedText", out.s))
+            goto fail_oom;
         if (tr->alternatives > 0) {
             cJSON *copy = ta ? cJSON_Duplicate(ta, 1) : cJSON_CreateArray();
-            if (top_alts) cJSON_AddItemToArray(top_alts, copy);
-            else cJSON_AddItemToObject(root, "alternatives", copy);
+            if (top_alts ? put(top_alts, NULL, copy) : put(root, "alternatives", copy))
+                goto fail_oom;
         }
         if (tr->auto_source) {
             cJSON *d = cJSON_CreateObject();
-            cJSON_AddNumberToObject(d, "confidence", tr->confidence);
-            cJSON_AddStringToObject(d, "language", md->cfg->source_lang);
-            if (detected) cJSON_AddItemToArray(detected, d);
-            else cJSON_AddItemToObject(root, "detectedLanguage", d);
+            if (!d || !cJSON_AddNumberToObject(d, "confidence", tr->confidence) ||
+                !cJSON_AddStringToObject(d, "language", md->cfg->source_lang)) {
+                cJSON_Delete(d);
+                goto fail_oom;
+            }
+            if (detected ? put(detected, NULL, d) : put(root, "detectedLanguage", d))
+                goto fail_oom;
         }
     }
-    if (tt) cJSON_AddItemToObject(root, "translatedText", cJSON_DetachItemViaPointer(pending, tt));
-    if (top_alts)
-        cJSON_AddItemToObject(root, "alternatives", cJSON_DetachItemViaPointer(pending, top_alts));
-    if (detected)
-        cJSON_AddItemToObject(root, "detectedLanguage", cJSON_DetachItemViaPointer(pending, detected));
-    cJSON_DeleteItemFromObjectCaseSensitive(root, "_pending");
-    cJSON_AddStringToObject(root, "model", md->name);
-    if (tr->sampling) cJSON_AddNumberToObject(root, "seed", (double)tr->opts.seed);
+    if ((tt && put_own(root, "translatedText", &tt)) ||
+        (top_alts && put_own(root, "alternatives", &top_alts)) ||
+        (detected && put_own(root, "detectedLanguage", &detected)))
+        goto fail_oom;
+    if (!cJSON_AddStringToObject(root, "model", md->name)) goto fail_oom;
+    if (tr->sampling && !cJSON_AddNumberToObject(root, "seed", (double)tr->opts.seed))
+        goto fail_oom;
     cJSON *tm = cJSON_AddObjectToObject(root, "timing");
     const moa_job *j = &tr->job;
     double q = j->t_first_admit > j->t_submit ? j->t_first_admit - j->t_submit : 0;
     double c = j->t_done > j->t_first_admit ? j->t_done - j->t_first_admit : 0;
-    cJSON_AddNumberToObject(tm, "queue_ms", round(q * 1e4) / 10);
-    cJSON_AddNumberToObject(tm, "compute_ms", round(c * 1e4) / 10);
-    cJSON_AddNumberToObject(tm, "total_ms", round((moa_sched_now() - t_start) * 1e4) / 10);
+    if (!tm || !cJSON_AddNumberToObject(tm, "queue_ms", round(q * 1e4) / 10) ||
+        !cJSON_AddNumberToObject(tm, "compute_ms", round(c * 1e4) / 10) ||
+        !cJSON_AddNumberToObject(tm, "total_ms", round((moa_sched_now() - t_start) * 1e4) / 10))
+        goto fail_oom;
     moa_metrics_translate(srv->metrics, q, c, tr->counts.sentences, tr->counts.src_tokens,
                           tr->counts.tgt_tokens);
     atomic_fetch_add(&srv->models[tr->mi].requests, 1);
@@ -1229,6 +1302,10 @@ cJSON *moa_api_translate_answer(moa_server *srv, moa_tr *tr, double t_start, cha
 fail_oom:
     snprintf(err, errlen, "out of memory");
 fail:
+    cJSON_Delete(traces);
+    cJSON_Delete(tt);
+    cJSON_Delete(top_alts);
+    cJSON_Delete(detected);
     for (int a = 0; alts && a < n_alt; a++) free(alts[a].s);
     free(alts);
     free(out.s);

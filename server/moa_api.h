@@ -24,6 +24,11 @@
 
 typedef struct moa_tr moa_tr;
 
+// Routes cJSON's allocations through this module (cJSON_InitHooks), so that
+// a body refused for want of memory answers 500 "out of memory" rather
+// than 400 "malformed JSON". Once, at start-up, before any thread.
+void moa_api_init(void);
+
 // Parses a /translate body. ctype: the Content-Type header (may be NULL);
 // auth: the Authorization header (may be NULL). Returns 0 and *out, or an
 // HTTP status (400, 403, 415, 500; 503 with no model loaded) with the message in err.

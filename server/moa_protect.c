@@ -655,15 +655,17 @@ static const char *bare_piece(const moa_tokenizer *tok, int id) {
     return s;
 }
 
+// Pieces of s[0, n): >= 0, -1 when it does not encode, -2 out of memory.
 static int count_tokens(const moa_tokenizer *tok, const char *s, size_t n) {
     int *ids = NULL, k = 0;
     if (n == 0) return 0;
-    if (moa_tokenizer_encode(tok, s, n, 0, &ids, &k, NULL, 0) != 0) return -1;
+    int rc = moa_tokenizer_encode(tok, s, n, 0, &ids, &k, NULL, 0);
+    if (rc) return rc == MOA_ENOMEM ? -2 : -1;
     free(ids);
     return k;
 }
 
-void moa_protect_locate(moa_prot *p, const moa_tokenizer *tok, const int *ids, int n) {
+int moa_protect_locate(moa_prot *p, const moa_tokenizer *tok, const int *ids, int n) {
     int t = 0;
     for (int i = 0; i < p->n_items; i++) {
         moa_prot_item *it = &p->items[i];
@@ -683,6 +685,7 @@ void moa_protect_locate(moa_prot *p, const moa_tokenizer *tok, const int *ids, i
         if (!it->proj || it->partner <= i) continue;  // open tags of pairs
         int lo = count_tokens(tok, p->masked, it->mpos);
         int hi = count_tokens(tok, p->masked, p->items[it->partner].mpos);
+        if (lo == -2 || hi == -2) return -1;
         if (lo >= 0 && hi > lo && hi <= n) {
             it->tok_lo = lo;
             it->tok_hi = hi;
@@ -691,11 +694,13 @@ void moa_protect_locate(moa_prot *p, const moa_tokenizer *tok, const int *ids, i
     if (p->accel != SIZE_MAX) {
         int lo = count_tokens(tok, p->masked, p->accel_lo);
         int hi = count_tokens(tok, p->masked, p->accel_hi);
+        if (lo == -2 || hi == -2) return -1;
         if (lo >= 0 && hi > lo && hi <= n) {
             p->accel_tok_lo = lo;
             p->accel_tok_hi = hi;
         }
     }
+    return 0;
 }
 
 // --- putting back -----------------------------------------------------------------
@@ -769,6 +774,7 @@ static int starts_word(const rctx *c, int t) {
 // Offsets of the target tokens in the decoded text: the pieces put
 // together as SentencePiece's decoder does (▁ is a space, the first one
 // dropped). When that does not give the decoded text, there are none.
+// 0, or -1: out of memory.
 static int token_offsets(rctx *c) {
     moa_buf b = {0};
     size_t *off = malloc((size_t)(c->n + 1) * sizeof *off);
@@ -792,9 +798,14 @@ static int token_offsets(rctx *c) {
         }
     }
     off[c->n] = b.n;
-    int ok = !b.oom;
+    if (b.oom) {  // out of memory: no restoring without offsets
+        free(b.s);
+        free(off);
+        return -1;
+    }
+    int ok = 1;
     size_t shift = 0;
-    if (ok && b.n == c->dn + 1 && b.s[0] == ' ') shift = 1;
+    if (b.n == c->dn + 1 && b.s[0] == ' ') shift = 1;
     ok = ok && b.n == c->dn + shift && (c->dn == 0 || !memcmp(b.s + shift, c->d, c->dn));
     free(b.s);
     if (!ok) {

@@ -154,7 +154,9 @@ int moa_protect_has_words(const moa_prot *p);
 int moa_protect_wants_alignment(const moa_prot *p);
 // Finds the sentinels (and the accelerator's word) among the ids of
 // p->masked (eos not included).
-void moa_protect_locate(moa_prot *p, const moa_tokenizer *tok, const int *ids, int n);
+// 0, or -1: out of memory (then the pairs' and the accelerator's source
+// tokens may be unknown; the caller gives up rather than restore worse).
+int moa_protect_locate(moa_prot *p, const moa_tokenizer *tok, const int *ids, int n);
 
 // Writes the translation hyp[0..n) (eos allowed) of p->masked to out, with
 // every item put back (item_text[i]/item_len[i]: what to put for item i,

@@ -255,6 +255,7 @@ int main(int argc, char **argv) {
     // OpenBLAS (concurrent calls are safe since OpenBLAS 0.3.7); one worker
     // may use compute_threads (bench/RESULTS.md: workers are faster).
     moa_set_num_threads(moa_conf_blas_threads(&srv.conf));
+    moa_api_init();  // cJSON's allocations, before any thread
 
     int status = 1;
     char err[1024];

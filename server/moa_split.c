@@ -191,7 +191,9 @@ static int split_halves(const char *t, size_t a, size_t b, const moa_span *keep,
         size_t m = mid;
         int s = span_at(keep, nk, m);
         if (s >= 0) m = keep[s].off;
-        while (m > a && ((unsigned char)t[m] & 0xC0) == 0x80) m--;
+        // (a stray continuation byte right after a span must not walk into it)
+        while (m > a && ((unsigned char)t[m] & 0xC0) == 0x80 && span_at(keep, nk, m - 1) < 0)
+            m--;
         if (m == a) {
             m = s >= 0 ? keep[s].off + keep[s].len : mid;
             while (m < b && ((unsigned char)t[m] & 0xC0) == 0x80) m++;
@@ -204,12 +206,22 @@ static int split_halves(const char *t, size_t a, size_t b, const moa_span *keep,
     return split_halves(t, r_start, b, keep, nk, fits, ctx, out, depth + 1);
 }
 
+// An end of trimmed text moved out of the kept span it falls inside: a
+// span's own whitespace is not trimmed (an unclosed tag runs to the end of
+// the text, trailing blanks included, and must not be cut).
+static size_t past_span(const moa_span *keep, int nk, size_t e) {
+    for (int s = 0; s < nk; s++)
+        if (e > keep[s].off && e < keep[s].off + keep[s].len) return keep[s].off + keep[s].len;
+    return e;
+}
+
 // A sentence [a, b): whole when it fits, else halved.
 static int push_sentence(const char *t, size_t a, size_t b, const moa_span *keep, int nk,
                          moa_fits_fn fits, void *ctx, moa_segs *out) {
     while (a < b && is_ws(t[a])) a++;
     size_t e = b;
     while (e > a && is_ws(t[e - 1])) e--;
+    e = past_span(keep, nk, e);
     if (e <= a) return moa_segs_push(out, a, b - a, 0);
     return split_halves(t, a, e, keep, nk, fits, ctx, out, 0) || moa_segs_push(out, e, b - e, 0);
 }
@@ -219,6 +231,7 @@ int moa_split(const char *t, size_t off, size_t len, const moa_span *keep, int n
     size_t a = off, b = off + len;
     while (a < b && is_ws(t[a])) a++;
     while (b > a && is_ws(t[b - 1])) b--;
+    b = past_span(keep, nk, b);
     if (moa_segs_push(out, off, a - off, 0)) return -1;
     if (b > a && !sentences && (!fits || fits(ctx, t + a, b - a))) {
         if (moa_segs_push(out, a, b - a, 1)) return -1;

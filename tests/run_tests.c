@@ -23,6 +23,7 @@ extern const moa_test_case moa_tests_split[];
 extern const moa_test_case moa_tests_protect[];
 extern const moa_test_case moa_tests_moses[];
 extern const moa_test_case moa_tests_bpe[];
+extern const moa_test_case moa_tests_api[];
 
 static const struct {
     const char *name;
@@ -36,6 +37,7 @@ static const struct {
     {"split", moa_tests_split},       {"protect", moa_tests_protect},
     {"moses", moa_tests_moses},
     {"bpe", moa_tests_bpe},
+    {"api", moa_tests_api},
 };
 
 int main(int argc, char **argv) {

@@ -3,6 +3,8 @@
 // invariants, traces, sessions. Uses tests/fixtures/models/tiny-random.
 #include "../model/moa_engine.c"
 
+#include <limits.h>
+
 #include "moa_test.h"
 #include "moa_tokenizer.h"
 
@@ -675,6 +677,62 @@ static void test_empty_source(void) {
     moa_model_free(m);
 }
 
+// Sentence ids wrap from INT_MAX to 0 without overflowing, and an id still
+// held (a queued or live sentence, a result not yet taken) is skipped: the
+// counter is set near the limit through the session's field (this file
+// includes the engine).
+static void test_session_ids_wrap(void) {
+    moa_model *m = load_tiny();
+    corpus c = load_corpus(5);
+    moa_search_opts o;
+    moa_search_opts_default(&o);
+    o.beam_size = 2;
+    moa_session *ref = moa_session_create(m, 10, NULL, 0);
+    moa_result *want = translate_all(ref, &c, &o);
+    moa_session *s = moa_session_create(m, 10, NULL, 0);
+    char err[256];
+    int ids[5];
+    s->next_id = INT_MAX - 1;
+    for (int i = 0; i < 3; i++)
+        ids[i] = moa_session_add(s, c.ids[i], c.len[i], &o, (void *)(intptr_t)i, err, sizeof err);
+    ASSERT_EQ_INT(ids[0], INT_MAX - 1);
+    ASSERT_EQ_INT(ids[1], INT_MAX);
+    ASSERT_EQ_INT(ids[2], 0);
+    // back to just below the limit: the three ids in use are skipped
+    s->next_id = INT_MAX - 1;
+    ids[3] = moa_session_add(s, c.ids[3], c.len[3], &o, (void *)(intptr_t)3, err, sizeof err);
+    ASSERT_EQ_INT(ids[3], 1);
+    for (int steps = 0; moa_session_live(s) > 0; steps++) {
+        ASSERT_TRUE(moa_session_step(s) >= 0);
+        ASSERT_TRUE(steps < 10000);
+    }
+    // the four results wait untaken: their ids are still held
+    s->next_id = 0;
+    ids[4] = moa_session_add(s, c.ids[4], c.len[4], &o, (void *)(intptr_t)4, err, sizeof err);
+    ASSERT_EQ_INT(ids[4], 2);
+    for (int steps = 0; moa_session_live(s) > 0; steps++) {
+        ASSERT_TRUE(moa_session_step(s) >= 0);
+        ASSERT_TRUE(steps < 10000);
+    }
+    int got = 0;
+    moa_result r;
+    while (moa_session_take(s, &r) == 1) {
+        int i = (int)(intptr_t)r.user;
+        ASSERT_EQ_INT(r.id, ids[i]);
+        ASSERT_EQ_INT(r.hyps[0].n_tokens, want[i].hyps[0].n_tokens);
+        for (int t = 0; t < r.hyps[0].n_tokens; t++)
+            ASSERT_EQ_INT(r.hyps[0].tokens[t], want[i].hyps[0].tokens[t]);
+        moa_result_clear(&r);
+        got++;
+    }
+    ASSERT_EQ_INT(got, 5);
+    results_free(want, c.n);
+    moa_session_free(s);
+    moa_session_free(ref);
+    corpus_free(&c);
+    moa_model_free(m);
+}
+
 const moa_test_case moa_tests_engine[] = {
     {"grouped_products_match_naive", test_grouped_products_match_naive},
     {"batching_invariance_greedy", test_batching_invariance_greedy},
@@ -691,5 +749,6 @@ const moa_test_case moa_tests_engine[] = {
     {"no_allocation_in_steady_flow", test_no_allocation_in_steady_flow},
     {"bad_input_rejected", test_bad_input_rejected},
     {"empty_source", test_empty_source},
+    {"session_ids_wrap", test_session_ids_wrap},
     {NULL, NULL},
 };
