@@ -119,8 +119,9 @@ $(WEB_OBJ): $(WEB_C) server/moa_web.h
 $(SERVER): $(SERVER_OBJ) $(WEB_OBJ) $(LIB)
 	$(CC) $(LDFLAGS) -pthread $^ $(SERVER_LIBS) $(LDLIBS) -o $@
 
-include tests/fuzz/fuzz.mk
-include tests/oom/oom.mk
+# Optional: the Docker build context has no tests/ (.dockerignore).
+-include tests/fuzz/fuzz.mk
+-include tests/oom/oom.mk
 
 # --- dependencies --------------------------------------------------------------
 
