@@ -14,6 +14,13 @@
 #   4. export (F32; for the default model also the F16-vs-F32 score check)
 #   5. evaluation with the C CLI (beam 4) -> config.json `metrics`, train/RESULTS.md
 #
+# Pausing (to benchmark, or before a machine goes away): SIGTERM or SIGINT to
+# the trainer, e.g. `pkill -TERM -f train/train.py` or Ctrl+C, finishes the
+# update in progress, writes the checkpoint and stops (exit 75, the script
+# too); the same command resumes from there with the same results per update.
+# MOA_TRAIN_MINUTES counts the training clock, which carries on from the
+# MOA_INIT_FROM model's minute: raise it to train further.
+#
 # Environment:
 #   MOA_CORPUS         corpus directory (default: ../shared/corpus next to the repo)
 #   MOA_TRAIN_MINUTES  training-time budget in minutes (default 120; tiny 5)
@@ -27,6 +34,9 @@
 #                      to the kernel, for the trainer only (train/RESULTS.md §6:
 #                      faster here, the same results per update); 0: glibc's
 #                      defaults
+#   MOA_TRAIN_CORETYPE OpenBLAS kernels for the trainer only (default: SkylakeX on
+#                      a CPU with AVX-512 F/BW/VL, else the environment's
+#                      OPENBLAS_CORETYPE); tests, the C engine and CI keep theirs
 #   MOA_WORK, MOA_OUT  override the work and output directories
 #   MOA_UNTIL          stop after this stage (1-5; default 5)
 set -euo pipefail
@@ -147,19 +157,37 @@ if need_train; then
   # On these machines a fresh page costs microseconds to touch and PyTorch
   # allocates a new buffer for every large result; glibc keeping its freed
   # memory saves most of that (train/RESULTS.md §6). Only the trainer gets
-  # this environment: tests, the C engine and CI keep theirs. OpenBLAS's
-  # kernels stay the environment's choice (OPENBLAS_CORETYPE): left to
-  # itself, Debian's OpenBLAS takes this VM's masked CPU for a Prescott.
-  TENV=()
+  # this environment: tests, the C engine and CI keep theirs.
+  TENV=(env)
   if [ "${MOA_TRAIN_MALLOC:-1}" = 1 ]; then
-    TENV=(env MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
-          MALLOC_TOP_PAD_=1073741824)
+    TENV+=(MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296
+           MALLOC_TOP_PAD_=1073741824)
   fi
+  # OpenBLAS's AVX-512 kernels (SkylakeX) train 1.4x as fast as its Haswell
+  # ones on an AVX-512 CPU (train/RESULTS.md §6); named, because left to
+  # itself Debian's OpenBLAS takes this VM's masked CPU for a Prescott.
+  CORETYPE=${MOA_TRAIN_CORETYPE:-}
+  if [ -z "$CORETYPE" ] && grep -qw avx512f /proc/cpuinfo 2>/dev/null \
+     && grep -qw avx512bw /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo; then
+    CORETYPE=SkylakeX
+  fi
+  [ -z "$CORETYPE" ] || TENV+=(OPENBLAS_CORETYPE="$CORETYPE")
+  say "   trainer: OpenBLAS core ${CORETYPE:-${OPENBLAS_CORETYPE:-detected}}, glibc malloc settings ${MOA_TRAIN_MALLOC:-1}"
+  # SIGTERM/SIGINT pause the trainer (it checkpoints and exits 75); this
+  # script waits for that and stops too, so re-running it resumes.
+  trap ':' TERM INT
+  rc=0
   # shellcheck disable=SC2086
   "${TENV[@]}" $PY train/train.py --data "$WORK/data" --work "$WORK/run" --spm "$WORK/spm.model" \
     --vocab "$WORK/vocab.txt" --corpus "$CORPUS" --threads "$THREADS" --seed 1 \
     $ARCH $OPTIM --time-budget-minutes "$MINUTES" \
-    --save-fairseq "$WORK/run/checkpoint_fairseq.pt" "${INIT[@]}" ${MOA_TRAIN_FLAGS:-}
+    --save-fairseq "$WORK/run/checkpoint_fairseq.pt" "${INIT[@]}" ${MOA_TRAIN_FLAGS:-} || rc=$?
+  trap - TERM INT
+  if [ "$rc" = 75 ]; then
+    say "   training paused (checkpoint written); run the same command again to resume"
+    exit 75
+  fi
+  [ "$rc" = 0 ] || exit "$rc"
 else
   say "3. training: $WORK/run/done.json exists"
 fi

@@ -22,6 +22,9 @@ corpus cache of train/data.py.
   that model stopped (times a linear re-warm-up over --init-warmup updates,
   because Adam's moment estimates start from zero) and the log's clock keeps
   counting from that model's minute. A checkpoint in WORK wins over it.
+- Pausing: SIGTERM or SIGINT lets the update in progress finish, writes the
+  checkpoint and exits with status 75; the same command resumes from it with
+  the same results per update as an uninterrupted run.
 
     /usr/bin/python3 train/train.py --data build/model/data --work build/model/run \\
         --spm build/model/spm.model --vocab build/model/vocab.txt --time-budget-minutes 120
@@ -37,6 +40,7 @@ import argparse
 import json
 import math
 import random
+import signal
 import sys
 import time
 from typing import Any, Dict, List, Optional
@@ -51,6 +55,7 @@ import data as datamod  # noqa: E402
 import moa_reference as ref  # noqa: E402
 
 CKPT = "checkpoint_last.pt"
+PAUSED = 75  # exit status after SIGTERM/SIGINT: checkpoint written, rerun to resume
 ARCH_KEYS = ["d_model", "encoder_layers", "decoder_layers", "ffn_dim", "num_experts",
              "top_k", "head_dim", "activation", "normalize_before"]
 
@@ -519,7 +524,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     acc = {"loss": 0.0, "nll": 0.0, "switch": 0.0, "z": 0.0, "tok": 0, "secs": 0.0,
            "cpu": 0.0, "n": 0, "counts": np.zeros((len(names), cfg["num_experts"]), dtype=np.int64)}
     stop_reason = None
+    # SIGTERM or SIGINT pauses the run: the update in progress finishes, a
+    # checkpoint is written and the process exits with PAUSED; the same
+    # command resumes exactly there (benchmarks need the cores to themselves).
+    pause = {"signal": None}
+
+    def on_signal(signum, _frame) -> None:
+        pause["signal"] = signal.Signals(signum).name
+
+    old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     while True:
+        if pause["signal"]:
+            checkpoint()
+            log("pause", signal=pause["signal"], step=step, epoch=epoch,
+                train_seconds=round(train_secs, 1))
+            for sig, h in old_handlers.items():
+                signal.signal(sig, h)
+            return PAUSED
         if train_secs >= budget:
             stop_reason = "time budget"
         elif a.max_updates and step >= a.max_updates:

@@ -675,6 +675,49 @@ class TrainerTest(unittest.TestCase):
         self.assertEqual(p.returncode, 1)
         self.assertIn("has 3 snapshots", p.stderr)
 
+    def test_f_sigterm_pauses_with_a_checkpoint_and_resumes_exactly(self):
+        # A run long enough never to end by itself here; SIGTERM once its
+        # first update is logged (a state, not a time): whichever update it
+        # lands in finishes, the checkpoint holds it, the exit status is 75.
+        work = os.path.join(self.tmp, "paused")
+        env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1")
+        proc = subprocess.Popen([PYTHON, TRAIN] + self.train_args(
+            work, "--seed", str(SEED), "--max-updates", "100000", "--no-final-eval"),
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        try:
+            for line in proc.stdout:
+                if line.startswith("{") and json.loads(line)["type"] == "train":
+                    proc.send_signal(15)
+                    break
+            proc.stdout.read()
+            rc = proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        self.assertEqual(rc, 75)
+        log = _read_log(work)
+        pause = [r for r in log if r["type"] == "pause"]
+        self.assertEqual(len(pause), 1)
+        self.assertEqual(pause[0]["signal"], "SIGTERM")
+        at = pause[0]["step"]
+        self.assertGreaterEqual(at, 1)
+        self.assertFalse(any(r["type"] == "stop" for r in log))
+        ck = self.ckpt(work)
+        self.assertEqual(ck["scheduler"]["step"], at)
+        self.assertFalse(ck["done"])
+        # The same command, bounded two updates further, against a run that
+        # was never paused.
+        _run([PYTHON, TRAIN] + self.train_args(work, "--seed", str(SEED), "--max-updates",
+                                               str(at + 2), "--no-final-eval"),
+             "train.py (after the pause)")
+        whole = self.ckpt(self.train(f"unpaused-{at + 2}", "--seed", str(SEED), "--max-updates",
+                                     str(at + 2), "--no-final-eval"))
+        res = self.ckpt(work)
+        self.assertEqual(res["scheduler"]["step"], at + 2)
+        self.assertEqual(_equal_nested(res["model"], whole["model"]), [],
+                         "weights after pause and resume differ from the unpaused run's")
+        self.assertEqual(_equal_nested(res["optimizer"], whole["optimizer"]), [])
+
 
 if __name__ == "__main__":
     unittest.main()
