@@ -211,6 +211,22 @@ void moa_logsumexp_rows(const float *x, int n, int v, float *lse) {
     }
 }
 
+void moa_lse_add(moa_lse_acc *a, const float *x, int n) {
+    if (n <= 0) return;
+    float mx = row_max(x, n);
+    if (mx == -INFINITY) return;
+    if (mx > a->mx) {
+        // what was summed against the old maximum, against the new one
+        if (a->mx != -INFINITY) a->sum *= exp((double)a->mx - (double)mx);
+        a->mx = mx;
+    }
+    a->sum += sum_exp(x, n, a->mx);
+}
+
+float moa_lse_value(const moa_lse_acc *a) {
+    return a->mx == -INFINITY ? -INFINITY : a->mx + (float)log(a->sum);
+}
+
 void moa_log_softmax(float *x, int n, int v) {
     for (int i = 0; i < n; i++) {
         float *r = x + (size_t)i * v;

@@ -74,6 +74,15 @@ typedef struct moa_config {
 
 typedef struct moa_model moa_model;
 
+// Arithmetic of the products with fixed weights (FFN, K/V, each expert's Q
+// and O, the output projection), chosen at load; the model directory stays
+// float32 and the weights are converted once (docs/moa-spec.md §9).
+typedef enum {
+    MOA_PREC_F32 = 0,       // float32 (the reference)
+    MOA_PREC_BF16 = 1,      // bfloat16 weights and inputs, float32 sums
+    MOA_PREC_INT8 = 2,      // int8 weights (scale per output row), int8 inputs
+} moa_precision;
+
 // Loads a model directory (config.json, model.safetensors; vocab.txt and
 // sentencepiece.model are the tokenizer's). Returns NULL on failure and writes
 // a message naming the file and the problem into err (may be NULL).

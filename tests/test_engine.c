@@ -94,8 +94,8 @@ static void grouped_products_match_naive(int packed) {
     moa_packed qp[5], op[5];
     float *buf[10] = {0};
     for (int e = 0; e < E; e++) {
-        qp[e] = (moa_packed){qw + e * d * h, NULL, h, d, 1};
-        op[e] = (moa_packed){ow + e * h * d, NULL, d, h, 1};
+        qp[e] = (moa_packed){.w = qw + e * d * h, .n = h, .k = d, .kn = 1};
+        op[e] = (moa_packed){.w = ow + e * h * d, .n = d, .k = h, .kn = 1};
         if (!packed) continue;
         buf[2 * e] = aligned_alloc(64, sizeof(float) * moa_pack_floats(h, d));
         buf[2 * e + 1] = aligned_alloc(64, sizeof(float) * moa_pack_floats(d, h));
