@@ -115,6 +115,8 @@ struct moa_model {
     float *positions;               // (max_positions + pad_id + 2) × d sinusoids
     int n_positions;                // rows in positions
     size_t f32_bytes;               // float32 size of all weights used
+    moa_precision precision;        // of the packed products (moa_load_opts)
+    size_t weight_bytes;            // the packed products' weights in that precision
 };
 
 // --- loader pieces (model/moa_load.c), exposed for tests ---------------

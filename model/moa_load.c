@@ -854,19 +854,46 @@ static int bind_model(loader *L) {
 
 // --- packed copies of the big weight matrices (model/moa_packed.c) -------
 
-// w is n×k, or k×n when kn.
+// Bytes rounded up to whole floats of an owned block.
+static uint64_t floats_for(size_t bytes) { return (bytes + sizeof(float) - 1) / sizeof(float); }
+static size_t align64(size_t n) { return (n + 63) / 64 * 64; }
+
+// w is n×k, or k×n when kn. The copy is in the model's precision: float32
+// panels where the AVX-512 path runs (else none: OpenBLAS reads w), bf16 or
+// int8 panels always (model/moa_quant.c). One owned block each.
 static int pack_one(moa_model *m, moa_packed *pk, const float *w, int n, int k, int kn) {
+    memset(pk, 0, sizeof *pk);
     pk->w = w;
-    pk->p = NULL;
     pk->n = n;
     pk->k = k;
     pk->kn = kn;
-    if (!moa_pack_available()) return 0;
-    float *dst = owned_alloc(m, moa_pack_floats(n, k));
-    if (!dst) return MOA_ENOMEM;
-    if (kn) moa_pack_weights_kn(dst, w, k, n);
-    else moa_pack_weights(dst, w, n, k);
-    pk->p = dst;
+    if (m->precision == MOA_PREC_INT8) {
+        size_t q = align64(moa_pack_i8_bytes(n, k)), cols = moa_pack_i8_cols(n);
+        char *dst = (char *)owned_alloc(m, floats_for(q + 2 * cols * sizeof(float)));
+        if (!dst) return MOA_ENOMEM;
+        float *qs = (float *)(dst + q);
+        int32_t *qsum = (int32_t *)(qs + cols);
+        moa_pack_i8((int8_t *)dst, qs, qsum, w, n, k, kn);
+        pk->pq = (const int8_t *)dst;
+        pk->qs = qs;
+        pk->qsum = qsum;
+        m->weight_bytes += q + 2 * cols * sizeof(float);
+    } else if (m->precision == MOA_PREC_BF16) {
+        size_t b = moa_pack_bf16_bytes(n, k);
+        uint16_t *dst = (uint16_t *)owned_alloc(m, floats_for(b));
+        if (!dst) return MOA_ENOMEM;
+        moa_pack_bf16(dst, w, n, k, kn);
+        pk->pb = dst;
+        m->weight_bytes += b;
+    } else {
+        m->weight_bytes += (size_t)n * k * sizeof(float);
+        if (!moa_pack_available()) return 0;
+        float *dst = owned_alloc(m, moa_pack_floats(n, k));
+        if (!dst) return MOA_ENOMEM;
+        if (kn) moa_pack_weights_kn(dst, w, k, n);
+        else moa_pack_weights(dst, w, n, k);
+        pk->p = dst;
+    }
     m->n_packed++;
     // Packing read the whole tensor into this process's memory. Where it
     // lies in the read-only mapping, give those pages back: the packed copy
@@ -885,7 +912,8 @@ static int pack_one(moa_model *m, moa_packed *pk, const float *w, int n, int k, 
 
 // Every product with a fixed weight matrix: K/V and each expert's Q and O
 // of each attention module, both FFN products, the output projection (the
-// router's d×E is too narrow to gain).
+// router's d×E is too narrow to gain, and stays float32 in every precision:
+// its top-k is a discontinuous choice, spec §9).
 static int pack_model(moa_model *m) {
     const moa_config *c = &m->cfg;
     int d = c->d_model, h = c->head_dim, F = c->ffn_dim, E = c->num_experts, rc = 0;
@@ -995,7 +1023,8 @@ static int load_safetensors(moa_model *m, const char *path, char *err,
     if ((rc = parse_entries(&L))) goto fail_tensors;
     if ((rc = bind_model(&L))) goto fail_tensors;
     if ((rc = pack_model(m))) {
-        rc = fail(err, errlen, rc, "%s: out of memory packing the weights", path);
+        rc = fail(err, errlen, rc, "%s: out of memory converting the weights to %s", path,
+                  moa_precision_name(m->precision));
         goto fail_tensors;
     }
 
@@ -1052,10 +1081,48 @@ int moa_positions_init(moa_model *m) {
 
 // --- model -------------------------------------------------------------------
 
+// --- precision -----------------------------------------------------------------
+
+static const char *const prec_names[] = {"f32", "bf16", "int8"};
+
+const char *moa_precision_name(moa_precision p) {
+    return (unsigned)p < 3 ? prec_names[p] : "?";
+}
+
+int moa_precision_parse(const char *s, moa_precision *out) {
+    for (int i = 0; s && i < 3; i++)
+        if (strcmp(s, prec_names[i]) == 0) {
+            *out = (moa_precision)i;
+            return 0;
+        }
+    return MOA_EINVAL;
+}
+
+void moa_load_opts_default(moa_load_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->precision = MOA_PREC_F32;
+}
+
 moa_model *moa_model_load(const char *dir, char *err, size_t errlen) {
+    moa_load_opts o;
+    moa_load_opts_default(&o);
+    return moa_model_load_opts(dir, &o, err, errlen);
+}
+
+moa_model *moa_model_load_opts(const char *dir, const moa_load_opts *opts, char *err,
+                               size_t errlen) {
     if (err && errlen) err[0] = '\0';
     if (!dir || !*dir) {
         fail(err, errlen, MOA_EINVAL, "moa_model_load: no model directory");
+        return NULL;
+    }
+    if (!opts || (unsigned)opts->precision > MOA_PREC_INT8) {
+        fail(err, errlen, MOA_EINVAL, "moa_model_load: unknown precision");
+        return NULL;
+    }
+    if (opts->precision != MOA_PREC_F32 && !moa_q_available()) {
+        fail(err, errlen, MOA_EINVAL, "precision %s needs a CPU with AVX2 and FMA",
+             moa_precision_name(opts->precision));
         return NULL;
     }
     moa_model *m = calloc(1, sizeof *m);
@@ -1063,6 +1130,7 @@ moa_model *moa_model_load(const char *dir, char *err, size_t errlen) {
         fail(err, errlen, MOA_ENOMEM, "%s: out of memory", dir);
         return NULL;
     }
+    m->precision = opts->precision;
     size_t dl = strlen(dir);
     while (dl > 1 && dir[dl - 1] == '/') dl--;  // "dir/" names "dir"
     if (dl >= sizeof m->dir) {
@@ -1114,3 +1182,12 @@ const moa_config *moa_model_config(const moa_model *m) { return &m->cfg; }
 const char *moa_model_dir(const moa_model *m) { return m->dir; }
 
 size_t moa_model_f32_bytes(const moa_model *m) { return m->f32_bytes; }
+
+moa_precision moa_model_precision(const moa_model *m) { return m->precision; }
+
+size_t moa_model_weight_bytes(const moa_model *m) { return m->weight_bytes; }
+
+const char *moa_model_kernels(const moa_model *m) {
+    if (m->precision != MOA_PREC_F32) return moa_q_kernel_name(m->precision);
+    return moa_get_num_threads() == 1 ? moa_gemm_path() : "OpenBLAS (several threads)";
+}

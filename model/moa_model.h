@@ -87,13 +87,33 @@ typedef enum {
 // sentencepiece.model are the tokenizer's). Returns NULL on failure and writes
 // a message naming the file and the problem into err (may be NULL).
 // Thread-safe; the returned model is read-only and shareable.
+// moa_model_load uses the defaults of moa_load_opts_default (float32).
 moa_model *moa_model_load(const char *dir, char *err, size_t errlen);
 void moa_model_free(moa_model *m);  // NULL is a no-op
+
+// How to load: what is chosen once per process, not per sentence.
+typedef struct moa_load_opts {
+    moa_precision precision;    // default MOA_PREC_F32; bf16 and int8 need AVX2
+} moa_load_opts;
+void moa_load_opts_default(moa_load_opts *o);
+moa_model *moa_model_load_opts(const char *dir, const moa_load_opts *o, char *err,
+                               size_t errlen);
+
+// "f32", "bf16", "int8"; and back (0, or MOA_EINVAL for anything else).
+const char *moa_precision_name(moa_precision p);
+int moa_precision_parse(const char *s, moa_precision *out);
 
 const moa_config *moa_model_config(const moa_model *m);
 const char *moa_model_dir(const moa_model *m);
 // Bytes the weights take as float32 (what a fully widened model occupies).
 size_t moa_model_f32_bytes(const moa_model *m);
+moa_precision moa_model_precision(const moa_model *m);
+// Bytes of the converted weights of the products moa_load_opts.precision
+// applies to (float32: their float32 size).
+size_t moa_model_weight_bytes(const moa_model *m);
+// What the products with fixed weights run on, in words, for logs: the
+// precision and the kernel this CPU gets (after moa_set_num_threads).
+const char *moa_model_kernels(const moa_model *m);
 
 // --- threads ----------------------------------------------------------------
 

@@ -88,7 +88,10 @@ static int probe(const moa_conf *c) {
 
 static int load_model(moa_server *srv, char *err, size_t errlen) {
     const moa_conf *c = &srv->conf;
-    srv->model = moa_model_load(c->model, err, errlen);
+    moa_load_opts lo;
+    moa_load_opts_default(&lo);
+    lo.precision = (moa_precision)c->precision;
+    srv->model = moa_model_load_opts(c->model, &lo, err, errlen);
     if (!srv->model) return -1;
     srv->cfg = moa_model_config(srv->model);
     srv->tok = moa_tokenizer_load(c->model, err, errlen);
@@ -104,9 +107,11 @@ static int load_model(moa_server *srv, char *err, size_t errlen) {
         snprintf(srv->model_name, sizeof srv->model_name, "%.150s", b && b[1] ? b + 1 : c->model);
     }
     // The cache lives as long as the process, and the process serves one
-    // model: name + directory + size of the weights is identification enough.
-    snprintf(srv->model_key, sizeof srv->model_key, "%.150s|%.300s|%zu", srv->model_name, c->model,
-             moa_model_f32_bytes(srv->model));
+    // model: name + directory + size of the weights + precision is
+    // identification enough.
+    snprintf(srv->model_key, sizeof srv->model_key, "%.150s|%.300s|%zu|%s", srv->model_name,
+             c->model, moa_model_f32_bytes(srv->model),
+             moa_precision_name(moa_model_precision(srv->model)));
     if (c->cache_size > 0 && !(srv->cache = moa_cache_create(c->cache_size))) {
         snprintf(err, errlen, "out of memory for the cache");
         return -1;
@@ -141,8 +146,10 @@ static void log_start(const moa_server *srv, double load_s) {
             "(UV_THREADPOOL_SIZE=%s)", workers,
             moa_blas_corename(), moa_get_num_threads(), c->http_threads,
             getenv("UV_THREADPOOL_SIZE"));
-    moa_log(MOA_LOG_INFO, "matrix products: %s", moa_get_num_threads() == 1 ? moa_gemm_path()
-                                                  : "OpenBLAS (several threads)");
+    moa_log(MOA_LOG_INFO, "precision %s: matrix products: %s; their weights %.1f MB (%.1f MB "
+            "as float32)", moa_precision_name(moa_model_precision(srv->model)),
+            moa_model_kernels(srv->model), (double)moa_model_weight_bytes(srv->model) / 1e6,
+            (double)moa_model_f32_bytes(srv->model) / 1e6);
     moa_log(MOA_LOG_INFO, "limits: max_inflight %d sentences, max_batch_rows %d (per worker: "
             "%d sentences, %d rows), max_queue %d, max_body %ld, max_texts %d, max_chars %d, timeout %g s, "
             "cache %d, heads %s", c->max_inflight, c->max_batch_rows,
