@@ -640,9 +640,9 @@ static int decode_rows(moa_session *s, int R) {
     if (c->normalize_before)
         moa_layernorm(w->x, w->x, R, d, m->dec_final_ln.w, m->dec_final_ln.b,
                       c->layernorm_eps);
-    // logits (R×V) = x (R×d) @ out_projᵀ
-    moa_gemm_w(R, w->x, d, &m->out_p, 1.0f, 0.0f, s->logits, V);
-    moa_logsumexp_rows(s->logits, R, V, s->lse);
+    // logits (R×V) = x (R×d) @ out_projᵀ, each row's log-sum-exp folded in
+    // by the product as its tiles come out (no second pass over R×V)
+    moa_gemm_w_lse(R, w->x, d, &m->out_p, s->logits, V, s->lse);
     return 0;
 }
 
