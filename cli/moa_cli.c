@@ -66,7 +66,7 @@ enum {
     OPT_MODEL = 256, OPT_INPUT, OPT_OUTPUT, OPT_BEAM, OPT_NBEST, OPT_LENPEN,
     OPT_MAXLEN, OPT_MINLEN, OPT_NOUNK, OPT_TOPK, OPT_TOPP, OPT_TEMP, OPT_SEED,
     OPT_THREADS, OPT_BLAS_THREADS, OPT_BATCH, OPT_SCORE, OPT_TRACE, OPT_JSON, OPT_VERBOSE,
-    OPT_VERSION, OPT_HELP, OPT_PRECISION,
+    OPT_VERSION, OPT_HELP, OPT_PRECISION, OPT_SHORTLIST,
 };
 
 static const struct option long_opts[] = {
@@ -87,6 +87,7 @@ static const struct option long_opts[] = {
     {"blas-threads", required_argument, NULL, OPT_BLAS_THREADS},
     {"batch", required_argument, NULL, OPT_BATCH},
     {"precision", required_argument, NULL, OPT_PRECISION},
+    {"shortlist", no_argument, NULL, OPT_SHORTLIST},
     {"score", required_argument, NULL, OPT_SCORE},
     {"trace", no_argument, NULL, OPT_TRACE},
     {"json", no_argument, NULL, OPT_JSON},
@@ -177,6 +178,12 @@ static void print_help(FILE *f) {
         "                       Routers, layer norms, softmax and attention stay\n"
         "                       float32. bf16 and int8 need a CPU with AVX2 and use\n"
         "                       one thread per product\n"
+        "  --shortlist          run each sentence's output projection and softmax over\n"
+        "                       its candidate pieces only (the vocabulary shortlist in\n"
+        "                       DIR/shortlist.tsv: what its source pieces translate\n"
+        "                       to, the frequent pieces, the specials; docs/moa-spec.md\n"
+        "                       section 9). Scores and log-probs are then normalised\n"
+        "                       over that set. An error when the file is missing\n"
         "\n"
         "Other:\n"
         "  --verbose            on stderr: model, BLAS core and threads, and at the\n"
@@ -319,6 +326,7 @@ static int parse_args(int argc, char **argv, cli_args *a) {
             if (moa_precision_parse(optarg, &a->load.precision) != 0)
                 r = usage_error("--precision '%s': expected f32, bf16 or int8", optarg);
             break;
+        case OPT_SHORTLIST: a->load.shortlist = 1; break;
         case OPT_TRACE: a->trace = 1; a->json = 1; break;
         case OPT_JSON: a->json = 1; break;
         case OPT_VERBOSE: a->verbose = 1; break;
@@ -859,6 +867,11 @@ static void print_model_info(const moa_model *m, const cli_args *a) {
     fprintf(stderr, CLI_NAME ": precision %s: matrix products: %s; their weights %.1f MB\n",
             moa_precision_name(moa_model_precision(m)), moa_model_kernels(m),
             (double)moa_model_weight_bytes(m) / 1e6);
+    int n_src = 0, n_always = 0;
+    if (moa_model_shortlist(m, &n_src, &n_always))
+        fprintf(stderr, CLI_NAME ": vocabulary shortlist: %d source pieces listed, %d always "
+                "candidates (scores normalised over each sentence's candidates)\n", n_src,
+                n_always);
     const moa_search_opts *o = &a->opts;
     if (a->score)
         fprintf(stderr, CLI_NAME ": scoring %s\n", a->score);

@@ -52,8 +52,9 @@ typedef struct moa_rows {
     int n, k, ld;
     const float *f;                 // f32 rows (the stored tensor: ld == k)
     const uint16_t *b;              // bf16 rows, ld a multiple of 16
-    const int8_t *q;                // int8 rows, ld a multiple of 32
+    const int8_t *q;                // int8 rows, ld a multiple of 64
     const float *qs;                // int8: n scales, max |row| / 127
+    const int32_t *qsum;            // int8: n values, 128 · Σ_k of the row's int8s
 } moa_rows;
 
 typedef struct moa_ln_w {
@@ -92,6 +93,17 @@ typedef struct moa_dec_layer {
     moa_ln_w final_ln;
 } moa_dec_layer;
 
+// The vocabulary shortlist (DIR/shortlist.tsv, spec §9): the pieces always
+// among a sentence's candidates (beside the specials 0-3, always added), and
+// each source piece's target pieces.
+typedef struct moa_shortlist {
+    int *always;                    // n_always ids
+    int n_always;
+    int *off;                       // vocab_size + 1: piece s lists ids[off[s] .. off[s+1])
+    int *ids;
+    int n_sources;                  // source pieces with a line in the file
+} moa_shortlist;
+
 struct moa_model {
     moa_config cfg;
     char dir[4096];
@@ -117,7 +129,17 @@ struct moa_model {
     size_t f32_bytes;               // float32 size of all weights used
     moa_precision precision;        // of the packed products (moa_load_opts)
     size_t weight_bytes;            // the packed products' weights in that precision
+    moa_shortlist *shortlist;       // NULL: every step over the whole vocabulary
+    moa_rows out_rows;              // with a shortlist: out_proj as rows, in the precision
 };
+
+// Max bytes of a shortlist file.
+#define MOA_SHORTLIST_MAX_BYTES ((size_t)256 << 20)
+// Parses shortlist text (spec §9) for a vocabulary of V pieces; path names
+// the file in messages. NULL with a message on failure. Exposed for tests.
+moa_shortlist *moa_shortlist_parse(const char *text, size_t len, int V, const char *path,
+                                   char *err, size_t errlen);
+void moa_shortlist_free(moa_shortlist *s);
 
 // --- loader pieces (model/moa_load.c), exposed for tests ---------------
 
@@ -140,6 +162,9 @@ float moa_bf16_to_f32(uint16_t h);
 void moa_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
               const float *a, int lda, const float *b, int ldb, float beta,
               float *c, int ldc);
+// out (n×E) = x (n×d) · w (d×E) with each value summed in a fixed order
+// (row-wise FMA chains): the same bits for a row in any batch.
+void moa_gemm_rowwise(int n, int E, int d, const float *x, const float *w, float *out);
 // Adds n to the process-wide FLOP counter (moa_flop_count).
 void moa_count_flops(uint64_t n);
 // The same product as three plain loops, for tests.
@@ -223,7 +248,7 @@ void moa_pack_i8(int8_t *dst, float *qs, int32_t *qsum, const float *w, int n, i
 // Row layouts for moa_gemm_rows: n rows of moa_rows_ld(prec, k) elements.
 int moa_rows_ld(moa_precision prec, int k);
 void moa_rows_bf16(uint16_t *dst, const float *w, int n, int k);
-void moa_rows_i8(int8_t *dst, float *qs, const float *w, int n, int k);
+void moa_rows_i8(int8_t *dst, float *qs, int32_t *qsum, const float *w, int n, int k);
 
 // C (m×n) = alpha · A (m×k) · Wᵀ + beta · C (beta 0 or 1) with w->pb / w->pq,
 // one thread; lse (NULL: not wanted) as moa_gemm_w_lse. A row's result does
@@ -235,7 +260,8 @@ void moa_gemm_i8(int m, const float *a, int lda, const moa_packed *w, float alph
 // The product over chosen rows of W: C[i][j] = A_i · W[ids[j]] for i < m,
 // j < nid, and lse[i] over those nid values (NULL: not wanted). Each value is
 // summed in a fixed order of its own (eight lanes, then a fixed tree), so it
-// depends on neither m nor the other ids.
+// depends on neither m nor the other ids. int8 rows run on AVX512_VNNI
+// where the CPU has it (the same bits as AVX2: exact integer sums).
 void moa_gemm_rows(int m, const float *a, int lda, const moa_rows *w, const int *ids, int nid,
                    float *c, int ldc, float *lse);
 
@@ -277,8 +303,10 @@ typedef struct moa_cand {
 
 // Sets the tokens that may not be produced at this step to -inf (spec §4):
 // pad and bos always, unk with no_unk, eos while n_tokens < min_length,
-// everything but eos once n_tokens == max_len.
-void moa_mask_row(float *lp, const moa_config *cfg, const moa_search_opts *o,
+// everything but eos once n_tokens == max_len. The row holds v values whose
+// first four are the specials (the whole vocabulary, or a shortlist's
+// candidates).
+void moa_mask_row(float *lp, int v, const moa_config *cfg, const moa_search_opts *o,
                   int n_tokens, int max_len);
 
 // The best `want` candidates over n_hyp rows of v logits, ranked by score

@@ -58,6 +58,32 @@ void moa_gemm_naive(int trans_a, int trans_b, int m, int n, int k,
     }
 }
 
+// out (n×E) = x (n×d) · w (d×E), each value one chain over d in order (eight
+// experts at a time in a vector's lanes): a row's result depends on nothing
+// but that row, whatever n is, unlike OpenBLAS, whose blocking can round a
+// row differently in another batch.
+void moa_gemm_rowwise(int n, int E, int d, const float *x, const float *w, float *out) {
+    moa_count_flops(2ull * n * E * d);
+    for (int r = 0; r < n; r++) {
+        const float *xr = x + (size_t)r * d;
+        float *o = out + (size_t)r * E;
+        int e = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+        for (; e + 8 <= E; e += 8) {
+            __m256 acc = _mm256_setzero_ps();
+            for (int j = 0; j < d; j++)
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(xr[j]), _mm256_loadu_ps(w + (size_t)j * E + e), acc);
+            _mm256_storeu_ps(o + e, acc);
+        }
+#endif
+        for (; e < E; e++) {
+            float acc = 0.0f;
+            for (int j = 0; j < d; j++) acc = fmaf(xr[j], w[(size_t)j * E + e], acc);
+            o[e] = acc;
+        }
+    }
+}
+
 // --- threads ---------------------------------------------------------------
 
 void moa_set_num_threads(int n) {

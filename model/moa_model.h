@@ -94,6 +94,10 @@ void moa_model_free(moa_model *m);  // NULL is a no-op
 // How to load: what is chosen once per process, not per sentence.
 typedef struct moa_load_opts {
     moa_precision precision;    // default MOA_PREC_F32; bf16 and int8 need AVX2
+    // 1: read DIR/shortlist.tsv (a missing file is an error) and run each
+    // sentence's output projection and softmax over its candidate set
+    // (spec §9): scores are then normalised over that set. Default 0.
+    int shortlist;
 } moa_load_opts;
 void moa_load_opts_default(moa_load_opts *o);
 moa_model *moa_model_load_opts(const char *dir, const moa_load_opts *o, char *err,
@@ -108,6 +112,10 @@ const char *moa_model_dir(const moa_model *m);
 // Bytes the weights take as float32 (what a fully widened model occupies).
 size_t moa_model_f32_bytes(const moa_model *m);
 moa_precision moa_model_precision(const moa_model *m);
+// 1 when the model decodes over per-sentence candidate sets (and then the
+// number of source pieces the file lists and of its always-candidates, when
+// the pointers are not NULL), else 0.
+int moa_model_shortlist(const moa_model *m, int *n_sources, int *n_always);
 // Bytes of the converted weights of the products moa_load_opts.precision
 // applies to (float32: their float32 size).
 size_t moa_model_weight_bytes(const moa_model *m);

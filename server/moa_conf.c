@@ -84,6 +84,11 @@ static const opt_def opts[] = {
      "experts' Q and O, output projection): f32, bf16 or int8; the weights are "
      "converted once at load (routers, layer norms, softmax and attention stay "
      "float32; bf16 and int8 need AVX2). Answers follow it: f32 is the reference"},
+    {"shortlist", T_BOOL, F(shortlist), 0, 0, "false",
+     "vocabulary shortlist: each sentence's output projection and softmax run over its "
+     "candidate pieces only (MODEL/shortlist.tsv: what its source pieces translate to, "
+     "the frequent pieces, the specials), so scores are normalised over that set; the "
+     "server refuses to start when the file is missing"},
     {"cache_size", T_INT, F(cache_size), 0, 100000000, "10000",
      "translated sentences kept in the LRU cache (key: text + options + model); "
      "0 turns it off"},

@@ -202,6 +202,7 @@ static enum MHD_Result do_health(req *r, struct MHD_Connection *c) {
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "status", "ok");
     cJSON_AddStringToObject(j, "precision", moa_precision_name((moa_precision)cf->precision));
+    cJSON_AddBoolToObject(j, "shortlist", cf->shortlist);
     return send_json(r, c, 200, j, NULL, NULL);
 }
 
@@ -339,14 +340,15 @@ static enum MHD_Result do_metrics(req *r, struct MHD_Connection *c) {
                    "# TYPE moa_ready gauge\nmoa_ready %d\n"
                    "# HELP moa_draining 1 after SIGTERM/SIGINT.\n"
                    "# TYPE moa_draining gauge\nmoa_draining %d\n"
-                   "# HELP moa_info The model served, its precision and the BLAS core.\n"
-                   "# TYPE moa_info gauge\nmoa_info{model=\"%s\",precision=\"%s\",blas=\"%s\","
-                   "compute_workers=\"%d\",compute_threads=\"%d\",http_threads=\"%d\"} 1\n",
+                   "# HELP moa_info The model served, its precision, the shortlist and the BLAS core.\n"
+                   "# TYPE moa_info gauge\nmoa_info{model=\"%s\",precision=\"%s\",shortlist=\"%s\","
+                   "blas=\"%s\",compute_workers=\"%d\",compute_threads=\"%d\",http_threads=\"%d\"} 1\n",
                    st.queued_units, st.live_units, st.rows, atomic_load(&srv->inflight),
                    (unsigned long long)cs.hits, (unsigned long long)cs.misses, cs.entries,
                    atomic_load(&srv->ready) && !atomic_load(&srv->draining),
                    atomic_load(&srv->draining), srv->model_name,
-                   moa_precision_name((moa_precision)srv->conf.precision), moa_blas_corename(),
+                   moa_precision_name((moa_precision)srv->conf.precision),
+                   srv->conf.shortlist ? "on" : "off", moa_blas_corename(),
                    moa_conf_compute_workers(&srv->conf), moa_get_num_threads(),
                    srv->conf.http_threads);
     moa_heads_metrics(srv->heads, &b);

@@ -91,6 +91,7 @@ static int load_model(moa_server *srv, char *err, size_t errlen) {
     moa_load_opts lo;
     moa_load_opts_default(&lo);
     lo.precision = (moa_precision)c->precision;
+    lo.shortlist = c->shortlist;
     srv->model = moa_model_load_opts(c->model, &lo, err, errlen);
     if (!srv->model) return -1;
     srv->cfg = moa_model_config(srv->model);
@@ -109,9 +110,10 @@ static int load_model(moa_server *srv, char *err, size_t errlen) {
     // The cache lives as long as the process, and the process serves one
     // model: name + directory + size of the weights + precision is
     // identification enough.
-    snprintf(srv->model_key, sizeof srv->model_key, "%.150s|%.300s|%zu|%s", srv->model_name,
+    snprintf(srv->model_key, sizeof srv->model_key, "%.150s|%.300s|%zu|%s|%d", srv->model_name,
              c->model, moa_model_f32_bytes(srv->model),
-             moa_precision_name(moa_model_precision(srv->model)));
+             moa_precision_name(moa_model_precision(srv->model)),
+             moa_model_shortlist(srv->model, NULL, NULL));
     if (c->cache_size > 0 && !(srv->cache = moa_cache_create(c->cache_size))) {
         snprintf(err, errlen, "out of memory for the cache");
         return -1;
@@ -150,6 +152,13 @@ static void log_start(const moa_server *srv, double load_s) {
             "as float32)", moa_precision_name(moa_model_precision(srv->model)),
             moa_model_kernels(srv->model), (double)moa_model_weight_bytes(srv->model) / 1e6,
             (double)moa_model_f32_bytes(srv->model) / 1e6);
+    int n_src = 0, n_always = 0;
+    if (moa_model_shortlist(srv->model, &n_src, &n_always))
+        moa_log(MOA_LOG_INFO, "vocabulary shortlist on: %d source pieces listed, %d always "
+                "candidates; scores are normalised over each sentence's candidates", n_src,
+                n_always);
+    else
+        moa_log(MOA_LOG_INFO, "vocabulary shortlist off: every step over the whole vocabulary");
     moa_log(MOA_LOG_INFO, "limits: max_inflight %d sentences, max_batch_rows %d (per worker: "
             "%d sentences, %d rows), max_queue %d, max_body %ld, max_texts %d, max_chars %d, timeout %g s, "
             "cache %d, heads %s", c->max_inflight, c->max_batch_rows,

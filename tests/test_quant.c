@@ -331,16 +331,17 @@ static void test_gemm_rows(void) {
     fill(a, (size_t)m * k);
     fill(w, (size_t)n * k);
     int ldb = moa_rows_ld(MOA_PREC_BF16, k), ldq = moa_rows_ld(MOA_PREC_INT8, k);
-    ASSERT_TRUE(ldb % 16 == 0 && ldb >= k && ldq % 32 == 0 && ldq >= k);
+    ASSERT_TRUE(ldb % 16 == 0 && ldb >= k && ldq % 64 == 0 && ldq >= k);
     uint16_t *rb = malloc(sizeof(uint16_t) * n * ldb);
     int8_t *rq = malloc((size_t)n * ldq);
     float *qs = malloc(sizeof(float) * n);
-    ASSERT_TRUE(rb && rq && qs);
+    int32_t *qsum = malloc(sizeof(int32_t) * n);
+    ASSERT_TRUE(rb && rq && qs && qsum);
     moa_rows_bf16(rb, w, n, k);
-    moa_rows_i8(rq, qs, w, n, k);
+    moa_rows_i8(rq, qs, qsum, w, n, k);
     moa_rows rows[3] = {{.n = n, .k = k, .ld = k, .f = w},
                         {.n = n, .k = k, .ld = ldb, .b = rb},
-                        {.n = n, .k = k, .ld = ldq, .q = rq, .qs = qs}};
+                        {.n = n, .k = k, .ld = ldq, .q = rq, .qs = qs, .qsum = qsum}};
     int ids[37];
     for (int j = 0; j < 37; j++) ids[j] = (j * 53 + 11) % n;  // unsorted, 37: a short last group
     float c[5 * 37], one[37], lse[5], ref[5];
@@ -372,7 +373,7 @@ static void test_gemm_rows(void) {
         for (int i = 0; i < m; i++) ASSERT_NEAR(lse[i], ref[i], 1e-6 * (1 + fabs(ref[i])));
     }
     q8_free(&q);
-    free(a); free(w); free(rb); free(rq); free(qs); free(full);
+    free(a); free(w); free(rb); free(rq); free(qs); free(qsum); free(full);
 }
 
 // bfloat16 rounding: nearest, ties to even, exact values kept.
