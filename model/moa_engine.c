@@ -98,6 +98,11 @@ typedef struct work {
     int *grp;               // n·k  (row·k + pick) grouped by expert
     int *grp_off;           // E + 1
     int *tok, *pos;         // n    token ids and positions to embed
+    // bf16/int8: an attention block's input converted once for its K, V and
+    // Q products (moa_qin): qbuf holds it, gidx the rows an expert reads
+    void *qbuf;             // moa_qin_bytes(precision, n, d)
+    int *gidx;              // n·k
+    moa_qin qin;
 } work;
 
 // Blocks a session recycles (sentence headers, sentence bodies). Each block
@@ -272,6 +277,9 @@ static size_t arena_layout(moa_session *s, char *base, int rows, size_t att, siz
     TAKE(&cv, w->grp_off, (E + 1) * sizeof(int));
     TAKE(&cv, w->tok, N * sizeof(int));
     TAKE(&cv, w->pos, N * sizeof(int));
+    moa_precision prec = s->m ? s->m->precision : MOA_PREC_F32;
+    TAKE(&cv, w->qbuf, moa_qin_bytes(prec, (int)N, (int)d));
+    TAKE(&cv, w->gidx, N * k * sizeof(int));
     TAKE(&cv, s->logits, R * V * sizeof(float));
     TAKE(&cv, s->lse, R * sizeof(float));
     TAKE(&cv, s->row_sent, R * sizeof(int));
@@ -461,19 +469,33 @@ static void route(const moa_model *m, work *w, const moa_attn_w *aw, const float
         for (int j = 0; j < k; j++) w->grp[cur[w->pick_e[r * k + j]]++] = r * k + j;
 }
 
-// q[row][pick] (h) = xn[row] · experts.w[e] · h^-1/2, one product per expert.
+// Converts an attention block's input once for its bf16/int8 products
+// (w->qin); NULL for float32, whose products read xn itself.
+static const moa_qin *prepare_input(const moa_model *m, work *w, const float *xn, int n) {
+    if (m->precision == MOA_PREC_F32) return NULL;
+    moa_qin_make(&w->qin, m->precision, n, xn, m->cfg.d_model, m->cfg.d_model, w->qbuf);
+    return &w->qin;
+}
+
+// q[row][pick] (h) = xn[row] · experts.w[e] · h^-1/2, one product per expert
+// (from qi's rows when given: xn converted once).
 static void project_q(const moa_config *c, work *w, const moa_attn_w *aw,
-                      const float *xn) {
+                      const float *xn, const moa_qin *qi) {
     int E = c->num_experts, k = c->top_k, d = c->d_model, h = c->head_dim;
     float scale = 1.0f / sqrtf((float)h);
     for (int e = 0; e < E; e++) {
         int lo = w->grp_off[e], m = w->grp_off[e + 1] - lo;
         if (m == 0) continue;
-        for (int i = 0; i < m; i++)
-            memcpy(w->gin + (size_t)i * d, xn + (size_t)(w->grp[lo + i] / k) * d,
-                   (size_t)d * sizeof(float));
-        // (m×d) @ (d×h) -> (m×h)
-        moa_gemm_w(m, w->gin, d, &aw->q_p[e], scale, 0.0f, w->gout, h);
+        if (qi) {
+            for (int i = 0; i < m; i++) w->gidx[i] = w->grp[lo + i] / k;
+            moa_gemm_qin(qi, w->gidx, m, &aw->q_p[e], scale, 0.0f, w->gout, h);
+        } else {
+            for (int i = 0; i < m; i++)
+                memcpy(w->gin + (size_t)i * d, xn + (size_t)(w->grp[lo + i] / k) * d,
+                       (size_t)d * sizeof(float));
+            // (m×d) @ (d×h) -> (m×h)
+            moa_gemm_w(m, w->gin, d, &aw->q_p[e], scale, 0.0f, w->gout, h);
+        }
         for (int i = 0; i < m; i++)
             memcpy(w->q + (size_t)w->grp[lo + i] * h, w->gout + (size_t)i * h,
                    (size_t)h * sizeof(float));
@@ -500,12 +522,17 @@ static void project_o(const moa_config *c, work *w, const moa_attn_w *aw,
     }
 }
 
-// K, V (n×h) = xn (n×d) @ W^T (+ b)
-static void project_kv(const moa_config *c, const moa_attn_w *aw,
-                       const float *xn, int n, float *kout, float *vout) {
+// K, V (n×h) = xn (n×d) @ W^T (+ b) (from qi's rows when given)
+static void project_kv(const moa_config *c, const moa_attn_w *aw, const float *xn,
+                       const moa_qin *qi, int n, float *kout, float *vout) {
     int d = c->d_model, h = c->head_dim;
-    moa_gemm_w(n, xn, d, &aw->k_p, 1.0f, 0.0f, kout, h);
-    moa_gemm_w(n, xn, d, &aw->v_p, 1.0f, 0.0f, vout, h);
+    if (qi) {
+        moa_gemm_qin(qi, NULL, n, &aw->k_p, 1.0f, 0.0f, kout, h);
+        moa_gemm_qin(qi, NULL, n, &aw->v_p, 1.0f, 0.0f, vout, h);
+    } else {
+        moa_gemm_w(n, xn, d, &aw->k_p, 1.0f, 0.0f, kout, h);
+        moa_gemm_w(n, xn, d, &aw->v_p, 1.0f, 0.0f, vout, h);
+    }
     if (aw->k_b)
         for (int r = 0; r < n; r++) {
             moa_axpy(kout + (size_t)r * h, 1.0f, aw->k_b, h);
@@ -596,9 +623,10 @@ static void encode(moa_session *s, sent **list, int nl) {
     for (int l = 0; l < c->encoder_layers; l++) {
         const moa_enc_layer *L = &m->enc[l];
         const float *in = block_input(c, w, &L->self_attn_ln, N);
-        project_kv(c, &L->self_attn, in, N, w->kb, w->vb);
+        const moa_qin *qi = prepare_input(m, w, in, N);
+        project_kv(c, &L->self_attn, in, qi, N, w->kb, w->vb);
         route(m, w, &L->self_attn, in, N);
-        project_q(c, w, &L->self_attn, in);
+        project_q(c, w, &L->self_attn, in, qi);
         // per sentence: S (n·k × n) = Q (n·k × h) @ Kᵀ; softmax; A = S @ V
         for (int i = 0, r0 = 0; i < nl; r0 += list[i]->src_len, i++) {
             int n = list[i]->src_len;
@@ -623,9 +651,11 @@ static void encode(moa_session *s, sent **list, int nl) {
         moa_layernorm(w->x, w->x, N, d, m->enc_final_ln.w, m->enc_final_ln.b,
                       c->layernorm_eps);
 
-    // cross-attention K/V of every decoder layer, once per sentence
+    // cross-attention K/V of every decoder layer, once per sentence (all
+    // from the encoder's output: converted once)
+    const moa_qin *qx = prepare_input(m, w, w->x, N);
     for (int l = 0; l < c->decoder_layers; l++) {
-        project_kv(c, &m->dec[l].cross_attn, w->x, N, w->kb, w->vb);
+        project_kv(c, &m->dec[l].cross_attn, w->x, qx, N, w->kb, w->vb);
         for (int i = 0, r0 = 0; i < nl; r0 += list[i]->src_len, i++) {
             size_t n = (size_t)list[i]->src_len;
             memcpy(list[i]->xk + (size_t)l * n * h, w->kb + (size_t)r0 * h, n * h * sizeof(float));
@@ -659,9 +689,10 @@ static int decode_rows(moa_session *s, int R) {
         const moa_dec_layer *L = &m->dec[l];
         // self-attention over the cache
         const float *in = block_input(c, w, &L->self_attn_ln, R);
-        project_kv(c, &L->self_attn, in, R, w->kb, w->vb);
+        const moa_qin *qi = prepare_input(m, w, in, R);
+        project_kv(c, &L->self_attn, in, qi, R, w->kb, w->vb);
         route(m, w, &L->self_attn, in, R);
-        project_q(c, w, &L->self_attn, in);
+        project_q(c, w, &L->self_attn, in, qi);
         for (int r = 0; r < R; r++) {
             sent *st = s->sents[s->row_sent[r]];
             int b = s->row_slot[r], t = st->step;
@@ -682,7 +713,7 @@ static int decode_rows(moa_session *s, int R) {
         // cross-attention over the sentence's encoder output
         in = block_input(c, w, &L->cross_attn_ln, R);
         route(m, w, &L->cross_attn, in, R);
-        project_q(c, w, &L->cross_attn, in);
+        project_q(c, w, &L->cross_attn, in, prepare_input(m, w, in, R));
         for (int r = 0; r < R; r++) {
             sent *st = s->sents[s->row_sent[r]];
             int b = s->row_slot[r], n = st->src_len;

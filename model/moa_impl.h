@@ -257,6 +257,27 @@ void moa_gemm_bf16(int m, const float *a, int lda, const moa_packed *w, float al
                    float *c, int ldc, float *lse, int kernel);
 void moa_gemm_i8(int m, const float *a, int lda, const moa_packed *w, float alpha, float beta,
                  float *c, int ldc, float *lse, int kernel);
+// Activations converted once for several bf16/int8 products over the same
+// rows (an attention block's K, V and experts' Q all read the same
+// normalised rows; the cross-attention K/V of every decoder layer the
+// encoder's output): each row exactly as moa_gemm_bf16 / moa_gemm_i8 would
+// convert it (MOA_QK_AUTO's kernel), so results are the same bits.
+typedef struct moa_qin {
+    int n, k, kp;                   // rows, values per row, stride of q
+    moa_precision prec;
+    int avx512;                     // int8: stored + 128 (VPDPBUSD's unsigned operand)
+    void *q;                        // n × kp int8 (or uint8) / bf16 values
+    float *scale;                   // int8: n scales
+} moa_qin;
+// Bytes of moa_qin_make's buffer for n rows of k (0 for MOA_PREC_F32).
+size_t moa_qin_bytes(moa_precision p, int n, int k);
+void moa_qin_make(moa_qin *in, moa_precision p, int n, const float *x, int ldx, int k,
+                  void *buf);
+// C (m×n) = alpha · A · Wᵀ + beta · C where row i of A is prepared row
+// rows[i] (rows NULL: row i); w->pb or w->pq as in->prec.
+void moa_gemm_qin(const moa_qin *in, const int *rows, int m, const moa_packed *w, float alpha,
+                  float beta, float *c, int ldc);
+
 // The product over chosen rows of W: C[i][j] = A_i · W[ids[j]] for i < m,
 // j < nid, and lse[i] over those nid values (NULL: not wanted). Each value is
 // summed in a fixed order of its own (eight lanes, then a fixed tree), so it

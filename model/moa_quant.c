@@ -482,6 +482,37 @@ void moa_gemm_i8(int m, const float *a, int lda, const moa_packed *w, float alph
     }
 }
 
+// --- activations converted once, several products -----------------------------------------
+
+size_t moa_qin_bytes(moa_precision p, int n, int k) {
+    if (p == MOA_PREC_INT8) return (size_t)n * pad_to(pad_to(k, 4), 64) + (size_t)n * sizeof(float) + 64;
+    if (p == MOA_PREC_BF16) return (size_t)n * pad_to(pad_to(k, 2), 32) * sizeof(uint16_t);
+    return 0;
+}
+
+void moa_qin_make(moa_qin *in, moa_precision p, int n, const float *x, int ldx, int k,
+                  void *buf) {
+    MOA_ASSERT(p != MOA_PREC_F32 && moa_q_available());
+    memset(in, 0, sizeof *in);
+    in->n = n;
+    in->k = k;
+    in->prec = p;
+    in->q = buf;
+    if (p == MOA_PREC_INT8) {
+        // rows 64 bytes apart at least (whole cache lines); the kernels read kp = pad_to(k, 4)
+        in->kp = pad_to(pad_to(k, 4), 64);
+        in->avx512 = use_avx512(MOA_QK_AUTO, p);
+        in->scale = (float *)((char *)buf + pad_to((int)((size_t)n * in->kp), 64));
+        for (int i = 0; i < n; i++)
+            in->scale[i] = quant_act(x + (size_t)i * ldx, k, in->kp, in->avx512,
+                                     (uint8_t *)buf + (size_t)i * in->kp);
+    } else {
+        in->kp = pad_to(pad_to(k, 2), 32);
+        for (int i = 0; i < n; i++)
+            bf16_act(x + (size_t)i * ldx, k, in->kp, (uint16_t *)buf + (size_t)i * in->kp);
+    }
+}
+
 // --- bf16 products -------------------------------------------------------------------------
 
 INLINE BF16 void bf_tile512(int mr, int kq, const uint16_t *a, int kp, const uint16_t *b,
@@ -803,4 +834,49 @@ void moa_gemm_rows(int m, const float *a, int lda, const moa_rows *w, const int 
                    float *c, int ldc, float *lse) {
     MOA_ASSERT(moa_q_available() && (w->f || w->b || w->q));
     if (m > 0) gemm_rows(m, a, lda, w, ids, nid, c, ldc, lse);
+}
+
+void moa_gemm_qin(const moa_qin *in, const int *rows, int m, const moa_packed *w, float alpha,
+                  float beta, float *c, int ldc) {
+    MOA_ASSERT((beta == 0.0f || beta == 1.0f) && w->k == in->k &&
+               (in->prec == MOA_PREC_INT8 ? w->pq != NULL : w->pb != NULL));
+    if (m <= 0 || w->n <= 0) return;
+    if (w->k == 0) {
+        empty_k(m, w->n, beta, c, ldc, NULL);
+        return;
+    }
+    moa_count_flops(2ull * m * w->n * w->k);
+    int load_c = beta != 0.0f;
+    if (in->prec == MOA_PREC_INT8) {
+        // the chunk kernels read rows kp apart: gather (or point at) them
+        int kp = pad_to(w->k, 4), rows_n = chunk_rows((size_t)kp);
+        uint8_t qa[QBUF] __attribute__((aligned(64)));
+        float ra[QROWS];
+        for (int i0 = 0; i0 < m; i0 += rows_n) {
+            int mc = min_i(rows_n, m - i0);
+            for (int i = 0; i < mc; i++) {
+                int r = rows ? rows[i0 + i] : i0 + i;
+                memcpy(qa + (size_t)i * kp, (const uint8_t *)in->q + (size_t)r * in->kp, (size_t)kp);
+                ra[i] = in->scale[r] * alpha;
+            }
+            float *cc = c + (size_t)i0 * ldc;
+            if (in->avx512) i8_chunk_avx512(mc, qa, kp, ra, w, load_c, cc, ldc, NULL);
+            else i8_chunk_avx2(mc, qa, kp, ra, w, load_c, cc, ldc, NULL);
+        }
+    } else {
+        int kp = pad_to(w->k, 2), rows_n = chunk_rows((size_t)kp * sizeof(uint16_t));
+        uint16_t qa[QBUF / sizeof(uint16_t)] __attribute__((aligned(64)));
+        int fast = use_avx512(MOA_QK_AUTO, MOA_PREC_BF16);
+        for (int i0 = 0; i0 < m; i0 += rows_n) {
+            int mc = min_i(rows_n, m - i0);
+            for (int i = 0; i < mc; i++) {
+                int r = rows ? rows[i0 + i] : i0 + i;
+                memcpy(qa + (size_t)i * kp, (const uint16_t *)in->q + (size_t)r * in->kp,
+                       (size_t)kp * sizeof(uint16_t));
+            }
+            float *cc = c + (size_t)i0 * ldc;
+            if (fast) bf_chunk_avx512(mc, qa, kp, alpha, w, load_c, cc, ldc, NULL);
+            else bf_chunk_avx2(mc, qa, kp, alpha, w, load_c, cc, ldc, NULL);
+        }
+    }
 }

@@ -120,7 +120,7 @@ static void grouped_products_match_naive(int packed) {
     mm.cfg = c;
     mm.precision = packed ? MOA_PREC_INT8 : MOA_PREC_F32;
     route(&mm, &w, &aw, xn, n);
-    project_q(&c, &w, &aw, xn);
+    project_q(&c, &w, &aw, xn, NULL);
     memcpy(w.a, a_in, sizeof a_in);
     float y[9 * 12];
     project_o(&c, &w, &aw, n, y);

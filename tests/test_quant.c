@@ -376,6 +376,51 @@ static void test_gemm_rows(void) {
     free(a); free(w); free(rb); free(rq); free(qs); free(qsum); free(full);
 }
 
+// Activations converted once (moa_qin) and read through row indices give
+// the same bits as converting them in each product, for both precisions,
+// alpha and beta 1 included.
+static void test_qin_matches_direct(void) {
+    if (!moa_q_available()) return;
+    int n_rows = 30, k = 70, n = 45, m = 17;
+    float *x = malloc(sizeof(float) * n_rows * k), *w = malloc(sizeof(float) * n * k);
+    float *a = malloc(sizeof(float) * m * k), *c1 = malloc(sizeof(float) * m * n);
+    float *c2 = malloc(sizeof(float) * m * n);
+    uint16_t *pb = aligned_alloc(64, moa_pack_bf16_bytes(n, k) + 64);
+    ASSERT_TRUE(x && w && a && c1 && c2 && pb);
+    fill(x, (size_t)n_rows * k);
+    fill(w, (size_t)n * k);
+    q8 q;
+    q8_make(&q, w, n, k, 0);
+    moa_pack_bf16(pb, w, n, k, 0);
+    moa_packed pwb = {.w = w, .n = n, .k = k, .pb = pb};
+    int rows[17];
+    for (int i = 0; i < m; i++) rows[i] = (i * 7 + 3) % n_rows;  // gathered, repeated
+    for (int i = 0; i < m; i++) memcpy(a + (size_t)i * k, x + (size_t)rows[i] * k, sizeof(float) * k);
+    for (int p = MOA_PREC_BF16; p <= MOA_PREC_INT8; p++) {
+        void *buf = aligned_alloc(64, moa_qin_bytes((moa_precision)p, n_rows, k) + 64);
+        ASSERT_TRUE(buf);
+        moa_qin in;
+        moa_qin_make(&in, (moa_precision)p, n_rows, x, k, k, buf);
+        for (int beta = 0; beta < 2; beta++) {
+            fill(c1, (size_t)m * n);
+            memcpy(c2, c1, sizeof(float) * m * n);
+            const moa_packed *pw = p == MOA_PREC_INT8 ? &q.pw : &pwb;
+            moa_gemm_qin(&in, rows, m, pw, 0.125f, (float)beta, c1, n);
+            if (p == MOA_PREC_INT8) moa_gemm_i8(m, a, k, pw, 0.125f, (float)beta, c2, n, NULL, MOA_QK_AUTO);
+            else moa_gemm_bf16(m, a, k, pw, 0.125f, (float)beta, c2, n, NULL, MOA_QK_AUTO);
+            ASSERT_TRUE(memcmp(c1, c2, sizeof(float) * m * n) == 0);
+        }
+        if (p == MOA_PREC_INT8) {  // without indices: row i is prepared row i
+            moa_gemm_qin(&in, NULL, m, &q.pw, 1.0f, 0.0f, c1, n);
+            moa_gemm_i8(m, x, k, &q.pw, 1.0f, 0.0f, c2, n, NULL, MOA_QK_AUTO);
+            ASSERT_TRUE(memcmp(c1, c2, sizeof(float) * m * n) == 0);
+        }
+        free(buf);
+    }
+    q8_free(&q);
+    free(x); free(w); free(a); free(c1); free(c2); free(pb);
+}
+
 // bfloat16 rounding: nearest, ties to even, exact values kept.
 static void test_bf16_rounding(void) {
     ASSERT_EQ_INT(moa_f32_to_bf16(1.0f), 0x3f80);
@@ -396,6 +441,7 @@ const moa_test_case moa_tests_quant[] = {
     {"lse_accumulator", test_lse_accumulator},
     {"lse_fused_matches_separate_pass", test_lse_fused_matches_separate_pass},
     {"gemm_rows", test_gemm_rows},
+    {"qin_matches_direct", test_qin_matches_direct},
     {"bf16_rounding", test_bf16_rounding},
     {NULL, NULL},
 };
