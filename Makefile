@@ -6,7 +6,8 @@
 #   make debug      -g -O0 build in build/debug (for gdb / valgrind)
 #   make asan       AddressSanitizer + UBSan build; runs the C tests and the e2e suite
 #   make deps       install the Debian packages (apt-get; quiet when present)
-#   make bench      engine benchmark (bench/engine.sh)
+#   make bench      engine benchmark (bench/engine.sh): f32, bf16, int8, the shortlist
+#   make shortlist  the default model's vocabulary shortlist (weights/moa-en-de/shortlist.tsv)
 #   make test-browser      the pages at / and /heads in headless chromium
 #   make test-deploy       image, compose stack, failover under load (root; README "Deploy")
 #   make test-deploy-local the container-free part: k8s manifests, nginx failover

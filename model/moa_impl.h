@@ -225,10 +225,14 @@ void moa_gemm_w_lse(int m, const float *a, int lda, const moa_packed *w, float *
 // k-major, k grouped in pairs (bf16) or fours (int8) for the dot-product
 // instructions.
 
-// Which kernel a bf16/int8 product runs: MOA_QK_AUTO (AVX-512 when the CPU
-// has the instruction and MOA_AVX512 is not 0, else AVX2), or one of the two
-// (tests; MOA_QK_AVX512 only where moa_q_avx512(prec) says 1).
-enum { MOA_QK_AUTO = 0, MOA_QK_AVX2 = 1, MOA_QK_AVX512 = 2 };
+// Which kernel a bf16/int8 product runs: MOA_QK_AUTO (int8: AVX512_VNNI
+// when the CPU has it and MOA_AVX512 is not 0, else AVX2; bf16: the faster
+// of AVX512_BF16 and the AVX-512 FMA kernel, measured once, or AVX2), or one
+// of them (tests): MOA_QK_AVX512 only where moa_q_avx512(prec) says 1,
+// MOA_QK_AVX512F (bf16 only) where moa_q_bf16_fma512() does. Every kernel of
+// a precision gives the same bits.
+enum { MOA_QK_AUTO = 0, MOA_QK_AVX2 = 1, MOA_QK_AVX512 = 2, MOA_QK_AVX512F = 3 };
+int moa_q_bf16_fma512(void);
 // 1 when the AVX-512 kernel of a precision (MOA_PREC_BF16: AVX512_BF16,
 // MOA_PREC_INT8: AVX512_VNNI) runs here.
 int moa_q_avx512(moa_precision prec);

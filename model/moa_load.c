@@ -1341,6 +1341,9 @@ moa_model *moa_model_load_opts(const char *dir, const moa_load_opts *opts, char 
         return NULL;
     }
     m->precision = opts->precision;
+    // bf16 picks its kernel now (a short measurement), not in a worker's
+    // first step; the name is what the logs print
+    if (m->precision == MOA_PREC_BF16) (void)moa_q_kernel_name(MOA_PREC_BF16);
     size_t dl = strlen(dir);
     while (dl > 1 && dir[dl - 1] == '/') dl--;  // "dir/" names "dir"
     if (dl >= sizeof m->dir) {

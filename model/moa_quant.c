@@ -31,6 +31,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "moa_impl.h"
 #include "moa_lse512.h"
@@ -60,7 +61,7 @@ static int min_i(int a, int b) { return a < b ? a : b; }
 
 // --- which kernel ---------------------------------------------------------------------
 
-static _Atomic int q_state = -1;  // bit 0: AVX2+FMA, 1: AVX512_VNNI, 2: AVX512_BF16
+static _Atomic int q_state = -1;  // bit 0: AVX2+FMA, 1: AVX512_VNNI, 2: AVX512_BF16, 3: AVX-512F+BW
 
 static int q_isa(void) {
     int s = q_state;
@@ -72,7 +73,7 @@ static int q_isa(void) {
         int z = avx2 && !off && __builtin_cpu_supports("avx512f") &&
                 __builtin_cpu_supports("avx512bw");
         s = avx2 | (z && __builtin_cpu_supports("avx512vnni")) << 1 |
-            (z && __builtin_cpu_supports("avx512bf16")) << 2;
+            (z && __builtin_cpu_supports("avx512bf16")) << 2 | z << 3;
         q_state = s;
     }
     return s;
@@ -86,6 +87,8 @@ int moa_q_avx512(moa_precision prec) {
     return 0;
 }
 
+int moa_q_bf16_fma512(void) { return (q_isa() >> 3) & 1; }
+
 static int use_avx512(int kernel, moa_precision prec) {
     if (kernel == MOA_QK_AVX2) return 0;
     if (kernel == MOA_QK_AVX512) {
@@ -95,12 +98,59 @@ static int use_avx512(int kernel, moa_precision prec) {
     return moa_q_avx512(prec);
 }
 
+// bf16 has three kernels that give the same bits: VDPBF16PS (AVX512_BF16),
+// FMAs on the weights widened to float32 in AVX-512 registers, and the same
+// in AVX2. Where VDPBF16PS exists it is not always the faster: on this
+// project's machine it ran at 0.6x the AVX-512 FMA kernel (bench/RESULTS.md).
+// So the first bf16 product measures both on a small panel (a fraction of a
+// millisecond, once per process) and keeps the faster; MOA_BF16_KERNEL=
+// vdpbf16ps or fma decides instead. Only speed depends on the choice.
+static _Atomic int bf16_pick = -1;       // MOA_QK_AVX512 or MOA_QK_AVX512F
+static _Atomic int bf16_ratio_pct = 0;   // VDPBF16PS time / FMA kernel time, in %
+
+static int bf16_calibrate(void);
+
+static int bf16_kernel(int kernel) {
+    if (kernel != MOA_QK_AUTO) {
+        MOA_ASSERT(kernel == MOA_QK_AVX2 || (kernel == MOA_QK_AVX512 && moa_q_avx512(MOA_PREC_BF16)) ||
+                   (kernel == MOA_QK_AVX512F && moa_q_bf16_fma512()));
+        return kernel;
+    }
+    if (!moa_q_bf16_fma512()) return MOA_QK_AVX2;
+    if (!moa_q_avx512(MOA_PREC_BF16)) return MOA_QK_AVX512F;
+    int pick = bf16_pick;
+    if (pick < 0) {
+        const char *env = getenv("MOA_BF16_KERNEL");
+        if (env && !strcmp(env, "vdpbf16ps")) pick = MOA_QK_AVX512;
+        else if (env && !strcmp(env, "fma")) pick = MOA_QK_AVX512F;
+        else pick = bf16_calibrate();
+        bf16_pick = pick;
+    }
+    return pick;
+}
+
 const char *moa_q_kernel_name(moa_precision prec) {
     if (prec == MOA_PREC_INT8)
         return moa_q_avx512(prec) ? "int8 weights, AVX512_VNNI kernel" : "int8 weights, AVX2 kernel";
-    if (prec == MOA_PREC_BF16)
-        return moa_q_avx512(prec) ? "bf16 weights, AVX512_BF16 kernel"
-                                  : "bf16 weights, AVX2 kernel (no AVX512_BF16: converted to float32)";
+    if (prec == MOA_PREC_BF16) {
+        static _Thread_local char buf[160];
+        switch (bf16_kernel(MOA_QK_AUTO)) {
+        case MOA_QK_AVX512:
+            if (bf16_ratio_pct)
+                snprintf(buf, sizeof buf, "bf16 weights, AVX512_BF16 kernel (VDPBF16PS; it took "
+                         "%d%% of the AVX-512 FMA kernel's time here)", bf16_ratio_pct);
+            else snprintf(buf, sizeof buf, "bf16 weights, AVX512_BF16 kernel (VDPBF16PS)");
+            return buf;
+        case MOA_QK_AVX512F:
+            if (bf16_ratio_pct)
+                snprintf(buf, sizeof buf, "bf16 weights, AVX-512 FMA kernel on widened weights "
+                         "(VDPBF16PS took %d%% of its time here: not used)", bf16_ratio_pct);
+            else snprintf(buf, sizeof buf, "bf16 weights, AVX-512 FMA kernel on widened weights");
+            return buf;
+        default:
+            return "bf16 weights, AVX2 kernel (widened to float32)";
+        }
+    }
     return "float32";
 }
 
@@ -263,6 +313,24 @@ AVX2 static void bf16_act(const float *x, int k, int kp, uint16_t *q) {
     }
     for (; i < k; i++) q[i] = moa_f32_to_bf16(x[i]);
     for (; i < kp; i++) q[i] = 0;
+}
+
+// Row x rounded to bfloat16 but kept as floats (kp values, zero past k):
+// the AVX-512 FMA kernel broadcasts them.
+AVX2 static void bf16_act_f32(const float *x, int k, int kp, float *q) {
+    __m256i bias = _mm256_set1_epi32(0x7fff), one = _mm256_set1_epi32(1);
+    __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
+    int i = 0;
+    for (; i + 8 <= k; i += 8) {
+        __m256i u = _mm256_castps_si256(_mm256_loadu_ps(x + i));
+        u = _mm256_add_epi32(u, _mm256_add_epi32(bias, _mm256_and_si256(_mm256_srli_epi32(u, 16), one)));
+        _mm256_storeu_ps(q + i, _mm256_castsi256_ps(_mm256_and_si256(u, hi)));
+    }
+    for (; i < k; i++) {
+        uint32_t u = (uint32_t)moa_f32_to_bf16(x[i]) << 16;
+        memcpy(&q[i], &u, sizeof u);
+    }
+    for (; i < kp; i++) q[i] = 0.0f;
 }
 
 static float bf16_f32(uint16_t h) {
@@ -580,6 +648,80 @@ static BF16 void bf_chunk_avx512(int m, const uint16_t *a, int kp, float alpha,
     }
 }
 
+#define Z512 __attribute__((target("avx2,fma,avx512f,avx512bw")))
+
+// The AVX-512 FMA kernel: each panel pair widened to float32 in registers
+// (even element: shifted up; odd: the high half kept), then added as
+// VDPBF16PS adds it (odd element first), with the activations already
+// rounded to bfloat16 and held as floats (a, kp floats a row).
+INLINE Z512 void bff_tile512(int mr, int kq, const float *a, int kp, const uint16_t *b,
+                             const uint16_t *pf, float *c, int ldc, float alpha, int load_c,
+                             __mmask16 m0, __mmask16 m1, moa_lse16 *ls) {
+    __m512 c0[MR], c1[MR];
+UNROLL
+    for (int r = 0; r < mr; r++) c0[r] = c1[r] = _mm512_setzero_ps();
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    for (int q = 0; q < kq; q++) {
+        __m512i x0 = _mm512_load_si512(b + (size_t)q * 64);
+        __m512i x1 = _mm512_load_si512(b + (size_t)q * 64 + 32);
+        if (pf) {
+            _mm_prefetch((const char *)(pf + (size_t)q * 64), _MM_HINT_T0);
+            _mm_prefetch((const char *)(pf + (size_t)q * 64 + 32), _MM_HINT_T0);
+        }
+        __m512 e0 = _mm512_castsi512_ps(_mm512_slli_epi32(x0, 16));
+        __m512 o0 = _mm512_castsi512_ps(_mm512_and_si512(x0, hi));
+        __m512 e1 = _mm512_castsi512_ps(_mm512_slli_epi32(x1, 16));
+        __m512 o1 = _mm512_castsi512_ps(_mm512_and_si512(x1, hi));
+        const float *aq = a + (size_t)q * 2;
+UNROLL
+        for (int r = 0; r < mr; r++) {
+            __m512 ae = _mm512_set1_ps(aq[(size_t)r * kp]), ao = _mm512_set1_ps(aq[(size_t)r * kp + 1]);
+            c0[r] = _mm512_fmadd_ps(ae, e0, _mm512_fmadd_ps(ao, o0, c0[r]));
+            c1[r] = _mm512_fmadd_ps(ae, e1, _mm512_fmadd_ps(ao, o1, c1[r]));
+        }
+    }
+    __m512 al = _mm512_set1_ps(alpha);
+UNROLL
+    for (int r = 0; r < mr; r++) {
+        __m512 f0 = c0[r], f1 = c1[r];
+        if (alpha != 1.0f) {
+            f0 = _mm512_mul_ps(f0, al);
+            f1 = _mm512_mul_ps(f1, al);
+        }
+        if (load_c) {
+            f0 = _mm512_add_ps(f0, _mm512_maskz_loadu_ps(m0, c + (size_t)r * ldc));
+            f1 = _mm512_add_ps(f1, _mm512_maskz_loadu_ps(m1, c + (size_t)r * ldc + 16));
+        }
+        _mm512_mask_storeu_ps(c + (size_t)r * ldc, m0, f0);
+        _mm512_mask_storeu_ps(c + (size_t)r * ldc + 16, m1, f1);
+        if (ls) lse16_add(&ls[r], f0, f1, m0, m1);
+    }
+}
+
+static Z512 void bff_chunk_avx512(int m, const float *a, int kp, float alpha,
+                                  const moa_packed *w, int load_c, float *c, int ldc,
+                                  moa_lse16 *ls) {
+    int n = w->n, np = (n + NR - 1) / NR, kq = kp / 2;
+    for (int p = 0; p < np; p++) {
+        const uint16_t *b = w->pb + (size_t)p * NR * kp;
+        int cols = min_i(NR, n - p * NR);
+        __mmask16 m0 = (__mmask16)(cols >= 16 ? 0xFFFF : (1u << cols) - 1);
+        __mmask16 m1 = (__mmask16)(cols <= 16 ? 0 : cols >= 32 ? 0xFFFF : (1u << (cols - 16)) - 1);
+        const uint16_t *next = p + 1 < np ? b + (size_t)NR * kp : NULL;
+        for (int i0 = 0; i0 < m; i0 += MR) {
+            int mr = min_i(MR, m - i0);
+            float *ct = c + (size_t)i0 * ldc + p * NR;
+            const float *at = a + (size_t)i0 * kp;
+            const uint16_t *pf = i0 == 0 ? next : NULL;
+            switch (mr) {
+#define T(N) case N: bff_tile512(N, kq, at, kp, b, pf, ct, ldc, alpha, load_c, m0, m1, ls ? ls + i0 : NULL); break;
+                T(1) T(2) T(3) T(4) T(5) T(6) T(7) T(8) T(9) T(10) T(11) T(12)
+#undef T
+            }
+        }
+    }
+}
+
 // A vector of bf16 pairs as two float vectors: the even (low) and the odd
 // (high) element of each pair.
 INLINE AVX2 __m256 bf_even(__m256i x) { return _mm256_castsi256_ps(_mm256_slli_epi32(x, 16)); }
@@ -638,19 +780,60 @@ void moa_gemm_bf16(int m, const float *a, int lda, const moa_packed *w, float al
         return;
     }
     moa_count_flops(2ull * m * w->n * w->k);
-    int fast = use_avx512(kernel, MOA_PREC_BF16);
-    int kp = pad_to(w->k, 2), rows = chunk_rows((size_t)kp * sizeof(uint16_t));
-    uint16_t qa[QBUF / sizeof(uint16_t)] __attribute__((aligned(64)));
+    int kr = bf16_kernel(kernel), fast = kr != MOA_QK_AVX2, wide = kr == MOA_QK_AVX512F;
+    int kp = pad_to(w->k, 2);
+    int rows = chunk_rows((size_t)kp * (wide ? sizeof(float) : sizeof(uint16_t)));
+    _Alignas(64) unsigned char buf[QBUF];
+    uint16_t *qa = (uint16_t *)buf;
+    float *fa = (float *)buf;
     lse_rows ls;
     for (int i0 = 0; i0 < m; i0 += rows) {
         int mc = min_i(rows, m - i0);
-        for (int i = 0; i < mc; i++) bf16_act(a + (size_t)(i0 + i) * lda, w->k, kp, qa + (size_t)i * kp);
+        for (int i = 0; i < mc; i++) {
+            const float *x = a + (size_t)(i0 + i) * lda;
+            if (wide) bf16_act_f32(x, w->k, kp, fa + (size_t)i * kp);
+            else bf16_act(x, w->k, kp, qa + (size_t)i * kp);
+        }
         if (lse) lse_rows_start(&ls, mc, fast);
         float *cc = c + (size_t)i0 * ldc;
-        if (fast) bf_chunk_avx512(mc, qa, kp, alpha, w, beta != 0.0f, cc, ldc, lse ? ls.v : NULL);
+        moa_lse16 *l16 = lse ? ls.v : NULL;
+        if (wide) bff_chunk_avx512(mc, fa, kp, alpha, w, beta != 0.0f, cc, ldc, l16);
+        else if (fast) bf_chunk_avx512(mc, qa, kp, alpha, w, beta != 0.0f, cc, ldc, l16);
         else bf_chunk_avx2(mc, qa, kp, alpha, w, beta != 0.0f, cc, ldc, lse ? ls.s : NULL);
         if (lse) lse_rows_value(&ls, mc, fast, lse + i0);
     }
+}
+
+// Times VDPBF16PS against the AVX-512 FMA kernel on one panel of 64 outputs,
+// k 256, 24 rows (minimum of 7 interleaved rounds each); returns the faster.
+static int bf16_calibrate(void) {
+    enum { N = 64, K = 256, M = 24, ROUNDS = 7 };
+    uint16_t *pb = aligned_alloc(64, moa_pack_bf16_bytes(N, K));
+    float *w = malloc(sizeof(float) * N * K), *a = malloc(sizeof(float) * M * K);
+    float *c = malloc(sizeof(float) * M * N);
+    if (!pb || !w || !a || !c) {
+        free(pb); free(w); free(a); free(c);
+        return MOA_QK_AVX512;
+    }
+    uint32_t st = 1;
+    for (int i = 0; i < N * K; i++) w[i] = (float)((st = st * 1103515245u + 12345u) >> 16) / 65536.0f - 0.5f;
+    for (int i = 0; i < M * K; i++) a[i] = (float)((st = st * 1103515245u + 12345u) >> 16) / 65536.0f - 0.5f;
+    moa_pack_bf16(pb, w, N, K, 0);
+    moa_packed pw = {.w = w, .n = N, .k = K, .pb = pb};
+    double best[2] = {1e30, 1e30};
+    for (int r = 0; r < ROUNDS; r++)
+        for (int v = 0; v < 2; v++) {
+            struct timespec t0, t1;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            for (int rep = 0; rep < 4; rep++)
+                moa_gemm_bf16(M, a, K, &pw, 1.0f, 0.0f, c, N, NULL, v ? MOA_QK_AVX512F : MOA_QK_AVX512);
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            double t = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+            if (t < best[v]) best[v] = t;
+        }
+    free(pb); free(w); free(a); free(c);
+    bf16_ratio_pct = best[1] > 0 ? (int)(100.0 * best[0] / best[1] + 0.5) : 0;
+    return best[1] < best[0] ? MOA_QK_AVX512F : MOA_QK_AVX512;
 }
 
 // --- products over chosen rows (the shortlist's output projection) ------------------------
@@ -864,18 +1047,24 @@ void moa_gemm_qin(const moa_qin *in, const int *rows, int m, const moa_packed *w
             else i8_chunk_avx2(mc, qa, kp, ra, w, load_c, cc, ldc, NULL);
         }
     } else {
-        int kp = pad_to(w->k, 2), rows_n = chunk_rows((size_t)kp * sizeof(uint16_t));
-        uint16_t qa[QBUF / sizeof(uint16_t)] __attribute__((aligned(64)));
-        int fast = use_avx512(MOA_QK_AUTO, MOA_PREC_BF16);
+        int kr = bf16_kernel(MOA_QK_AUTO), wide = kr == MOA_QK_AVX512F;
+        int kp = pad_to(w->k, 2);
+        int rows_n = chunk_rows((size_t)kp * (wide ? sizeof(float) : sizeof(uint16_t)));
+        _Alignas(64) unsigned char buf[QBUF];
+        uint16_t *qa = (uint16_t *)buf;
+        float *fa = (float *)buf;
         for (int i0 = 0; i0 < m; i0 += rows_n) {
             int mc = min_i(rows_n, m - i0);
             for (int i = 0; i < mc; i++) {
                 int r = rows ? rows[i0 + i] : i0 + i;
-                memcpy(qa + (size_t)i * kp, (const uint16_t *)in->q + (size_t)r * in->kp,
-                       (size_t)kp * sizeof(uint16_t));
+                const uint16_t *src = (const uint16_t *)in->q + (size_t)r * in->kp;
+                if (wide)
+                    for (int j = 0; j < kp; j++) fa[(size_t)i * kp + j] = bf16_f32(src[j]);
+                else memcpy(qa + (size_t)i * kp, src, (size_t)kp * sizeof(uint16_t));
             }
             float *cc = c + (size_t)i0 * ldc;
-            if (fast) bf_chunk_avx512(mc, qa, kp, alpha, w, load_c, cc, ldc, NULL);
+            if (wide) bff_chunk_avx512(mc, fa, kp, alpha, w, load_c, cc, ldc, NULL);
+            else if (kr == MOA_QK_AVX512) bf_chunk_avx512(mc, qa, kp, alpha, w, load_c, cc, ldc, NULL);
             else bf_chunk_avx2(mc, qa, kp, alpha, w, load_c, cc, ldc, NULL);
         }
     }

@@ -48,8 +48,18 @@ static float quant(const float *x, size_t stride, int k, int *q) {
 }
 
 // Kernels to run here: AVX2 always, AVX-512 where the CPU has it.
-static int n_kernels(moa_precision p) { return moa_q_avx512(p) ? 2 : 1; }
-static int kernel_at(int i) { return i == 0 ? MOA_QK_AVX2 : MOA_QK_AVX512; }
+// Kernels of a precision to run here: AVX2 always; VNNI / VDPBF16PS where
+// the CPU has it; for bf16 the AVX-512 FMA kernel where AVX-512F runs.
+static int kernels_of(moa_precision p, int *out) {
+    int n = 0;
+    out[n++] = MOA_QK_AVX2;
+    if (moa_q_avx512(p)) out[n++] = MOA_QK_AVX512;
+    if (p == MOA_PREC_BF16 && moa_q_bf16_fma512()) out[n++] = MOA_QK_AVX512F;
+    return n;
+}
+static int kernel_list[3];
+static int n_kernels(moa_precision p) { return kernels_of(p, kernel_list); }
+static int kernel_at(int i) { return kernel_list[i]; }
 
 typedef struct q8 {
     moa_packed pw;
