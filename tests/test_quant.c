@@ -407,7 +407,7 @@ static void test_qin_matches_direct(void) {
     for (int i = 0; i < m; i++) rows[i] = (i * 7 + 3) % n_rows;  // gathered, repeated
     for (int i = 0; i < m; i++) memcpy(a + (size_t)i * k, x + (size_t)rows[i] * k, sizeof(float) * k);
     for (int p = MOA_PREC_BF16; p <= MOA_PREC_INT8; p++) {
-        void *buf = aligned_alloc(64, moa_qin_bytes((moa_precision)p, n_rows, k) + 64);
+        void *buf = aligned_alloc(64, (moa_qin_bytes((moa_precision)p, n_rows, k) + 63) / 64 * 64);
         ASSERT_TRUE(buf);
         moa_qin in;
         moa_qin_make(&in, (moa_precision)p, n_rows, x, k, k, buf);
