@@ -6,7 +6,8 @@
 #   make debug      -g -O0 build in build/debug (for gdb / valgrind)
 #   make asan       AddressSanitizer + UBSan build; runs the C tests and the e2e suite
 #   make deps       install the Debian packages (apt-get; quiet when present)
-#   make bench      engine benchmark (bench/engine.sh)
+#   make bench      engine benchmark (bench/engine.sh): f32, bf16, int8, the shortlist
+#   make shortlist  the default model's vocabulary shortlist (weights/moa-en-de/shortlist.tsv)
 #   make test-browser      the pages at / and /heads in headless chromium
 #   make test-deploy       image, compose stack, failover under load (root; README "Deploy")
 #   make test-deploy-local the container-free part: k8s manifests, nginx failover
@@ -75,7 +76,7 @@ CLI := $(BUILD)/moa-translate
 RUNNER := $(BUILD)/run_tests
 
 .PHONY: all run test test-c test-python test-golden test-e2e test-e2e-asan test-browser debug asan deps \
-  clean bench check-deps model test-deploy test-deploy-local
+  clean bench check-deps model shortlist test-deploy test-deploy-local
 
 all: check-deps $(LIB) $(CLI) $(RUNNER) $(SERVER)
 
@@ -159,8 +160,11 @@ test: deps
 	$(MAKE) test-e2e-asan
 	$(MAKE) test-browser
 
+# The bf16/int8 kernels once more on their AVX2 path (MOA_AVX512=0: what a CPU
+# without AVX512_VNNI / AVX512_BF16 runs; the same bits are expected).
 test-c: $(RUNNER)
 	$(RUNNER)
+	MOA_AVX512=0 $(RUNNER) quant
 
 test-python: $(CLI)
 	OMP_WAIT_POLICY=PASSIVE $(PYTHON) tests/python/run_python_tests.py
@@ -172,14 +176,18 @@ test-golden: $(CLI)
 	MOA_AVX512=0 OMP_WAIT_POLICY=PASSIVE $(PYTHON) tests/golden/run_golden.py --cli $(CLI) \
 	  --models a-postnorm-relu-f32,c-separate-out-f16
 
-# End-to-end: a real moa-server process on free ports (tests/e2e/README.md).
-test-e2e: $(SERVER)
+# End-to-end: a real moa-server process on free ports (tests/e2e/README.md);
+# then its translation tests again with every server at precision int8.
+test-e2e: $(SERVER) $(CLI)
 	OMP_WAIT_POLICY=PASSIVE $(PYTHON) tests/e2e/run_e2e.py --server $(SERVER)
+	OMP_WAIT_POLICY=PASSIVE $(PYTHON) tests/e2e/run_e2e.py --server $(SERVER) --precision int8 -k translate
 
 # The same suite against the AddressSanitizer + UBSan build of the server
-# (leaks checked at its exit).
+# (leaks checked at its exit), compared with the CLI of the same build (-O1
+# and -O3 builds round a few last bits differently; int8 can turn that into
+# another word).
 test-e2e-asan:
-	$(MAKE) MODE=asan build/asan/moa-server
+	$(MAKE) MODE=asan build/asan/moa-server build/asan/moa-translate
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	  OMP_WAIT_POLICY=PASSIVE $(PYTHON) tests/e2e/run_e2e.py --server build/asan/moa-server --sanitizer
 
@@ -232,6 +240,19 @@ run: deps all
 # Trains, exports and evaluates the default model (hours; not part of make test).
 model: deps all
 	train/make_model.sh
+
+# The vocabulary shortlist of the default model (weights/moa-en-de/shortlist.tsv,
+# docs/moa-spec.md section 9) from the token cache of the corpus, made here
+# with the model's tokenizer when build/model/data lacks it (a few minutes;
+# make model makes it too). It depends on the tokenizer and the corpus, not
+# on the weights: a retrained model with the kept tokenizer keeps it.
+SHORTLIST_DATA ?= build/model/data
+shortlist: deps
+	@[ -f $(SHORTLIST_DATA)/meta.json ] || $(PYTHON) train/data.py cache \
+	  --spm weights/moa-en-de/sentencepiece.model --vocab weights/moa-en-de/vocab.txt \
+	  --out $(SHORTLIST_DATA)
+	$(PYTHON) train/make_shortlist.py --data $(SHORTLIST_DATA) --model weights/moa-en-de \
+	  --out weights/moa-en-de/shortlist.tsv --report valid
 
 clean:
 	rm -rf build

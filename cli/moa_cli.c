@@ -58,6 +58,7 @@ typedef struct cli_args {
     int blas_threads;           // OpenBLAS threads inside each worker
     int batch;
     int trace, json, verbose;
+    moa_load_opts load;         // --precision
 } cli_args;
 
 // Long-only options get values above the char range.
@@ -65,7 +66,7 @@ enum {
     OPT_MODEL = 256, OPT_INPUT, OPT_OUTPUT, OPT_BEAM, OPT_NBEST, OPT_LENPEN,
     OPT_MAXLEN, OPT_MINLEN, OPT_NOUNK, OPT_TOPK, OPT_TOPP, OPT_TEMP, OPT_SEED,
     OPT_THREADS, OPT_BLAS_THREADS, OPT_BATCH, OPT_SCORE, OPT_TRACE, OPT_JSON, OPT_VERBOSE,
-    OPT_VERSION, OPT_HELP,
+    OPT_VERSION, OPT_HELP, OPT_PRECISION, OPT_SHORTLIST,
 };
 
 static const struct option long_opts[] = {
@@ -85,6 +86,8 @@ static const struct option long_opts[] = {
     {"threads", required_argument, NULL, OPT_THREADS},
     {"blas-threads", required_argument, NULL, OPT_BLAS_THREADS},
     {"batch", required_argument, NULL, OPT_BATCH},
+    {"precision", required_argument, NULL, OPT_PRECISION},
+    {"shortlist", no_argument, NULL, OPT_SHORTLIST},
     {"score", required_argument, NULL, OPT_SCORE},
     {"trace", no_argument, NULL, OPT_TRACE},
     {"json", no_argument, NULL, OPT_JSON},
@@ -169,6 +172,19 @@ static void print_help(FILE *f) {
         "  --batch N            sentences decoded together, 1..4096 (default 32);\n"
         "                       the session holds batch*beam rows; output is written\n"
         "                       after each batch\n"
+        "  --precision P        f32 (default), bf16 or int8: the arithmetic of the\n"
+        "                       products with fixed weights (feed-forward, K/V, the\n"
+        "                       experts' Q and O, output projection); the weights are\n"
+        "                       converted once at load (docs/moa-spec.md section 9).\n"
+        "                       Routers, layer norms, softmax and attention stay\n"
+        "                       float32. bf16 and int8 need a CPU with AVX2 and use\n"
+        "                       one thread per product\n"
+        "  --shortlist          run each sentence's output projection and softmax over\n"
+        "                       its candidate pieces only (the vocabulary shortlist in\n"
+        "                       DIR/shortlist.tsv: what its source pieces translate\n"
+        "                       to, the frequent pieces, the specials; docs/moa-spec.md\n"
+        "                       section 9). Scores and log-probs are then normalised\n"
+        "                       over that set. An error when the file is missing\n"
         "\n"
         "Other:\n"
         "  --verbose            on stderr: model, BLAS core and threads, and at the\n"
@@ -247,6 +263,7 @@ static int parse_args(int argc, char **argv, cli_args *a) {
     a->threads = 1;
     a->blas_threads = 1;
     a->batch = 32;
+    moa_load_opts_default(&a->load);
     moa_search_opts *o = &a->opts;
     int c;
     while ((c = getopt_long(argc, argv, "", long_opts, NULL)) != -1) {
@@ -306,6 +323,11 @@ static int parse_args(int argc, char **argv, cli_args *a) {
             r = parse_int("batch", optarg, 1, CLI_MAX_BATCH, "1..4096",
                           &a->batch);
             break;
+        case OPT_PRECISION:
+            if (moa_precision_parse(optarg, &a->load.precision) != 0)
+                r = usage_error("--precision '%s': expected f32, bf16 or int8", optarg);
+            break;
+        case OPT_SHORTLIST: a->load.shortlist = 1; break;
         case OPT_TRACE: a->trace = 1; a->json = 1; break;
         case OPT_JSON: a->json = 1; break;
         case OPT_VERBOSE: a->verbose = 1; break;
@@ -845,8 +867,14 @@ static void print_model_info(const moa_model *m, const cli_args *a) {
     fprintf(stderr, CLI_NAME ": OpenBLAS %s, %d thread(s) per product; %d "
             "worker(s); batch %d\n", moa_blas_corename(), moa_get_num_threads(),
             a->threads, a->batch);
-    fprintf(stderr, CLI_NAME ": matrix products: %s\n",
-            moa_get_num_threads() == 1 ? moa_gemm_path() : "OpenBLAS (several threads)");
+    fprintf(stderr, CLI_NAME ": precision %s: matrix products: %s; their weights %.1f MB\n",
+            moa_precision_name(moa_model_precision(m)), moa_model_kernels(m),
+            (double)moa_model_weight_bytes(m) / 1e6);
+    int n_src = 0, n_always = 0;
+    if (moa_model_shortlist(m, &n_src, &n_always))
+        fprintf(stderr, CLI_NAME ": vocabulary shortlist: %d source pieces listed, %d always "
+                "candidates (scores normalised over each sentence's candidates)\n", n_src,
+                n_always);
     const moa_search_opts *o = &a->opts;
     if (a->score)
         fprintf(stderr, CLI_NAME ": scoring %s\n", a->score);
@@ -942,7 +970,7 @@ int main(int argc, char **argv) {
     }
 
     double t0 = now_s();
-    model = moa_model_load(args.model_dir, err, sizeof err);
+    model = moa_model_load_opts(args.model_dir, &args.load, err, sizeof err);
     if (!model) {
         fprintf(stderr, CLI_NAME ": %s\n", err);
         goto done;

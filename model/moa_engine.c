@@ -41,6 +41,12 @@ typedef struct sent {
     int src_len;
     int *tgt;               // forced target, eos included
     int tgt_len;
+    // With a shortlist (spec §9): the candidate pieces, ascending (the
+    // specials 0-3 first, so a row's positions 0-3 are those ids); the
+    // sentence's logit rows hold n_cand values, position j being piece
+    // cand[j]. NULL: rows over the whole vocabulary.
+    int *cand;
+    int n_cand;
     int max_len;            // most real tokens a hypothesis may hold
     int beam;               // rows reserved
     int cap;                // decoder positions per slot (max_len + 1)
@@ -98,6 +104,11 @@ typedef struct work {
     int *grp;               // n·k  (row·k + pick) grouped by expert
     int *grp_off;           // E + 1
     int *tok, *pos;         // n    token ids and positions to embed
+    // bf16/int8: an attention block's input converted once for its K, V and
+    // Q products (moa_qin): qbuf holds it, gidx the rows an expert reads
+    void *qbuf;             // moa_qin_bytes(precision, n, d)
+    int *gidx;              // n·k
+    moa_qin qin;
 } work;
 
 // Blocks a session recycles (sentence headers, sentence bodies). Each block
@@ -141,6 +152,7 @@ struct moa_session {
     int *sample_i;          // V
     float *reorder;         // staging for cache reorders: reorder_cap floats
     size_t reorder_cap;
+    uint64_t *vmark;        // a bit per vocabulary piece (shortlist candidate sets)
 
     pool heads, bodies;     // sentence blocks for reuse
     uint64_t n_allocs;      // heap allocations so far (moa_session_allocs)
@@ -272,6 +284,9 @@ static size_t arena_layout(moa_session *s, char *base, int rows, size_t att, siz
     TAKE(&cv, w->grp_off, (E + 1) * sizeof(int));
     TAKE(&cv, w->tok, N * sizeof(int));
     TAKE(&cv, w->pos, N * sizeof(int));
+    moa_precision prec = s->m ? s->m->precision : MOA_PREC_F32;
+    TAKE(&cv, w->qbuf, moa_qin_bytes(prec, (int)N, (int)d));
+    TAKE(&cv, w->gidx, N * k * sizeof(int));
     TAKE(&cv, s->logits, R * V * sizeof(float));
     TAKE(&cv, s->lse, R * sizeof(float));
     TAKE(&cv, s->row_sent, R * sizeof(int));
@@ -280,6 +295,7 @@ static size_t arena_layout(moa_session *s, char *base, int rows, size_t att, siz
     TAKE(&cv, s->sample_i, V * sizeof(int));
     TAKE(&cv, s->att, att * sizeof(float));
     TAKE(&cv, s->reorder, reorder * sizeof(float));
+    TAKE(&cv, s->vmark, (V + 63) / 64 * sizeof(uint64_t));
     return cv.off;
 }
 
@@ -373,16 +389,69 @@ static void sent_release(moa_session *s, sent *st) {
     pool_put(&s->heads, st);
 }
 
+// --- the vocabulary shortlist (spec §9) -------------------------------------------
+
+// Marks a sentence's candidate pieces in s->vmark: the specials 0-3, the
+// file's always-candidates, the lists of the source's pieces (eos
+// included), and a forced target's own pieces (scoring must be able to
+// score every one of them). Returns how many are marked. The ids were
+// checked before.
+static int mark_candidates(moa_session *s, const int *src, int src_len, const int *tgt,
+                           int tgt_len) {
+    const moa_shortlist *sl = s->m->shortlist;
+    int V = s->c->vocab_size;
+    uint64_t *mk = s->vmark;
+    memset(mk, 0, (size_t)(V + 63) / 64 * sizeof *mk);
+#define MARK(id) (mk[(id) >> 6] |= (uint64_t)1 << ((id) & 63))
+    for (int i = 0; i < 4 && i < V; i++) MARK(i);
+    for (int i = 0; i < sl->n_always; i++) MARK(sl->always[i]);
+    for (int i = 0; i <= src_len; i++) {
+        int p = i < src_len ? src[i] : s->c->eos_id;
+        for (int j = sl->off[p]; j < sl->off[p + 1]; j++) MARK(sl->ids[j]);
+    }
+    for (int i = 0; tgt && i < tgt_len; i++) MARK(tgt[i]);
+#undef MARK
+    int n = 0;
+    for (int w = 0; w < (V + 63) / 64; w++) n += __builtin_popcountll(mk[w]);
+    return n;
+}
+
+// Writes the marked pieces in ascending order; returns how many.
+static int candidates_from_marks(const moa_session *s, int *out) {
+    int n = 0, V = s->c->vocab_size;
+    for (int w = 0; w < (V + 63) / 64; w++)
+        for (uint64_t b = s->vmark[w]; b; b &= b - 1) out[n++] = w * 64 + __builtin_ctzll(b);
+    return n;
+}
+
+// Position of piece `id` among a sentence's candidates (it is one).
+static int cand_pos(const sent *st, int id) {
+    if (!st->cand) return id;
+    int lo = 0, hi = st->n_cand - 1;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (st->cand[mid] < id) lo = mid + 1;
+        else hi = mid;
+    }
+    MOA_ASSERT(st->cand[lo] == id);
+    return lo;
+}
+
 // --- the MoA attention pieces ------------------------------------------------------
 
 // Router for n rows of xn: picks k experts per row by float32 softmax
 // probability (ties: lower index), gate = that probability, margin = k-th
 // minus (k+1)-th logit. Then groups (row, pick) pairs by expert.
-static void route(const moa_config *c, work *w, const moa_attn_w *aw,
-                  const float *xn, int n) {
+static void route(const moa_model *m, work *w, const moa_attn_w *aw, const float *xn, int n) {
+    const moa_config *c = &m->cfg;
     int E = c->num_experts, k = c->top_k, d = c->d_model;
-    // router (n×E) = xn (n×d) @ w_gate (d×E)
-    moa_gemm(0, 0, n, E, d, 1.0f, xn, d, aw->w_gate, E, 0.0f, w->router, E);
+    // router (n×E) = xn (n×d) @ w_gate (d×E). With bf16/int8 in a fixed
+    // order per row: OpenBLAS may round a row differently in another batch
+    // (1e-7), and the next products' int8 rounding can amplify that into a
+    // different translation (spec §9); float32 keeps OpenBLAS (the golden
+    // tests' numbers).
+    if (m->precision != MOA_PREC_F32) moa_gemm_rowwise(n, E, d, xn, aw->w_gate, w->router);
+    else moa_gemm(0, 0, n, E, d, 1.0f, xn, d, aw->w_gate, E, 0.0f, w->router, E);
     int *cnt = w->grp_off;
     memset(cnt, 0, (size_t)(E + 1) * sizeof(int));
     float p[MOA_MAX_EXPERTS];
@@ -419,19 +488,33 @@ static void route(const moa_config *c, work *w, const moa_attn_w *aw,
         for (int j = 0; j < k; j++) w->grp[cur[w->pick_e[r * k + j]]++] = r * k + j;
 }
 
-// q[row][pick] (h) = xn[row] · experts.w[e] · h^-1/2, one product per expert.
+// Converts an attention block's input once for its bf16/int8 products
+// (w->qin); NULL for float32, whose products read xn itself.
+static const moa_qin *prepare_input(const moa_model *m, work *w, const float *xn, int n) {
+    if (m->precision == MOA_PREC_F32) return NULL;
+    moa_qin_make(&w->qin, m->precision, n, xn, m->cfg.d_model, m->cfg.d_model, w->qbuf);
+    return &w->qin;
+}
+
+// q[row][pick] (h) = xn[row] · experts.w[e] · h^-1/2, one product per expert
+// (from qi's rows when given: xn converted once).
 static void project_q(const moa_config *c, work *w, const moa_attn_w *aw,
-                      const float *xn) {
+                      const float *xn, const moa_qin *qi) {
     int E = c->num_experts, k = c->top_k, d = c->d_model, h = c->head_dim;
     float scale = 1.0f / sqrtf((float)h);
     for (int e = 0; e < E; e++) {
         int lo = w->grp_off[e], m = w->grp_off[e + 1] - lo;
         if (m == 0) continue;
-        for (int i = 0; i < m; i++)
-            memcpy(w->gin + (size_t)i * d, xn + (size_t)(w->grp[lo + i] / k) * d,
-                   (size_t)d * sizeof(float));
-        // (m×d) @ (d×h) -> (m×h)
-        moa_gemm_w(m, w->gin, d, &aw->q_p[e], scale, 0.0f, w->gout, h);
+        if (qi) {
+            for (int i = 0; i < m; i++) w->gidx[i] = w->grp[lo + i] / k;
+            moa_gemm_qin(qi, w->gidx, m, &aw->q_p[e], scale, 0.0f, w->gout, h);
+        } else {
+            for (int i = 0; i < m; i++)
+                memcpy(w->gin + (size_t)i * d, xn + (size_t)(w->grp[lo + i] / k) * d,
+                       (size_t)d * sizeof(float));
+            // (m×d) @ (d×h) -> (m×h)
+            moa_gemm_w(m, w->gin, d, &aw->q_p[e], scale, 0.0f, w->gout, h);
+        }
         for (int i = 0; i < m; i++)
             memcpy(w->q + (size_t)w->grp[lo + i] * h, w->gout + (size_t)i * h,
                    (size_t)h * sizeof(float));
@@ -458,12 +541,17 @@ static void project_o(const moa_config *c, work *w, const moa_attn_w *aw,
     }
 }
 
-// K, V (n×h) = xn (n×d) @ W^T (+ b)
-static void project_kv(const moa_config *c, const moa_attn_w *aw,
-                       const float *xn, int n, float *kout, float *vout) {
+// K, V (n×h) = xn (n×d) @ W^T (+ b) (from qi's rows when given)
+static void project_kv(const moa_config *c, const moa_attn_w *aw, const float *xn,
+                       const moa_qin *qi, int n, float *kout, float *vout) {
     int d = c->d_model, h = c->head_dim;
-    moa_gemm_w(n, xn, d, &aw->k_p, 1.0f, 0.0f, kout, h);
-    moa_gemm_w(n, xn, d, &aw->v_p, 1.0f, 0.0f, vout, h);
+    if (qi) {
+        moa_gemm_qin(qi, NULL, n, &aw->k_p, 1.0f, 0.0f, kout, h);
+        moa_gemm_qin(qi, NULL, n, &aw->v_p, 1.0f, 0.0f, vout, h);
+    } else {
+        moa_gemm_w(n, xn, d, &aw->k_p, 1.0f, 0.0f, kout, h);
+        moa_gemm_w(n, xn, d, &aw->v_p, 1.0f, 0.0f, vout, h);
+    }
     if (aw->k_b)
         for (int r = 0; r < n; r++) {
             moa_axpy(kout + (size_t)r * h, 1.0f, aw->k_b, h);
@@ -554,9 +642,10 @@ static void encode(moa_session *s, sent **list, int nl) {
     for (int l = 0; l < c->encoder_layers; l++) {
         const moa_enc_layer *L = &m->enc[l];
         const float *in = block_input(c, w, &L->self_attn_ln, N);
-        project_kv(c, &L->self_attn, in, N, w->kb, w->vb);
-        route(c, w, &L->self_attn, in, N);
-        project_q(c, w, &L->self_attn, in);
+        const moa_qin *qi = prepare_input(m, w, in, N);
+        project_kv(c, &L->self_attn, in, qi, N, w->kb, w->vb);
+        route(m, w, &L->self_attn, in, N);
+        project_q(c, w, &L->self_attn, in, qi);
         // per sentence: S (n·k × n) = Q (n·k × h) @ Kᵀ; softmax; A = S @ V
         for (int i = 0, r0 = 0; i < nl; r0 += list[i]->src_len, i++) {
             int n = list[i]->src_len;
@@ -581,9 +670,11 @@ static void encode(moa_session *s, sent **list, int nl) {
         moa_layernorm(w->x, w->x, N, d, m->enc_final_ln.w, m->enc_final_ln.b,
                       c->layernorm_eps);
 
-    // cross-attention K/V of every decoder layer, once per sentence
+    // cross-attention K/V of every decoder layer, once per sentence (all
+    // from the encoder's output: converted once)
+    const moa_qin *qx = prepare_input(m, w, w->x, N);
     for (int l = 0; l < c->decoder_layers; l++) {
-        project_kv(c, &m->dec[l].cross_attn, w->x, N, w->kb, w->vb);
+        project_kv(c, &m->dec[l].cross_attn, w->x, qx, N, w->kb, w->vb);
         for (int i = 0, r0 = 0; i < nl; r0 += list[i]->src_len, i++) {
             size_t n = (size_t)list[i]->src_len;
             memcpy(list[i]->xk + (size_t)l * n * h, w->kb + (size_t)r0 * h, n * h * sizeof(float));
@@ -617,9 +708,10 @@ static int decode_rows(moa_session *s, int R) {
         const moa_dec_layer *L = &m->dec[l];
         // self-attention over the cache
         const float *in = block_input(c, w, &L->self_attn_ln, R);
-        project_kv(c, &L->self_attn, in, R, w->kb, w->vb);
-        route(c, w, &L->self_attn, in, R);
-        project_q(c, w, &L->self_attn, in);
+        const moa_qin *qi = prepare_input(m, w, in, R);
+        project_kv(c, &L->self_attn, in, qi, R, w->kb, w->vb);
+        route(m, w, &L->self_attn, in, R);
+        project_q(c, w, &L->self_attn, in, qi);
         for (int r = 0; r < R; r++) {
             sent *st = s->sents[s->row_sent[r]];
             int b = s->row_slot[r], t = st->step;
@@ -639,8 +731,8 @@ static int decode_rows(moa_session *s, int R) {
 
         // cross-attention over the sentence's encoder output
         in = block_input(c, w, &L->cross_attn_ln, R);
-        route(c, w, &L->cross_attn, in, R);
-        project_q(c, w, &L->cross_attn, in);
+        route(m, w, &L->cross_attn, in, R);
+        project_q(c, w, &L->cross_attn, in, prepare_input(m, w, in, R));
         for (int r = 0; r < R; r++) {
             sent *st = s->sents[s->row_sent[r]];
             int b = s->row_slot[r], n = st->src_len;
@@ -668,9 +760,23 @@ static int decode_rows(moa_session *s, int R) {
     if (c->normalize_before)
         moa_layernorm(w->x, w->x, R, d, m->dec_final_ln.w, m->dec_final_ln.b,
                       c->layernorm_eps);
-    // logits (R×V) = x (R×d) @ out_projᵀ
-    moa_gemm_w(R, w->x, d, &m->out_p, 1.0f, 0.0f, s->logits, V);
-    moa_logsumexp_rows(s->logits, R, V, s->lse);
+    // logits (R×V) = x (R×d) @ out_projᵀ, each row's log-sum-exp folded in
+    // by the product as its tiles come out (no second pass over R×V)
+    if (!m->shortlist) {
+        moa_gemm_w_lse(R, w->x, d, &m->out_p, s->logits, V, s->lse);
+        return 0;
+    }
+    // With a shortlist, each sentence's rows against its candidates' rows of
+    // out_proj: the sentence's n_live rows of n_cand logits lie one after
+    // the other from its first row's place in s->logits.
+    for (int r0 = 0; r0 < R;) {
+        int r1 = r0 + 1;
+        while (r1 < R && s->row_sent[r1] == s->row_sent[r0]) r1++;
+        const sent *st = s->sents[s->row_sent[r0]];
+        moa_gemm_rows(r1 - r0, w->x + (size_t)r0 * d, d, &m->out_rows, st->cand, st->n_cand,
+                      s->logits + (size_t)r0 * V, st->n_cand, s->lse + r0);
+        r0 = r1;
+    }
     return 0;
 }
 
@@ -780,11 +886,12 @@ static int reorder(moa_session *s, sent *st, const int *parent, int n) {
 }
 
 // Extends the single hypothesis of a forced or sampled sentence by `tok`
-// (log-prob logit - lse); `last` finishes it. 1 when finished, 0, or <0.
-static int extend_single(const moa_config *c, sent *st, int tok, const float *logits,
+// (log-prob logit - lse, the logit at position pos of the row); `last`
+// finishes it. 1 when finished, 0, or <0.
+static int extend_single(const moa_config *c, sent *st, int tok, int pos, const float *logits,
                          float lse, int last) {
     int t = st->step;
-    float l = logits[tok] - lse;
+    float l = logits[pos] - lse;
     double total = st->scores[0] + (double)l;
     if (last) {
         finish(c, st, 0, tok, l, total);
@@ -797,26 +904,35 @@ static int extend_single(const moa_config *c, sent *st, int tok, const float *lo
     return 0;
 }
 
-// Advances one sentence given its rows' logits (n_live rows of V) and their
+// Advances one sentence given its rows' logits (n_live rows of V, or of
+// n_cand with a shortlist, position j then being piece cand[j]) and their
 // log-sum-exp: a token's log-prob is logit - lse, in float.
 // Returns 1 when the sentence is finished, 0 if it goes on, <0 on error.
 static int advance(moa_session *s, sent *st, float *lp, const float *lse) {
     const moa_config *c = s->c;
-    int V = c->vocab_size, t = st->step, rc;
+    int V = st->cand ? st->n_cand : c->vocab_size, t = st->step, rc;
     size_t cap = (size_t)st->cap;
 
-    if (st->forced) return extend_single(c, st, st->tgt[t], lp, lse[0], t == st->tgt_len - 1);
+    if (st->forced) {
+        int tok = st->tgt[t];
+        return extend_single(c, st, tok, cand_pos(st, tok), lp, lse[0], t == st->tgt_len - 1);
+    }
 
-    for (int i = 0; i < st->n_live; i++) moa_mask_row(lp + (size_t)i * V, c, &st->o, t, st->max_len);
+    // (positions 0-3 are the specials in both layouts)
+    for (int i = 0; i < st->n_live; i++)
+        moa_mask_row(lp + (size_t)i * V, V, c, &st->o, t, st->max_len);
 
     if (st->sampling) {
-        int tok = moa_sample_token(lp, V, &st->o, &st->rng, s->sample_f, s->sample_i);
-        if (tok < 0) return 1;  // nothing allowed: cannot happen with a sane config
-        return extend_single(c, st, tok, lp, lse[0], tok == c->eos_id);
+        int pos = moa_sample_token(lp, V, &st->o, &st->rng, s->sample_f, s->sample_i);
+        if (pos < 0) return 1;  // nothing allowed: cannot happen with a sane config
+        int tok = st->cand ? st->cand[pos] : pos;
+        return extend_single(c, st, tok, pos, lp, lse[0], tok == c->eos_id);
     }
 
     int B = st->beam;
     int nc = moa_beam_candidates(lp, st->n_live, V, lse, st->scores, 2 * B, s->cand);
+    if (st->cand)
+        for (int i = 0; i < nc; i++) s->cand[i].token = st->cand[s->cand[i].token];
     int parent[MOA_MAX_BEAM], ntok[MOA_MAX_BEAM];
     float nlp[MOA_MAX_BEAM];
     double nscore[MOA_MAX_BEAM];
@@ -1073,11 +1189,14 @@ static int session_push(moa_session *s, const int *src, int src_len, const int *
         s->sents = q;
         s->cap_sents = nc;
     }
-    // The header block: the sentence and its source (and target).
+    // With a shortlist, the sentence's candidate pieces (marked in vmark).
+    int n_cand = s->m->shortlist ? mark_candidates(s, src, src_len, tgt, tgt_len) : 0;
+    // The header block: the sentence, its source (and target), candidates.
     carve cv = {NULL, 0};
     carve_take(&cv, sizeof(sent));
     carve_take(&cv, (size_t)(src_len + 1) * sizeof(int));
     if (tgt) carve_take(&cv, (size_t)(tgt_len + 1) * sizeof(int));
+    if (n_cand) carve_take(&cv, (size_t)n_cand * sizeof(int));
     cv.base = pool_get(s, &s->heads, cv.off);
     if (!cv.base) goto fail_nomem;
     cv.off = 0;
@@ -1104,6 +1223,11 @@ static int session_push(moa_session *s, const int *src, int src_len, const int *
         if (dflt > c->max_positions - 2) dflt = c->max_positions - 2;
         st->max_len = opts->max_length ? opts->max_length : dflt;
         st->cap = st->max_len + 1;
+    }
+    if (n_cand) {
+        st->cand = carve_take(&cv, (size_t)n_cand * sizeof(int));
+        st->n_cand = candidates_from_marks(s, st->cand);
+        MOA_ASSERT(st->n_cand == n_cand && st->cand[0] == 0 && st->cand[3] == 3);
     }
     if (sampling) moa_rng_seed(&st->rng, opts->seed);
     st->id = new_id(s);

@@ -58,6 +58,42 @@ void moa_gemm_naive(int trans_a, int trans_b, int m, int n, int k,
     }
 }
 
+// out (n×E) = x (n×d) · w (d×E), each value four FMA chains over d (j mod 4,
+// eight experts at a time in a vector's lanes) added as (0+1)+(2+3): a row's
+// result depends on nothing but that row, whatever n is, unlike OpenBLAS,
+// whose blocking can round a row differently in another batch. (Four chains:
+// one would wait on the FMA latency.)
+void moa_gemm_rowwise(int n, int E, int d, const float *x, const float *w, float *out) {
+    moa_count_flops(2ull * n * E * d);
+    for (int r = 0; r < n; r++) {
+        const float *xr = x + (size_t)r * d;
+        float *o = out + (size_t)r * E;
+        int e = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+        for (; e + 8 <= E; e += 8) {
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            const float *wj = w + e;
+            int j = 0;
+            for (; j + 4 <= d; j += 4, wj += 4 * (size_t)E) {
+                a0 = _mm256_fmadd_ps(_mm256_set1_ps(xr[j]), _mm256_loadu_ps(wj), a0);
+                a1 = _mm256_fmadd_ps(_mm256_set1_ps(xr[j + 1]), _mm256_loadu_ps(wj + E), a1);
+                a2 = _mm256_fmadd_ps(_mm256_set1_ps(xr[j + 2]), _mm256_loadu_ps(wj + 2 * E), a2);
+                a3 = _mm256_fmadd_ps(_mm256_set1_ps(xr[j + 3]), _mm256_loadu_ps(wj + 3 * E), a3);
+            }
+            __m256 *tail[3] = {&a0, &a1, &a2};
+            for (int t = 0; j < d; j++, t++, wj += E)
+                *tail[t] = _mm256_fmadd_ps(_mm256_set1_ps(xr[j]), _mm256_loadu_ps(wj), *tail[t]);
+            _mm256_storeu_ps(o + e, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+        }
+#endif
+        for (; e < E; e++) {
+            float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            for (int j = 0; j < d; j++) acc[j & 3] = fmaf(xr[j], w[(size_t)j * E + e], acc[j & 3]);
+            o[e] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+        }
+    }
+}
+
 // --- threads ---------------------------------------------------------------
 
 void moa_set_num_threads(int n) {
@@ -209,6 +245,22 @@ void moa_logsumexp_rows(const float *x, int n, int v, float *lse) {
         float mx = row_max(r, v);
         lse[i] = mx == -INFINITY ? -INFINITY : mx + (float)log(sum_exp(r, v, mx));
     }
+}
+
+void moa_lse_add(moa_lse_acc *a, const float *x, int n) {
+    if (n <= 0) return;
+    float mx = row_max(x, n);
+    if (mx == -INFINITY) return;
+    if (mx > a->mx) {
+        // what was summed against the old maximum, against the new one
+        if (a->mx != -INFINITY) a->sum *= exp((double)a->mx - (double)mx);
+        a->mx = mx;
+    }
+    a->sum += sum_exp(x, n, a->mx);
+}
+
+float moa_lse_value(const moa_lse_acc *a) {
+    return a->mx == -INFINITY ? -INFINITY : a->mx + (float)log(a->sum);
 }
 
 void moa_log_softmax(float *x, int n, int v) {

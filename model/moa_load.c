@@ -854,39 +854,71 @@ static int bind_model(loader *L) {
 
 // --- packed copies of the big weight matrices (model/moa_packed.c) -------
 
-// w is n×k, or k×n when kn.
-static int pack_one(moa_model *m, moa_packed *pk, const float *w, int n, int k, int kn) {
-    pk->w = w;
-    pk->p = NULL;
-    pk->n = n;
-    pk->k = k;
-    pk->kn = kn;
-    if (!moa_pack_available()) return 0;
-    float *dst = owned_alloc(m, moa_pack_floats(n, k));
-    if (!dst) return MOA_ENOMEM;
-    if (kn) moa_pack_weights_kn(dst, w, k, n);
-    else moa_pack_weights(dst, w, n, k);
-    pk->p = dst;
-    m->n_packed++;
-    // Packing read the whole tensor into this process's memory. Where it
-    // lies in the read-only mapping, give those pages back: the packed copy
-    // serves from now on, and the few other readers (OpenBLAS with several
-    // threads, embedding rows of a shared output projection) fault in only
-    // what they touch, from the page cache.
+// Converting a tensor read all of it into this process's memory. Where it
+// lies in the read-only mapping, give those pages back: the converted copy
+// serves from now on, and the few other readers (OpenBLAS with several
+// threads, embedding rows of a shared output projection) fault in only what
+// they touch, from the page cache.
+static void drop_pages(moa_model *m, const float *w, size_t bytes) {
     const char *lo = m->map, *hi = lo + m->map_len, *t = (const char *)w;
-    size_t bytes = (size_t)n * k * sizeof *w, page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
     if (m->map && t >= lo && t + bytes <= hi) {
         uintptr_t a = ((uintptr_t)t + page - 1) / page * page,
                   b = ((uintptr_t)t + bytes) / page * page;
         if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
     }
+}
+
+// Bytes rounded up to whole floats of an owned block.
+static uint64_t floats_for(size_t bytes) { return (bytes + sizeof(float) - 1) / sizeof(float); }
+static size_t align64(size_t n) { return (n + 63) / 64 * 64; }
+
+// w is n×k, or k×n when kn. The copy is in the model's precision: float32
+// panels where the AVX-512 path runs (else none: OpenBLAS reads w), bf16 or
+// int8 panels always (model/moa_quant.c). One owned block each.
+static int pack_one(moa_model *m, moa_packed *pk, const float *w, int n, int k, int kn) {
+    memset(pk, 0, sizeof *pk);
+    pk->w = w;
+    pk->n = n;
+    pk->k = k;
+    pk->kn = kn;
+    if (m->precision == MOA_PREC_INT8) {
+        size_t q = align64(moa_pack_i8_bytes(n, k)), cols = moa_pack_i8_cols(n);
+        char *dst = (char *)owned_alloc(m, floats_for(q + 2 * cols * sizeof(float)));
+        if (!dst) return MOA_ENOMEM;
+        float *qs = (float *)(dst + q);
+        int32_t *qsum = (int32_t *)(qs + cols);
+        moa_pack_i8((int8_t *)dst, qs, qsum, w, n, k, kn);
+        pk->pq = (const int8_t *)dst;
+        pk->qs = qs;
+        pk->qsum = qsum;
+        m->weight_bytes += q + 2 * cols * sizeof(float);
+    } else if (m->precision == MOA_PREC_BF16) {
+        size_t b = moa_pack_bf16_bytes(n, k);
+        uint16_t *dst = (uint16_t *)owned_alloc(m, floats_for(b));
+        if (!dst) return MOA_ENOMEM;
+        moa_pack_bf16(dst, w, n, k, kn);
+        pk->pb = dst;
+        m->weight_bytes += b;
+    } else {
+        m->weight_bytes += (size_t)n * k * sizeof(float);
+        if (!moa_pack_available()) return 0;
+        float *dst = owned_alloc(m, moa_pack_floats(n, k));
+        if (!dst) return MOA_ENOMEM;
+        if (kn) moa_pack_weights_kn(dst, w, k, n);
+        else moa_pack_weights(dst, w, n, k);
+        pk->p = dst;
+    }
+    m->n_packed++;
+    drop_pages(m, w, (size_t)n * k * sizeof *w);
     return 0;
 }
 
 // Every product with a fixed weight matrix: K/V and each expert's Q and O
 // of each attention module, both FFN products, the output projection (the
-// router's d×E is too narrow to gain).
-static int pack_model(moa_model *m) {
+// router's d×E is too narrow to gain, and stays float32 in every precision:
+// its top-k is a discontinuous choice, spec §9).
+static int pack_model(moa_model *m, int want_shortlist) {
     const moa_config *c = &m->cfg;
     int d = c->d_model, h = c->head_dim, F = c->ffn_dim, E = c->num_experts, rc = 0;
     moa_attn_w *attn[2 * MOA_MAX_LAYERS + MOA_MAX_LAYERS];
@@ -918,7 +950,9 @@ static int pack_model(moa_model *m) {
         rc = pack_one(m, &ffn[i]->fc1_p, ffn[i]->fc1_w, F, d, 0);
         if (!rc) rc = pack_one(m, &ffn[i]->fc2_p, ffn[i]->fc2_w, d, F, 0);
     }
-    if (!rc) rc = pack_one(m, &m->out_p, m->out_proj, c->vocab_size, d, 0);
+    // With a shortlist the output projection is only ever used as rows
+    // (load_shortlist), never as a whole product.
+    if (!rc && !want_shortlist) rc = pack_one(m, &m->out_p, m->out_proj, c->vocab_size, d, 0);
     return rc;
 }
 
@@ -933,7 +967,7 @@ static int silently_ignored(const char *name) {
 }
 
 // Maps model.safetensors into m and binds the weights.
-static int load_safetensors(moa_model *m, const char *path, char *err,
+static int load_safetensors(moa_model *m, const char *path, int want_shortlist, char *err,
                             size_t errlen) {
     char eb[128];
     loader L;
@@ -994,8 +1028,9 @@ static int load_safetensors(moa_model *m, const char *path, char *err,
     }
     if ((rc = parse_entries(&L))) goto fail_tensors;
     if ((rc = bind_model(&L))) goto fail_tensors;
-    if ((rc = pack_model(m))) {
-        rc = fail(err, errlen, rc, "%s: out of memory packing the weights", path);
+    if ((rc = pack_model(m, want_shortlist))) {
+        rc = fail(err, errlen, rc, "%s: out of memory converting the weights to %s", path,
+                  moa_precision_name(m->precision));
         goto fail_tensors;
     }
 
@@ -1052,10 +1087,252 @@ int moa_positions_init(moa_model *m) {
 
 // --- model -------------------------------------------------------------------
 
+// --- the vocabulary shortlist (spec §9) ------------------------------------------
+
+void moa_shortlist_free(moa_shortlist *s) {
+    if (!s) return;
+    free(s->always);
+    free(s->off);
+    free(s->ids);
+    free(s);
+}
+
+// Appends the ids of "id id ..." in [p, end) to *buf (grown as needed).
+// Returns how many, or -1 with the message written.
+static int parse_id_list(const char *p, const char *end, int V, int **buf, size_t *n,
+                         size_t *cap, const char *path, int lineno, char *err, size_t errlen) {
+    int count = 0;
+    while (p < end) {
+        if (*p == ' ') {
+            p++;
+            continue;
+        }
+        long v = 0;
+        const char *q = p;
+        while (q < end && *q >= '0' && *q <= '9' && v < V) v = v * 10 + (*q++ - '0');
+        if (q == p || (q < end && *q != ' ') || v >= V) {
+            fail(err, errlen, MOA_EFORMAT, "%s:%d: expected piece ids 0-%d separated by spaces, "
+                 "found '%.*s'", path, lineno, V - 1, (int)(end - p > 20 ? 20 : end - p), p);
+            return -1;
+        }
+        if (*n == *cap) {
+            size_t nc = *cap ? 2 * *cap : 1024;
+            int *b = realloc(*buf, nc * sizeof *b);
+            if (!b) {
+                fail(err, errlen, MOA_ENOMEM, "%s: out of memory", path);
+                return -1;
+            }
+            *buf = b;
+            *cap = nc;
+        }
+        (*buf)[(*n)++] = (int)v;
+        count++;
+        p = q;
+    }
+    return count;
+}
+
+#define SL_FAIL(...)                                            \
+    do {                                                        \
+        fail(err, errlen, MOA_EFORMAT, __VA_ARGS__);            \
+        goto fail;                                              \
+    } while (0)
+
+moa_shortlist *moa_shortlist_parse(const char *text, size_t len, int V, const char *path,
+                                   char *err, size_t errlen) {
+    moa_shortlist *sl = calloc(1, sizeof *sl);
+    int *start = malloc((size_t)V * sizeof *start), *cnt = calloc((size_t)V, sizeof *cnt);
+    int *buf = NULL;
+    size_t nbuf = 0, cap = 0;
+    int have_format = 0, have_vocab = 0, have_always = 0, lineno = 0;
+    if (!sl || !start || !cnt) {
+        fail(err, errlen, MOA_ENOMEM, "%s: out of memory", path);
+        goto fail;
+    }
+    for (int i = 0; i < V; i++) start[i] = -1;
+    for (size_t pos = 0; pos < len;) {
+        const char *ln = text + pos, *nl = memchr(ln, '\n', len - pos);
+        size_t n = nl ? (size_t)(nl - ln) : len - pos;
+        pos += n + (nl ? 1 : 0);
+        lineno++;
+        if (n && ln[n - 1] == '\r') n--;
+        if (n == 0 || ln[0] == '#') continue;
+        if (memchr(ln, '\0', n)) SL_FAIL("%s:%d: NUL byte", path, lineno);
+        const char *tab = memchr(ln, '\t', n), *end = ln + n;
+        if (!tab) SL_FAIL("%s:%d: expected KEY<TAB>VALUES", path, lineno);
+        size_t kl = (size_t)(tab - ln);
+        const char *v = tab + 1;
+        if (!have_format) {
+            if (kl != 6 || memcmp(ln, "format", 6) != 0 || end - v != 15 ||
+                memcmp(v, "moa-shortlist\t1", 15) != 0)
+                SL_FAIL("%s:%d: expected the first line 'format<TAB>moa-shortlist<TAB>1' "
+                        "(a shortlist of format version 1)", path, lineno);
+            have_format = 1;
+        } else if (kl == 10 && memcmp(ln, "vocab_size", 10) == 0) {
+            char *e;
+            long vs = strtol(v, &e, 10);
+            if (have_vocab || e != end || vs != V)
+                SL_FAIL("%s:%d: vocab_size must be given once and match config.json's %d",
+                        path, lineno, V);
+            have_vocab = 1;
+        } else if (kl == 6 && memcmp(ln, "always", 6) == 0) {
+            if (have_always) SL_FAIL("%s:%d: a second 'always' line", path, lineno);
+            size_t at = nbuf;
+            int c = parse_id_list(v, end, V, &buf, &nbuf, &cap, path, lineno, err, errlen);
+            if (c < 0) goto fail;
+            sl->always = malloc((size_t)(c ? c : 1) * sizeof *sl->always);
+            if (!sl->always) {
+                fail(err, errlen, MOA_ENOMEM, "%s: out of memory", path);
+                goto fail;
+            }
+            memcpy(sl->always, buf + at, (size_t)c * sizeof *buf);
+            sl->n_always = c;
+            nbuf = at;
+            have_always = 1;
+        } else {
+            long src = 0;
+            const char *q = ln;
+            while (q < tab && *q >= '0' && *q <= '9' && src < V) src = src * 10 + (*q++ - '0');
+            if (q != tab || kl == 0 || src >= V)
+                SL_FAIL("%s:%d: expected a source piece id 0-%d, or format, vocab_size, always; "
+                        "found '%.*s'", path, lineno, V - 1, (int)(kl > 20 ? 20 : kl), ln);
+            if (start[src] >= 0) SL_FAIL("%s:%d: source piece %ld listed twice", path, lineno, src);
+            size_t at = nbuf;
+            int c = parse_id_list(v, end, V, &buf, &nbuf, &cap, path, lineno, err, errlen);
+            if (c < 0) goto fail;
+            start[src] = (int)at;
+            cnt[src] = c;
+            sl->n_sources++;
+        }
+    }
+    if (!have_format || !have_vocab)
+        SL_FAIL("%s: no %s line", path, have_format ? "vocab_size" : "format");
+    sl->off = malloc(((size_t)V + 1) * sizeof *sl->off);
+    sl->ids = malloc((nbuf ? nbuf : 1) * sizeof *sl->ids);
+    if (!sl->off || !sl->ids) {
+        fail(err, errlen, MOA_ENOMEM, "%s: out of memory", path);
+        goto fail;
+    }
+    sl->off[0] = 0;
+    for (int i = 0; i < V; i++) {
+        if (cnt[i]) memcpy(sl->ids + sl->off[i], buf + start[i], (size_t)cnt[i] * sizeof *buf);
+        sl->off[i + 1] = sl->off[i] + cnt[i];
+    }
+    free(start);
+    free(cnt);
+    free(buf);
+    return sl;
+fail:
+    free(start);
+    free(cnt);
+    free(buf);
+    moa_shortlist_free(sl);
+    return NULL;
+}
+
+#undef SL_FAIL
+
+// Reads DIR/shortlist.tsv into m->shortlist and lays out the output
+// projection as rows in the model's precision (moa_gemm_rows).
+static int load_shortlist(moa_model *m, const char *path, char *err, size_t errlen) {
+    if (!moa_q_available())
+        return fail(err, errlen, MOA_EINVAL, "the shortlist needs a CPU with AVX2 and FMA");
+    char *text = NULL;
+    size_t len = 0;
+    int rc = read_file(path, MOA_SHORTLIST_MAX_BYTES, &text, &len, err, errlen);
+    if (rc) {
+        if (rc == MOA_EIO) {  // say what needs it and how to make it
+            size_t at = strlen(err);
+            snprintf(err + at, errlen > at ? errlen - at : 0,
+                     " (the vocabulary shortlist needs it: train/make_shortlist.py, "
+                     "make shortlist for the default model)");
+        }
+        return rc;
+    }
+    m->shortlist = moa_shortlist_parse(text, len, m->cfg.vocab_size, path, err, errlen);
+    free(text);
+    if (!m->shortlist) return MOA_EFORMAT;
+    int V = m->cfg.vocab_size, d = m->cfg.d_model;
+    moa_rows *r = &m->out_rows;
+    memset(r, 0, sizeof *r);
+    r->n = V;
+    r->k = d;
+    r->ld = moa_rows_ld(m->precision, d);
+    if (m->precision == MOA_PREC_F32) {
+        r->f = m->out_proj;
+        m->weight_bytes += (size_t)V * d * sizeof(float);
+    } else if (m->precision == MOA_PREC_BF16) {
+        size_t b = (size_t)V * r->ld * sizeof(uint16_t);
+        uint16_t *dst = (uint16_t *)owned_alloc(m, floats_for(b));
+        if (!dst) return fail(err, errlen, MOA_ENOMEM, "%s: out of memory", path);
+        moa_rows_bf16(dst, m->out_proj, V, d);
+        r->b = dst;
+        m->weight_bytes += b;
+    } else {
+        size_t b = align64((size_t)V * r->ld);
+        char *dst = (char *)owned_alloc(m, floats_for(b + 2 * (size_t)V * sizeof(float)));
+        if (!dst) return fail(err, errlen, MOA_ENOMEM, "%s: out of memory", path);
+        float *qs = (float *)(dst + b);
+        int32_t *qsum = (int32_t *)(qs + V);
+        moa_rows_i8((int8_t *)dst, qs, qsum, m->out_proj, V, d);
+        r->q = (const int8_t *)dst;
+        r->qs = qs;
+        r->qsum = qsum;
+        m->weight_bytes += b + 2 * (size_t)V * sizeof(float);
+    }
+    if (m->precision != MOA_PREC_F32) drop_pages(m, m->out_proj, (size_t)V * d * sizeof(float));
+    return 0;
+}
+
+int moa_model_shortlist(const moa_model *m, int *n_sources, int *n_always) {
+    if (!m->shortlist) return 0;
+    if (n_sources) *n_sources = m->shortlist->n_sources;
+    if (n_always) *n_always = m->shortlist->n_always;
+    return 1;
+}
+
+// --- precision -----------------------------------------------------------------
+
+static const char *const prec_names[] = {"f32", "bf16", "int8"};
+
+const char *moa_precision_name(moa_precision p) {
+    return (unsigned)p < 3 ? prec_names[p] : "?";
+}
+
+int moa_precision_parse(const char *s, moa_precision *out) {
+    for (int i = 0; s && i < 3; i++)
+        if (strcmp(s, prec_names[i]) == 0) {
+            *out = (moa_precision)i;
+            return 0;
+        }
+    return MOA_EINVAL;
+}
+
+void moa_load_opts_default(moa_load_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->precision = MOA_PREC_F32;
+}
+
 moa_model *moa_model_load(const char *dir, char *err, size_t errlen) {
+    moa_load_opts o;
+    moa_load_opts_default(&o);
+    return moa_model_load_opts(dir, &o, err, errlen);
+}
+
+moa_model *moa_model_load_opts(const char *dir, const moa_load_opts *opts, char *err,
+                               size_t errlen) {
     if (err && errlen) err[0] = '\0';
     if (!dir || !*dir) {
         fail(err, errlen, MOA_EINVAL, "moa_model_load: no model directory");
+        return NULL;
+    }
+    if (!opts || (unsigned)opts->precision > MOA_PREC_INT8) {
+        fail(err, errlen, MOA_EINVAL, "moa_model_load: unknown precision");
+        return NULL;
+    }
+    if (opts->precision != MOA_PREC_F32 && !moa_q_available()) {
+        fail(err, errlen, MOA_EINVAL, "precision %s needs a CPU with AVX2 and FMA",
+             moa_precision_name(opts->precision));
         return NULL;
     }
     moa_model *m = calloc(1, sizeof *m);
@@ -1063,6 +1340,10 @@ moa_model *moa_model_load(const char *dir, char *err, size_t errlen) {
         fail(err, errlen, MOA_ENOMEM, "%s: out of memory", dir);
         return NULL;
     }
+    m->precision = opts->precision;
+    // bf16 picks its kernel now (a short measurement), not in a worker's
+    // first step; the name is what the logs print
+    if (m->precision == MOA_PREC_BF16) (void)moa_q_kernel_name(MOA_PREC_BF16);
     size_t dl = strlen(dir);
     while (dl > 1 && dir[dl - 1] == '/') dl--;  // "dir/" names "dir"
     if (dl >= sizeof m->dir) {
@@ -1084,7 +1365,11 @@ moa_model *moa_model_load(const char *dir, char *err, size_t errlen) {
     if (rc) goto fail_model;
 
     snprintf(path, sizeof path, "%s%smodel.safetensors", m->dir, sep);
-    if (load_safetensors(m, path, err, errlen)) goto fail_model;
+    if (load_safetensors(m, path, opts->shortlist, err, errlen)) goto fail_model;
+    if (opts->shortlist) {
+        snprintf(path, sizeof path, "%s%sshortlist.tsv", m->dir, sep);
+        if (load_shortlist(m, path, err, errlen)) goto fail_model;
+    }
     if (moa_positions_init(m)) {
         fail(err, errlen, MOA_ENOMEM,
              "%s: out of memory for the position table", path);
@@ -1106,6 +1391,7 @@ void moa_model_free(moa_model *m) {
     free(m->dec);
     free(m->positions);
     free(m->expert_p);
+    moa_shortlist_free(m->shortlist);
     free(m);
 }
 
@@ -1114,3 +1400,12 @@ const moa_config *moa_model_config(const moa_model *m) { return &m->cfg; }
 const char *moa_model_dir(const moa_model *m) { return m->dir; }
 
 size_t moa_model_f32_bytes(const moa_model *m) { return m->f32_bytes; }
+
+moa_precision moa_model_precision(const moa_model *m) { return m->precision; }
+
+size_t moa_model_weight_bytes(const moa_model *m) { return m->weight_bytes; }
+
+const char *moa_model_kernels(const moa_model *m) {
+    if (m->precision != MOA_PREC_F32) return moa_q_kernel_name(m->precision);
+    return moa_get_num_threads() == 1 ? moa_gemm_path() : "OpenBLAS (several threads)";
+}

@@ -74,17 +74,54 @@ typedef struct moa_config {
 
 typedef struct moa_model moa_model;
 
+// Arithmetic of the products with fixed weights (FFN, K/V, each expert's Q
+// and O, the output projection), chosen at load; the model directory stays
+// float32 and the weights are converted once (docs/moa-spec.md §9).
+typedef enum {
+    MOA_PREC_F32 = 0,       // float32 (the reference)
+    MOA_PREC_BF16 = 1,      // bfloat16 weights and inputs, float32 sums
+    MOA_PREC_INT8 = 2,      // int8 weights (scale per output row), int8 inputs
+} moa_precision;
+
 // Loads a model directory (config.json, model.safetensors; vocab.txt and
 // sentencepiece.model are the tokenizer's). Returns NULL on failure and writes
 // a message naming the file and the problem into err (may be NULL).
 // Thread-safe; the returned model is read-only and shareable.
+// moa_model_load uses the defaults of moa_load_opts_default (float32).
 moa_model *moa_model_load(const char *dir, char *err, size_t errlen);
 void moa_model_free(moa_model *m);  // NULL is a no-op
+
+// How to load: what is chosen once per process, not per sentence.
+typedef struct moa_load_opts {
+    moa_precision precision;    // default MOA_PREC_F32; bf16 and int8 need AVX2
+    // 1: read DIR/shortlist.tsv (a missing file is an error) and run each
+    // sentence's output projection and softmax over its candidate set
+    // (spec §9): scores are then normalised over that set. Default 0.
+    int shortlist;
+} moa_load_opts;
+void moa_load_opts_default(moa_load_opts *o);
+moa_model *moa_model_load_opts(const char *dir, const moa_load_opts *o, char *err,
+                               size_t errlen);
+
+// "f32", "bf16", "int8"; and back (0, or MOA_EINVAL for anything else).
+const char *moa_precision_name(moa_precision p);
+int moa_precision_parse(const char *s, moa_precision *out);
 
 const moa_config *moa_model_config(const moa_model *m);
 const char *moa_model_dir(const moa_model *m);
 // Bytes the weights take as float32 (what a fully widened model occupies).
 size_t moa_model_f32_bytes(const moa_model *m);
+moa_precision moa_model_precision(const moa_model *m);
+// 1 when the model decodes over per-sentence candidate sets (and then the
+// number of source pieces the file lists and of its always-candidates, when
+// the pointers are not NULL), else 0.
+int moa_model_shortlist(const moa_model *m, int *n_sources, int *n_always);
+// Bytes of the converted weights of the products moa_load_opts.precision
+// applies to (float32: their float32 size).
+size_t moa_model_weight_bytes(const moa_model *m);
+// What the products with fixed weights run on, in words, for logs: the
+// precision and the kernel this CPU gets (after moa_set_num_threads).
+const char *moa_model_kernels(const moa_model *m);
 
 // --- threads ----------------------------------------------------------------
 

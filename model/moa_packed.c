@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "moa_impl.h"
+#include "moa_lse512.h"
 
 // The AVX-512 functions carry the target themselves: the rest of the build
 // stays x86-64-v3 (or whatever ARCH says), and they run only after cpuid.
@@ -60,9 +61,25 @@ const char *moa_gemm_path(void) {
 
 void moa_gemm_w(int m, const float *a, int lda, const moa_packed *w, float alpha, float beta,
                 float *c, int ldc) {
-    if (w->p && moa_get_num_threads() == 1) moa_gemm_packed(m, a, lda, w, alpha, beta, c, ldc);
+    if (w->pq) moa_gemm_i8(m, a, lda, w, alpha, beta, c, ldc, NULL, MOA_QK_AUTO);
+    else if (w->pb) moa_gemm_bf16(m, a, lda, w, alpha, beta, c, ldc, NULL, MOA_QK_AUTO);
+    else if (w->p && moa_get_num_threads() == 1) moa_gemm_packed(m, a, lda, w, alpha, beta, c, ldc);
     else if (w->kn) moa_gemm(0, 0, m, w->n, w->k, alpha, a, lda, w->w, w->n, beta, c, ldc);
     else moa_gemm(0, 1, m, w->n, w->k, alpha, a, lda, w->w, w->k, beta, c, ldc);
+}
+
+void moa_gemm_w_lse(int m, const float *a, int lda, const moa_packed *w, float *c, int ldc,
+                    float *lse) {
+    if (w->pq) {
+        moa_gemm_i8(m, a, lda, w, 1.0f, 0.0f, c, ldc, lse, MOA_QK_AUTO);
+    } else if (w->pb) {
+        moa_gemm_bf16(m, a, lda, w, 1.0f, 0.0f, c, ldc, lse, MOA_QK_AUTO);
+    } else if (w->p && moa_get_num_threads() == 1) {
+        moa_gemm_packed_lse(m, a, lda, w, c, ldc, lse);
+    } else {
+        moa_gemm_w(m, a, lda, w, 1.0f, 0.0f, c, ldc);
+        for (int i = 0; i < m; i++) moa_logsumexp_rows(c + (size_t)i * ldc, 1, w->n, lse + i);
+    }
 }
 
 size_t moa_pack_floats(int n, int k) { return (size_t)((n + NR - 1) / NR) * NR * (size_t)k; }
@@ -96,7 +113,8 @@ void moa_pack_weights_kn(float *dst, const float *b, int k, int n) {
 static inline __attribute__((always_inline)) AVX512 void tile(int mr, int kc, const float *a,
                                                        const float *b, float *c, int ldc,
                                                        float alpha, int load_c, __mmask16 m0,
-                                                       __mmask16 m1, const float *pf) {
+                                                       __mmask16 m1, const float *pf,
+                                                       moa_lse16 *ls) {
     __m512 c0[MR], c1[MR];
 UNROLL
     for (int r = 0; r < mr; r++) {
@@ -140,20 +158,26 @@ UNROLL
         _mm512_mask_storeu_ps(c + (size_t)r * ldc, m0, c0[r]);
         _mm512_mask_storeu_ps(c + (size_t)r * ldc + 16, m1, c1[r]);
     }
+    if (ls)
+UNROLL
+        for (int r = 0; r < mr; r++) lse16_add(&ls[r], c0[r], c1[r], m0, m1);
 }
 
 // mr as a constant in each case, so the tile's loops unroll into registers.
 static AVX512 void tile_any(int mr, int kc, const float *a, const float *b, float *c, int ldc,
-                     float alpha, int load_c, __mmask16 m0, __mmask16 m1, const float *pf) {
+                     float alpha, int load_c, __mmask16 m0, __mmask16 m1, const float *pf,
+                     moa_lse16 *ls) {
     switch (mr) {
-#define T(n) case n: tile(n, kc, a, b, c, ldc, alpha, load_c, m0, m1, pf); break;
+#define T(n) case n: tile(n, kc, a, b, c, ldc, alpha, load_c, m0, m1, pf, ls); break;
         T(1) T(2) T(3) T(4) T(5) T(6) T(7) T(8) T(9) T(10) T(11) T(12)
 #undef T
     }
 }
 
+// ls (NULL: none): each row's log-sum-exp, folded in panel by panel as the
+// last k block writes its values.
 static AVX512 void gemm_chunk(int m, const float *a, int lda, const moa_packed *w, float alpha,
-                       int beta1, float *c, int ldc, float *abuf) {
+                       int beta1, float *c, int ldc, float *abuf, moa_lse16 *ls) {
     int n = w->n, k = w->k, np = (n + NR - 1) / NR;
     for (int k0 = 0; k0 < k; k0 += KC) {
         int kc = k - k0 < KC ? k - k0 : KC;
@@ -181,24 +205,41 @@ static AVX512 void gemm_chunk(int m, const float *a, int lda, const moa_packed *
                 int mr = m - i0 < MR ? m - i0 : MR;
                 tile_any(mr, kc, abuf + (size_t)(i0 / MR) * MR * kc, b,
                          c + (size_t)i0 * ldc + p * NR, ldc, alpha, load_c, m0, m1,
-                         i0 == 0 ? next : NULL);
+                         i0 == 0 ? next : NULL, ls && k0 + KC >= k ? ls + i0 : NULL);
             }
         }
     }
 }
 
-AVX512 void moa_gemm_packed(int m, const float *a, int lda, const moa_packed *w, float alpha,
-                            float beta, float *c, int ldc) {
+static AVX512 void gemm_packed(int m, const float *a, int lda, const moa_packed *w, float alpha,
+                               float beta, float *c, int ldc, float *lse) {
     MOA_ASSERT(w->p && (beta == 0.0f || beta == 1.0f));
     if (m <= 0 || w->n <= 0) return;
     if (w->k == 0) {
-        if (beta == 0.0f)
-            for (int i = 0; i < m; i++) memset(c + (size_t)i * ldc, 0, (size_t)w->n * sizeof *c);
+        for (int i = 0; i < m; i++) {
+            if (beta == 0.0f) memset(c + (size_t)i * ldc, 0, (size_t)w->n * sizeof *c);
+            if (lse) moa_logsumexp_rows(c + (size_t)i * ldc, 1, w->n, lse + i);
+        }
         return;
     }
     moa_count_flops(2ull * m * w->n * w->k);
     float abuf[MC * KC] __attribute__((aligned(64)));
-    for (int i0 = 0; i0 < m; i0 += MC)
-        gemm_chunk(m - i0 < MC ? m - i0 : MC, a + (size_t)i0 * lda, lda, w, alpha, beta != 0.0f,
-                   c + (size_t)i0 * ldc, ldc, abuf);
+    moa_lse16 ls[MC];
+    for (int i0 = 0; i0 < m; i0 += MC) {
+        int mc = m - i0 < MC ? m - i0 : MC;
+        for (int i = 0; lse && i < mc; i++) lse16_start(&ls[i]);
+        gemm_chunk(mc, a + (size_t)i0 * lda, lda, w, alpha, beta != 0.0f, c + (size_t)i0 * ldc,
+                   ldc, abuf, lse ? ls : NULL);
+        for (int i = 0; lse && i < mc; i++) lse[i0 + i] = lse16_value(&ls[i]);
+    }
+}
+
+void moa_gemm_packed(int m, const float *a, int lda, const moa_packed *w, float alpha, float beta,
+                     float *c, int ldc) {
+    gemm_packed(m, a, lda, w, alpha, beta, c, ldc, NULL);
+}
+
+void moa_gemm_packed_lse(int m, const float *a, int lda, const moa_packed *w, float *c, int ldc,
+                         float *lse) {
+    gemm_packed(m, a, lda, w, 1.0f, 0.0f, c, ldc, lse);
 }

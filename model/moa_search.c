@@ -104,11 +104,11 @@ int moa_search_opts_check(const moa_search_opts *o, const moa_config *cfg,
 
 // --- masking -----------------------------------------------------------------
 
-void moa_mask_row(float *lp, const moa_config *cfg, const moa_search_opts *o,
+void moa_mask_row(float *lp, int v, const moa_config *cfg, const moa_search_opts *o,
                   int n_tokens, int max_len) {
     if (n_tokens >= max_len) {
         float eos = lp[cfg->eos_id];
-        for (int j = 0; j < cfg->vocab_size; j++) lp[j] = -INFINITY;
+        for (int j = 0; j < v; j++) lp[j] = -INFINITY;
         lp[cfg->eos_id] = eos;
         return;
     }

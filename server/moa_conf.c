@@ -12,10 +12,11 @@
 
 #include "moa_cpus.h"
 #include "moa_log.h"
+#include "moa_model.h"
 
 #define DEFAULT_CONFIG "conf/moa-server.conf"
 
-typedef enum { T_STR, T_INT, T_LONG, T_DBL, T_BOOL, T_LEVEL, T_FORMAT } opt_type;
+typedef enum { T_STR, T_INT, T_LONG, T_DBL, T_BOOL, T_LEVEL, T_FORMAT, T_PREC } opt_type;
 
 typedef struct opt_def {
     const char *key;        // file key; flag is --key with '-' for '_'
@@ -90,6 +91,16 @@ static const opt_def opts[] = {
      "the batch"},
     {"drain_timeout", T_DBL, F(drain_timeout), 0, 86400, "30",
      "on SIGTERM/SIGINT, seconds to finish the requests in flight before exiting"},
+    {"precision", T_PREC, F(precision), 0, 0, "f32",
+     "arithmetic of the products with fixed weights (feed-forward, K/V, the "
+     "experts' Q and O, output projection): f32, bf16 or int8; the weights are "
+     "converted once at load (routers, layer norms, softmax and attention stay "
+     "float32; bf16 and int8 need AVX2). Answers follow it: f32 is the reference"},
+    {"shortlist", T_BOOL, F(shortlist), 0, 0, "false",
+     "vocabulary shortlist: each sentence's output projection and softmax run over its "
+     "candidate pieces only (MODEL/shortlist.tsv: what its source pieces translate to, "
+     "the frequent pieces, the specials), so scores are normalised over that set; the "
+     "server refuses to start when the file is missing"},
     {"cache_size", T_INT, F(cache_size), 0, 100000000, "10000",
      "translated sentences kept in the LRU cache (key: text + options + model); "
      "0 turns it off"},
@@ -178,6 +189,16 @@ static int set_opt(moa_conf *c, const opt_def *d, const char *val, const char *w
             return -1;
         }
         *(int *)p = l;
+        return 0;
+    }
+    case T_PREC: {
+        moa_precision pr;
+        if (moa_precision_parse(val, &pr) != 0) {
+            fprintf(stderr, "moa-server: %s: %s '%s': expected f32, bf16 or int8\n", where,
+                    d->key, val);
+            return -1;
+        }
+        *(int *)p = (int)pr;
         return 0;
     }
     case T_FORMAT:
@@ -367,6 +388,7 @@ void moa_conf_print(const moa_conf *c, FILE *f) {
             break;
         }
         case T_FORMAT: fprintf(f, "%s\n", *(const int *)p ? "json" : "text"); break;
+        case T_PREC: fprintf(f, "%s\n", moa_precision_name((moa_precision) * (const int *)p)); break;
         }
     }
 }

@@ -42,6 +42,8 @@ typedef struct moa_conf {
     int protect_placeholders;   // placeholders/markup/accelerators protected (ditto)
     double timeout;             // s per request (504 beyond)
     double drain_timeout;       // s to finish in-flight requests on SIGTERM
+    int precision;              // moa_precision of the products with fixed weights
+    int shortlist;              // decode over per-sentence candidate sets (MODEL/shortlist.tsv)
     int cache_size;             // cached sentences; 0 = off
     int heads;                  // routing statistics (/heads) on
     int heads_top;              // pieces listed per expert in /heads

@@ -212,8 +212,11 @@ static void add_models(moa_server *srv, cJSON *j) {
 }
 
 static enum MHD_Result do_health(req *r, struct MHD_Connection *c) {
+    const moa_conf *cf = &r->http->srv->conf;
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "status", "ok");
+    cJSON_AddStringToObject(j, "precision", moa_precision_name((moa_precision)cf->precision));
+    cJSON_AddBoolToObject(j, "shortlist", cf->shortlist);
     add_models(r->http->srv, j);
     return send_json(r, c, 200, j, NULL, NULL);
 }
@@ -388,7 +391,7 @@ static enum MHD_Result do_metrics(req *r, struct MHD_Connection *c) {
                    "# TYPE moa_ready gauge\nmoa_ready %d\n"
                    "# HELP moa_draining 1 after SIGTERM/SIGINT.\n"
                    "# TYPE moa_draining gauge\nmoa_draining %d\n"
-                   "# HELP moa_info The models served (one series each) and the BLAS core.\n"
+                   "# HELP moa_info The models served (one series each), their precision and shortlist, and the BLAS core.\n"
                    "# TYPE moa_info gauge\n",
                    st.queued_units, st.live_units, st.rows, atomic_load(&srv->inflight),
                    (unsigned long long)cs.hits, (unsigned long long)cs.misses, cs.entries,
@@ -397,9 +400,12 @@ static enum MHD_Result do_metrics(req *r, struct MHD_Connection *c) {
     int n = atomic_load(&srv->ready) ? srv->n_models : 0;
     for (int i = 0; i < n; i++) {
         const moa_srv_model *m = &srv->models[i];
-        moa_buf_printf(&b, "moa_info{model=\"%s\",source=\"%s\",target=\"%s\",blas=\"%s\","
-                       "compute_workers=\"%d\",compute_threads=\"%d\",http_threads=\"%d\"} 1\n",
-                       m->name, m->cfg->source_lang, m->cfg->target_lang, moa_blas_corename(),
+        moa_buf_printf(&b, "moa_info{model=\"%s\",source=\"%s\",target=\"%s\",precision=\"%s\","
+                       "shortlist=\"%s\",blas=\"%s\",compute_workers=\"%d\",compute_threads=\"%d\","
+                       "http_threads=\"%d\"} 1\n",
+                       m->name, m->cfg->source_lang, m->cfg->target_lang,
+                       moa_precision_name(moa_model_precision(m->model)),
+                       moa_model_shortlist(m->model, NULL, NULL) ? "on" : "off", moa_blas_corename(),
                        moa_conf_compute_workers(&srv->conf), moa_get_num_threads(),
                        srv->conf.http_threads);
     }

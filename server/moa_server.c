@@ -90,7 +90,11 @@ static int probe(const moa_conf *c) {
 // One model directory into m; its name and cache key.
 static int load_one(moa_srv_model *m, const moa_conf *c, char *err, size_t errlen) {
     const char *dir = m->dir;
-    m->model = moa_model_load(dir, err, errlen);
+    moa_load_opts lo;
+    moa_load_opts_default(&lo);
+    lo.precision = (moa_precision)c->precision;
+    lo.shortlist = c->shortlist;
+    m->model = moa_model_load_opts(dir, &lo, err, errlen);
     if (!m->model) return -1;
     m->cfg = moa_model_config(m->model);
     m->tok = moa_tokenizer_load(dir, err, errlen);
@@ -110,9 +114,12 @@ static int load_one(moa_srv_model *m, const moa_conf *c, char *err, size_t errle
         snprintf(m->name, sizeof m->name, "%.150s", b && b[1] ? b + 1 : dir);
     }
     // The cache lives as long as the process and is shared by the models:
-    // name + directory + size of the weights tell them apart.
+    // name + directory + size of the weights + precision and shortlist tell
+    // them (and their answers) apart.
     char key[sizeof m->key];  // built apart: m->name and dir live in the same struct
-    snprintf(key, sizeof key, "%.150s|%.300s|%zu", m->name, dir, moa_model_f32_bytes(m->model));
+    snprintf(key, sizeof key, "%.150s|%.300s|%zu|%s|%d", m->name, dir,
+             moa_model_f32_bytes(m->model), moa_precision_name(moa_model_precision(m->model)),
+             moa_model_shortlist(m->model, NULL, NULL));
     memcpy(m->key, key, sizeof key);
     if (c->heads && !(m->heads = moa_heads_create(m->cfg))) {
         snprintf(err, errlen, "out of memory for routing statistics");
@@ -190,8 +197,22 @@ static void log_start(const moa_server *srv, double load_s) {
             "hang-up watch 1, libuv pool unused (UV_THREADPOOL_SIZE=%s)", workers, srv->n_models,
             moa_blas_corename(), moa_get_num_threads(), c->http_threads,
             getenv("UV_THREADPOOL_SIZE"));
-    moa_log(MOA_LOG_INFO, "matrix products: %s", moa_get_num_threads() == 1 ? moa_gemm_path()
-                                                  : "OpenBLAS (several threads)");
+    for (int i = 0; i < srv->n_models; i++) {
+        const moa_model *m = srv->models[i].model;
+        const char *who = srv->models[i].name;
+        moa_log(MOA_LOG_INFO, "%s: precision %s: matrix products: %s; their weights %.1f MB "
+                "(%.1f MB as float32)", who, moa_precision_name(moa_model_precision(m)),
+                moa_model_kernels(m), (double)moa_model_weight_bytes(m) / 1e6,
+                (double)moa_model_f32_bytes(m) / 1e6);
+        int n_src = 0, n_always = 0;
+        if (moa_model_shortlist(m, &n_src, &n_always))
+            moa_log(MOA_LOG_INFO, "%s: vocabulary shortlist on: %d source pieces listed, %d "
+                    "always candidates; scores are normalised over each sentence's candidates",
+                    who, n_src, n_always);
+        else
+            moa_log(MOA_LOG_INFO, "%s: vocabulary shortlist off: every step over the whole "
+                    "vocabulary", who);
+    }
     moa_log(MOA_LOG_INFO, "limits: max_inflight %d sentences, max_batch_rows %d (per worker: "
             "%d sentences, %d rows), max_queue %d, max_body %ld, max_texts %d, max_chars %d, timeout %g s, "
             "cache %d, heads %s", c->max_inflight, c->max_batch_rows,

@@ -12,6 +12,7 @@
 #include "moa_test.h"
 
 extern const moa_test_case moa_tests_kernels[];
+extern const moa_test_case moa_tests_quant[];
 extern const moa_test_case moa_tests_loader[];
 extern const moa_test_case moa_tests_tokenizer[];
 extern const moa_test_case moa_tests_engine[];
@@ -29,7 +30,8 @@ static const struct {
     const char *name;
     const moa_test_case *cases;
 } tables[] = {
-    {"kernels", moa_tests_kernels},   {"loader", moa_tests_loader},
+    {"kernels", moa_tests_kernels},   {"quant", moa_tests_quant},
+    {"loader", moa_tests_loader},
     {"tokenizer", moa_tests_tokenizer}, {"engine", moa_tests_engine},
     {"search", moa_tests_search},     {"cpus", moa_tests_cpus},
     {"sched", moa_tests_sched},

@@ -98,8 +98,8 @@ static void grouped_products_match_naive(int packed) {
     moa_packed qp[5], op[5];
     float *buf[10] = {0};
     for (int e = 0; e < E; e++) {
-        qp[e] = (moa_packed){qw + e * d * h, NULL, h, d, 1};
-        op[e] = (moa_packed){ow + e * h * d, NULL, d, h, 1};
+        qp[e] = (moa_packed){.w = qw + e * d * h, .n = h, .k = d, .kn = 1};
+        op[e] = (moa_packed){.w = ow + e * h * d, .n = d, .k = h, .kn = 1};
         if (!packed) continue;
         buf[2 * e] = aligned_alloc(64, sizeof(float) * moa_pack_floats(h, d));
         buf[2 * e + 1] = aligned_alloc(64, sizeof(float) * moa_pack_floats(d, h));
@@ -116,8 +116,13 @@ static void grouped_products_match_naive(int packed) {
     s.max_rows = n;
     ASSERT_EQ_INT(arena_reserve(&s, n, 0, 0), 0);
     work w = s.w;
-    route(&c, &w, &aw, xn, n);
-    project_q(&c, &w, &aw, xn);
+    // the packed run also routes the way bf16/int8 models do (fixed-order rows)
+    moa_model mm;
+    memset(&mm, 0, sizeof mm);
+    mm.cfg = c;
+    mm.precision = packed ? MOA_PREC_INT8 : MOA_PREC_F32;
+    route(&mm, &w, &aw, xn, n);
+    project_q(&c, &w, &aw, xn, NULL);
     memcpy(w.a, a_in, sizeof a_in);
     float y[9 * 12];
     project_o(&c, &w, &aw, n, y);
@@ -166,6 +171,26 @@ static void grouped_products_match_naive(int packed) {
 static void test_grouped_products_match_naive(void) {
     grouped_products_match_naive(0);
     if (moa_pack_available()) grouped_products_match_naive(1);
+}
+
+// The fixed-order router product: a row's logits are the same bits alone or
+// in any batch, and within float rounding of the double loop.
+static void test_rowwise_router(void) {
+    unsigned st = 5;
+    int d = 37, E = 11, n = 9;
+    float x[9 * 37], w[37 * 11], all[9 * 11], one[11];
+    for (int i = 0; i < n * d; i++) x[i] = frand(&st);
+    for (int i = 0; i < d * E; i++) w[i] = frand(&st);
+    moa_gemm_rowwise(n, E, d, x, w, all);
+    for (int r = 0; r < n; r++) {
+        moa_gemm_rowwise(1, E, d, x + r * d, w, one);
+        ASSERT_TRUE(memcmp(one, all + r * E, sizeof one) == 0);
+        for (int e = 0; e < E; e++) {
+            double ref = 0;
+            for (int j = 0; j < d; j++) ref += (double)x[r * d + j] * w[j * E + e];
+            ASSERT_NEAR(all[r * E + e], ref, 1e-5);
+        }
+    }
 }
 
 // --- batching never changes results ------------------------------------------------
@@ -733,8 +758,238 @@ static void test_session_ids_wrap(void) {
     moa_model_free(m);
 }
 
+// --- precision and the vocabulary shortlist (spec §9) --------------------------------------
+
+#define TRAINED "tests/fixtures/models/tiny-trained"
+
+static moa_model *load_with(moa_precision p, int shortlist) {
+    char err[512];
+    moa_load_opts lo;
+    moa_load_opts_default(&lo);
+    lo.precision = p;
+    lo.shortlist = shortlist;
+    moa_model *m = moa_model_load_opts(TRAINED, &lo, err, sizeof err);
+    if (!m) MOA_TEST_FAIL("%s", err);
+    return m;
+}
+
+// A sentence's candidates as the spec states them, computed here from the
+// parsed file: specials, always, the lists of the source pieces and eos,
+// the forced target's pieces. want: V flags.
+static void expected_candidates(const moa_model *m, const int *src, int n, const int *tgt,
+                                int nt, char *want) {
+    const moa_shortlist *sl = m->shortlist;
+    int V = m->cfg.vocab_size;
+    memset(want, 0, (size_t)V);
+    for (int i = 0; i < 4; i++) want[i] = 1;
+    for (int i = 0; i < sl->n_always; i++) want[sl->always[i]] = 1;
+    for (int i = 0; i <= n; i++) {
+        int p = i < n ? src[i] : 2;
+        for (int j = sl->off[p]; j < sl->off[p + 1]; j++) want[sl->ids[j]] = 1;
+    }
+    for (int i = 0; i < nt; i++) want[tgt[i]] = 1;
+}
+
+// Each queued sentence carries exactly its candidate set, ascending, the
+// specials first; a forced target's pieces are in it whatever the file says.
+static void test_shortlist_candidate_sets(void) {
+    moa_model *m = load_with(MOA_PREC_F32, 1);
+    int V = m->cfg.vocab_size;
+    corpus c = load_corpus_from(TRAINED, 6);
+    moa_session *s = moa_session_create(m, 64, NULL, 0);
+    moa_search_opts o;
+    moa_search_opts_default(&o);
+    char err[256], *want = malloc((size_t)V);
+    // a target of pieces from the end of the vocabulary (rare ones)
+    int tgt[3] = {V - 1, V - 7, 5};
+    for (int i = 0; i < c.n; i++) {
+        int forced = i == c.n - 1;
+        int id = session_push(s, c.ids[i], c.len[i], forced ? tgt : NULL, forced ? 3 : 0, &o,
+                              NULL, err, sizeof err);
+        ASSERT_TRUE(id >= 0);
+        const sent *st = s->sents[s->n_sents - 1];
+        expected_candidates(m, c.ids[i], c.len[i], forced ? tgt : NULL, forced ? 3 : 0, want);
+        int n = 0;
+        for (int t = 0; t < V; t++) n += want[t];
+        ASSERT_EQ_INT(st->n_cand, n);
+        ASSERT_TRUE(n < V);  // the file really restricts the tiny model
+        for (int j = 0; j < st->n_cand; j++) {
+            ASSERT_TRUE(want[st->cand[j]]);
+            if (j) ASSERT_TRUE(st->cand[j] > st->cand[j - 1]);
+        }
+        for (int j = 0; j < 4; j++) ASSERT_EQ_INT(st->cand[j], j);
+    }
+    free(want);
+    moa_session_free(s);
+    corpus_free(&c);
+    moa_model_free(m);
+}
+
+// Scoring with a shortlist scores every forced piece (eos included), even
+// pieces the file lists for none of the source's pieces, with log-probs
+// normalised over the candidates: at least the full vocabulary's.
+static void test_shortlist_score_keeps_forced_pieces(void) {
+    moa_model *full = load_with(MOA_PREC_F32, 0), *sl = load_with(MOA_PREC_F32, 1);
+    int V = full->cfg.vocab_size;
+    corpus c = load_corpus_from(TRAINED, 8);
+    char *want = malloc((size_t)V);
+    int **tg = calloc((size_t)c.n, sizeof *tg), *tl = calloc((size_t)c.n, sizeof *tl);
+    int outside = 0;
+    for (int i = 0; i < c.n; i++) {
+        // the next sentence's source as target, plus two pieces outside this
+        // source's candidates
+        const int *other = c.ids[(i + 1) % c.n];
+        int n = c.len[(i + 1) % c.n];
+        tg[i] = malloc(sizeof(int) * (n + 2));
+        memcpy(tg[i], other, sizeof(int) * n);
+        expected_candidates(sl, c.ids[i], c.len[i], NULL, 0, want);
+        int added = 0;
+        for (int t = V - 1; t >= 4 && added < 2; t--)
+            if (!want[t]) tg[i][n + added++] = t;
+        ASSERT_EQ_INT(added, 2);
+        tl[i] = n + 2;
+        for (int t = 0; t < tl[i]; t++) outside += !want[tg[i][t]];
+    }
+    ASSERT_TRUE(outside >= 2 * c.n);
+    moa_session *s1 = moa_session_create(full, 64, NULL, 0), *s2 = moa_session_create(sl, 64, NULL, 0);
+    moa_result *a = calloc((size_t)c.n, sizeof *a), *b = calloc((size_t)c.n, sizeof *b);
+    char err[256];
+    ASSERT_EQ_INT(moa_score(s1, (const int *const *)c.ids, c.len, (const int *const *)tg, tl, c.n,
+                            0, a, err, sizeof err), 0);
+    ASSERT_EQ_INT(moa_score(s2, (const int *const *)c.ids, c.len, (const int *const *)tg, tl, c.n,
+                            0, b, err, sizeof err), 0);
+    for (int i = 0; i < c.n; i++) {
+        moa_hypothesis *x = &a[i].hyps[0], *y = &b[i].hyps[0];
+        ASSERT_EQ_INT(y->n_tokens, tl[i] + 1);
+        ASSERT_EQ_INT(y->tokens[y->n_tokens - 1], 2);
+        for (int t = 0; t < y->n_tokens; t++) {
+            ASSERT_EQ_INT(y->tokens[t], x->tokens[t]);
+            ASSERT_TRUE(isfinite(y->token_logprobs[t]) && y->token_logprobs[t] <= 1e-6);
+            ASSERT_TRUE(y->token_logprobs[t] >= x->token_logprobs[t] - 1e-4);
+        }
+    }
+    results_free(a, c.n);
+    results_free(b, c.n);
+    for (int i = 0; i < c.n; i++) free(tg[i]);
+    free(tg);
+    free(tl);
+    free(want);
+    moa_session_free(s1);
+    moa_session_free(s2);
+    corpus_free(&c);
+    moa_model_free(full);
+    moa_model_free(sl);
+}
+
+// Translations for each precision, with and without the shortlist: the same
+// whether a sentence is decoded alone or with 19 others; with the shortlist
+// every output piece is one of the sentence's candidates.
+static void check_precision_invariance(moa_precision p, int shortlist) {
+    moa_model *m = load_with(p, shortlist);
+    int V = m->cfg.vocab_size;
+    corpus c = load_corpus_from(TRAINED, 20);
+    moa_search_opts o;
+    moa_search_opts_default(&o);
+    o.beam_size = 4;
+    o.num_hypotheses = 2;
+    moa_session *big = moa_session_create(m, 80, NULL, 0), *one = moa_session_create(m, 4, NULL, 0);
+    moa_result *together = translate_all(big, &c, &o);
+    char *want = malloc((size_t)V);
+    for (int i = 0; i < c.n; i++) {
+        corpus single = {1, &c.len[i], &c.ids[i]};
+        moa_result *alone = translate_all(one, &single, &o);
+        ASSERT_EQ_INT(alone[0].n_hyps, together[i].n_hyps);
+        if (shortlist) expected_candidates(m, c.ids[i], c.len[i], NULL, 0, want);
+        for (int j = 0; j < alone[0].n_hyps; j++) {
+            moa_hypothesis *x = &alone[0].hyps[j], *y = &together[i].hyps[j];
+            ASSERT_EQ_INT(x->n_tokens, y->n_tokens);
+            for (int t = 0; t < x->n_tokens; t++) {
+                ASSERT_EQ_INT(x->tokens[t], y->tokens[t]);
+                if (shortlist) ASSERT_TRUE(want[x->tokens[t]]);
+            }
+            // bf16/int8 route row by row in a fixed order: nothing depends on
+            // the batch. f32 routes through OpenBLAS, which may round a row
+            // differently in another batch (the f32 test's tolerance).
+            if (p == MOA_PREC_F32) ASSERT_NEAR(x->log_prob, y->log_prob, 1e-4);
+            else ASSERT_TRUE(x->log_prob == y->log_prob);
+        }
+        results_free(alone, 1);
+    }
+    free(want);
+    results_free(together, c.n);
+    moa_session_free(big);
+    moa_session_free(one);
+    corpus_free(&c);
+    moa_model_free(m);
+}
+static void test_precision_int8_batching_invariance(void) { check_precision_invariance(MOA_PREC_INT8, 0); }
+static void test_precision_bf16_batching_invariance(void) { check_precision_invariance(MOA_PREC_BF16, 0); }
+static void test_shortlist_batching_invariance(void) {
+    check_precision_invariance(MOA_PREC_F32, 1);
+    check_precision_invariance(MOA_PREC_INT8, 1);
+}
+
+// bf16 and int8 score the f32 model's own translations close to f32: the
+// mean per-token difference is small (bf16 < 0.01, int8 < 0.03 nats) and
+// none is large (< 0.5), on 40 sentences. Loose on purpose (rounding of a
+// whole network, not a kernel); a broken scale or sign is off by far more.
+static void test_precision_scores_close_to_f32(void) {
+    moa_model *m32 = load_with(MOA_PREC_F32, 0);
+    corpus c = load_corpus_from(TRAINED, 40);
+    moa_search_opts o;
+    moa_search_opts_default(&o);
+    moa_session *s = moa_session_create(m32, 160, NULL, 0);
+    moa_result *r = translate_all(s, &c, &o);
+    const int **tg = calloc((size_t)c.n, sizeof *tg);
+    int *tl = calloc((size_t)c.n, sizeof *tl);
+    for (int i = 0; i < c.n; i++) {
+        tg[i] = r[i].hyps[0].tokens;
+        tl[i] = r[i].hyps[0].n_tokens - 1;
+    }
+    char err[256];
+    moa_result *ref = calloc((size_t)c.n, sizeof *ref);
+    ASSERT_EQ_INT(moa_score(s, (const int *const *)c.ids, c.len, tg, tl, c.n, 0, ref, err, sizeof err), 0);
+    for (int p = MOA_PREC_BF16; p <= MOA_PREC_INT8; p++) {
+        moa_model *mq = load_with((moa_precision)p, 0);
+        moa_session *sq = moa_session_create(mq, 160, NULL, 0);
+        moa_result *q = calloc((size_t)c.n, sizeof *q);
+        ASSERT_EQ_INT(moa_score(sq, (const int *const *)c.ids, c.len, tg, tl, c.n, 0, q, err, sizeof err), 0);
+        double sum = 0, mx = 0;
+        long n = 0;
+        for (int i = 0; i < c.n; i++)
+            for (int t = 0; t < q[i].hyps[0].n_tokens; t++) {
+                double d = fabs(q[i].hyps[0].token_logprobs[t] - ref[i].hyps[0].token_logprobs[t]);
+                sum += d;
+                mx = d > mx ? d : mx;
+                n++;
+            }
+        printf("  %s: mean |token log-prob - f32| %.4f, max %.4f (%ld tokens)\n",
+               moa_precision_name((moa_precision)p), sum / n, mx, n);
+        ASSERT_TRUE(sum / n < (p == MOA_PREC_BF16 ? 0.01 : 0.03));
+        ASSERT_TRUE(mx < 0.5);
+        ASSERT_TRUE(sum > 0);  // it really ran in another precision
+        results_free(q, c.n);
+        moa_session_free(sq);
+        moa_model_free(mq);
+    }
+    results_free(ref, c.n);
+    results_free(r, c.n);
+    free(tg);
+    free(tl);
+    moa_session_free(s);
+    corpus_free(&c);
+    moa_model_free(m32);
+}
+
 const moa_test_case moa_tests_engine[] = {
+    {"shortlist_candidate_sets", test_shortlist_candidate_sets},
+    {"shortlist_score_keeps_forced_pieces", test_shortlist_score_keeps_forced_pieces},
+    {"precision_int8_batching_invariance", test_precision_int8_batching_invariance},
+    {"precision_bf16_batching_invariance", test_precision_bf16_batching_invariance},
+    {"shortlist_batching_invariance", test_shortlist_batching_invariance},
+    {"precision_scores_close_to_f32", test_precision_scores_close_to_f32},
     {"grouped_products_match_naive", test_grouped_products_match_naive},
+    {"rowwise_router", test_rowwise_router},
     {"batching_invariance_greedy", test_batching_invariance_greedy},
     {"batching_invariance_beam4", test_batching_invariance_beam4},
     {"nbest_sorted_and_consistent", test_nbest_sorted_and_consistent},

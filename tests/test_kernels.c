@@ -68,7 +68,7 @@ static void test_gemm_packed_matches_naive(void) {
                         for (int i = 0; i < m; i++)
                             for (int j = 0; j < n; j++) c1[i * ldc + j] = NAN;
                     moa_pack_weights(p, w, n, k);
-                    moa_packed pw = {w, p, n, k, 0};
+                    moa_packed pw = {.w = w, .p = p, .n = n, .k = k};
                     moa_gemm_packed(m, a, lda, &pw, 1.0f, (float)beta, c1, ldc);
                     moa_gemm_naive(0, 1, m, n, k, 1.0f, a, lda, w, k, (float)beta, c2, ldc);
                     for (int i = 0; i < m; i++)
@@ -92,7 +92,7 @@ static void test_gemm_packed_rows_independent(void) {
     fill(a, (size_t)m * k);
     fill(w, (size_t)n * k);
     moa_pack_weights(p, w, n, k);
-    moa_packed pw = {w, p, n, k, 0};
+    moa_packed pw = {.w = w, .p = p, .n = n, .k = k};
     moa_gemm_packed(m, a, k, &pw, 1.0f, 0.0f, all, n);
     for (int i = 0; i < m; i++) {
         moa_gemm_packed(1, a + (size_t)i * k, k, &pw, 1.0f, 0.0f, one, n);

@@ -1451,7 +1451,147 @@ static void test_strerror(void) {
     ASSERT_STR_EQ(moa_strerror(1), "unknown error");
 }
 
+// --- precision and the vocabulary shortlist (spec §9) --------------------------------------
+
+static moa_model *load_opts(const char *dir, moa_precision p, int shortlist, char *err,
+                            size_t errlen) {
+    moa_load_opts o;
+    moa_load_opts_default(&o);
+    o.precision = p;
+    o.shortlist = shortlist;
+    return moa_model_load_opts(dir, &o, err, errlen);
+}
+
+// bf16 and int8 convert every product with a fixed weight (whatever the
+// CPU: the kernels pick their path at run time), one block each, and the
+// converted weights take a half / about a quarter of float32's bytes.
+static void test_load_precisions(void) {
+    tt_cfg c = tt_tiny();
+    tt_model *tm = tt_new(&c, "F32");
+    char dir[512], err[1024];
+    tt_save(dir, sizeof dir, &c, tm);
+    int products = (2 + 2 * c.E) * (c.enc_layers + 2 * c.dec_layers) +
+                   2 * (c.enc_layers + c.dec_layers) + 1;
+    moa_model *f = load_opts(dir, MOA_PREC_F32, 0, err, sizeof err);
+    ASSERT_TRUE(f != NULL);
+    size_t f32 = moa_model_weight_bytes(f);
+    ASSERT_TRUE(f32 > 0 && moa_model_precision(f) == MOA_PREC_F32);
+    for (int p = MOA_PREC_BF16; p <= MOA_PREC_INT8; p++) {
+        moa_model *m = load_opts(dir, (moa_precision)p, 0, err, sizeof err);
+        if (!m) MOA_TEST_FAIL("%s", err);
+        ASSERT_EQ_INT(moa_model_precision(m), p);
+        ASSERT_EQ_INT(m->n_packed, products);
+        ASSERT_EQ_INT(check_model(m, tm), count_bound(&c));  // the float32 views stay
+        ASSERT_TRUE(m->out_p.p == NULL && (p == MOA_PREC_BF16 ? m->out_p.pb != NULL
+                                                              : m->out_p.pq != NULL));
+        // two bytes a weight in panels of 32 output columns (zero-padded)
+        if (p == MOA_PREC_BF16) {
+            int na = c.enc_layers + 2 * c.dec_layers, nf = c.enc_layers + c.dec_layers;
+            size_t want = na * (2 * moa_pack_bf16_bytes(c.h, c.d) +
+                                c.E * (moa_pack_bf16_bytes(c.h, c.d) + moa_pack_bf16_bytes(c.d, c.h))) +
+                          nf * (moa_pack_bf16_bytes(c.ffn, c.d) + moa_pack_bf16_bytes(c.d, c.ffn)) +
+                          moa_pack_bf16_bytes(c.V, c.d);
+            ASSERT_EQ_INT(moa_model_weight_bytes(m), want);
+            ASSERT_EQ_INT(moa_pack_bf16_bytes(64, 256), 64 * 256 * 2);
+        }
+        ASSERT_TRUE(strstr(moa_model_kernels(m), moa_precision_name((moa_precision)p)) != NULL);
+        moa_model_free(m);
+    }
+    moa_model_free(f);
+    moa_precision pr;
+    ASSERT_EQ_INT(moa_precision_parse("int8", &pr), 0);
+    ASSERT_EQ_INT(pr, MOA_PREC_INT8);
+    ASSERT_EQ_INT(moa_precision_parse("fp16", &pr), MOA_EINVAL);
+    ASSERT_EQ_INT(moa_precision_parse("", &pr), MOA_EINVAL);
+    tt_rmdir(dir);
+    tt_free(tm);
+}
+
+// shortlist = on without DIR/shortlist.tsv: a clear refusal naming the file.
+static void test_shortlist_missing_file(void) {
+    tt_cfg c = tt_tiny();
+    tt_model *tm = tt_new(&c, "F32");
+    char dir[512], err[1024];
+    tt_save(dir, sizeof dir, &c, tm);
+    ASSERT_TRUE(load_opts(dir, MOA_PREC_INT8, 1, err, sizeof err) == NULL);
+    ASSERT_STR_CONTAINS(err, "shortlist.tsv");
+    ASSERT_STR_CONTAINS(err, "cannot open");
+    ASSERT_STR_CONTAINS(err, "make_shortlist");
+    // with the file: loaded, and the output projection only as rows
+    const char *txt = "# a comment\nformat\tmoa-shortlist\t1\nvocab_size\t12\nalways\t4 5\n7\t8 9\n";
+    tt_write_file(dir, "shortlist.tsv", txt, strlen(txt));
+    for (int p = 0; p <= MOA_PREC_INT8; p++) {
+        moa_model *m = load_opts(dir, (moa_precision)p, 1, err, sizeof err);
+        if (!m) MOA_TEST_FAIL("%s", err);
+        int ns = 0, na = 0;
+        ASSERT_EQ_INT(moa_model_shortlist(m, &ns, &na), 1);
+        ASSERT_EQ_INT(ns, 1);
+        ASSERT_EQ_INT(na, 2);
+        ASSERT_TRUE(m->out_p.p == NULL && m->out_p.pb == NULL && m->out_p.pq == NULL);
+        ASSERT_TRUE(m->out_rows.f || m->out_rows.b || m->out_rows.q);
+        moa_model_free(m);
+    }
+    moa_model *m = load_opts(dir, MOA_PREC_F32, 0, err, sizeof err);
+    ASSERT_TRUE(m && moa_model_shortlist(m, NULL, NULL) == 0);  // off: the file is not read
+    moa_model_free(m);
+    char p[600];
+    snprintf(p, sizeof p, "%s/shortlist.tsv", dir);
+    unlink(p);
+    tt_rmdir(dir);
+    tt_free(tm);
+}
+
+// The file's rules (spec §9): what is accepted and what each refusal says.
+static void test_shortlist_parse(void) {
+    char err[512];
+    const char *good = "# made by hand\r\nformat\tmoa-shortlist\t1\r\nvocab_size\t10\n\n"
+                       "always\t4  5 9\n6\t7 8\n2\t\n4\t9 9\n";
+    moa_shortlist *sl = moa_shortlist_parse(good, strlen(good), 10, "x.tsv", err, sizeof err);
+    if (!sl) MOA_TEST_FAIL("%s", err);
+    ASSERT_EQ_INT(sl->n_always, 3);
+    ASSERT_EQ_INT(sl->always[2], 9);
+    ASSERT_EQ_INT(sl->n_sources, 3);
+    ASSERT_EQ_INT(sl->off[7] - sl->off[6], 2);
+    ASSERT_EQ_INT(sl->ids[sl->off[6]], 7);
+    ASSERT_EQ_INT(sl->off[3] - sl->off[2], 0);  // an empty list is allowed
+    ASSERT_EQ_INT(sl->off[5] - sl->off[4], 2);
+    ASSERT_EQ_INT(sl->off[10], 4);
+    moa_shortlist_free(sl);
+    static const struct {
+        const char *text, *phrase;
+    } bad[] = {
+        {"vocab_size\t10\n", "x.tsv:1: expected the first line 'format"},
+        {"format\tmoa-shortlist\t2\nvocab_size\t10\n", "format version 1"},
+        {"format\tmoa-shortlist\t1\n", "no vocab_size line"},
+        {"", "no format line"},
+        {"format\tmoa-shortlist\t1\nvocab_size\t11\n", "x.tsv:2: vocab_size must"},
+        {"format\tmoa-shortlist\t1\nvocab_size\t10\n4\t1 10\n", "x.tsv:3: expected piece ids 0-9"},
+        {"format\tmoa-shortlist\t1\nvocab_size\t10\n4\t1,2\n", "found '1,2'"},
+        {"format\tmoa-shortlist\t1\nvocab_size\t10\n4\t-1\n", "expected piece ids"},
+        {"format\tmoa-shortlist\t1\nvocab_size\t10\n10\t1\n", "x.tsv:3: expected a source piece id 0-9"},
+        {"format\tmoa-shortlist\t1\nvocab_size\t10\nfoo\t1\n", "found 'foo'"},
+        {"format\tmoa-shortlist\t1\nvocab_size\t10\n4 5\n", "x.tsv:3: expected KEY<TAB>VALUES"},
+        {"format\tmoa-shortlist\t1\nvocab_size\t10\n4\t5\n4\t6\n", "x.tsv:4: source piece 4 listed twice"},
+        {"format\tmoa-shortlist\t1\nvocab_size\t10\nalways\t4\nalways\t5\n", "a second 'always'"},
+        {"format\tmoa-shortlist\t1\nvocab_size\t10\nvocab_size\t10\n", "given once"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        strcpy(err, "(unset)");
+        sl = moa_shortlist_parse(bad[i].text, strlen(bad[i].text), 10, "x.tsv", err, sizeof err);
+        if (sl) MOA_TEST_FAIL("case %zu accepted", i);
+        if (!strstr(err, bad[i].phrase))
+            MOA_TEST_FAIL("case %zu: \"%s\" lacks \"%s\"", i, err, bad[i].phrase);
+    }
+    // NUL bytes are refused, not read past
+    const char nul[] = "format\tmoa-shortlist\t1\nvocab_size\t10\n4\t5\0 6\n";
+    ASSERT_TRUE(moa_shortlist_parse(nul, sizeof nul - 1, 10, "x.tsv", err, sizeof err) == NULL);
+    ASSERT_STR_CONTAINS(err, "NUL");
+}
+
 const moa_test_case moa_tests_loader[] = {
+    {"load_precisions", test_load_precisions},
+    {"shortlist_missing_file", test_shortlist_missing_file},
+    {"shortlist_parse", test_shortlist_parse},
     {"reject_missing_dir", test_reject_missing_dir},
     {"reject_missing_config", test_reject_missing_config},
     {"reject_missing_safetensors", test_reject_missing_safetensors},

@@ -180,17 +180,17 @@ static void test_mask_rules(void) {
     o.min_length = 2;
     float lp[8];
     for (int i = 0; i < 8; i++) lp[i] = -1.0f - i;
-    moa_mask_row(lp, &c, &o, 0, 10);  // before min_length: no eos
+    moa_mask_row(lp, c.vocab_size, &c, &o, 0, 10);  // before min_length: no eos
     ASSERT_TRUE(isinf(lp[0]) && isinf(lp[1]) && isinf(lp[2]));
     ASSERT_NEAR(lp[3], -4, 0);  // unk allowed by default
     ASSERT_NEAR(lp[4], -5, 0);
     for (int i = 0; i < 8; i++) lp[i] = -1.0f - i;
     o.no_unk = 1;
-    moa_mask_row(lp, &c, &o, 2, 10);
+    moa_mask_row(lp, c.vocab_size, &c, &o, 2, 10);
     ASSERT_NEAR(lp[2], -3, 0);  // eos allowed at min_length
     ASSERT_TRUE(isinf(lp[3]));
     for (int i = 0; i < 8; i++) lp[i] = -1.0f - i;
-    moa_mask_row(lp, &c, &o, 10, 10);  // at max_length only eos, real value
+    moa_mask_row(lp, c.vocab_size, &c, &o, 10, 10);  // at max_length only eos, real value
     for (int i = 0; i < 8; i++)
         if (i == 2) ASSERT_NEAR(lp[i], -3, 0);
         else ASSERT_TRUE(isinf(lp[i]) && lp[i] < 0);

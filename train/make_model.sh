@@ -11,7 +11,8 @@
 #      training corpus -> WORK/spm.model, WORK/vocab.txt (pieces in id order)
 #   2. token cache of train/valid/test -> WORK/data/
 #   3. training (train/train.py) -> WORK/run/checkpoint_last.pt, WORK/run/done.json
-#   4. export (F32; for the default model also the F16-vs-F32 score check)
+#   4. export (F32; for the default model also the F16-vs-F32 score check),
+#      then the vocabulary shortlist (train/make_shortlist.py) -> OUT/shortlist.tsv
 #   5. evaluation with the C CLI (beam 4) -> config.json `metrics`, train/RESULTS.md
 #
 # Pausing (to benchmark, or before a machine goes away): SIGTERM or SIGINT to
@@ -212,6 +213,17 @@ if [ ! -f "$WORK/export.done" ] || [ "$WORK/run/done.json" -nt "$WORK/export.don
   touch "$WORK/export.done"
 else
   say "4. export: $OUT is up to date"
+fi
+
+# --- 4b. vocabulary shortlist -------------------------------------------------------------
+# From the token cache (stage 2), with the tokenizer the cache was made with;
+# it does not depend on the weights (docs/moa-spec.md section 9).
+if [ ! -f "$OUT/shortlist.tsv" ] || [ "$WORK/data/meta.json" -nt "$OUT/shortlist.tsv" ]; then
+  say "4b. vocabulary shortlist -> $OUT/shortlist.tsv"
+  $PY train/make_shortlist.py --data "$WORK/data" --model "$OUT" --out "$OUT/shortlist.tsv" \
+    --report valid
+else
+  say "4b. vocabulary shortlist: $OUT/shortlist.tsv is up to date"
 fi
 
 # --- 5. evaluation ----------------------------------------------------------------------

@@ -597,7 +597,7 @@ def main() -> int:
     if not os.path.exists(ARGS.chromium):
         print(f"no browser at {ARGS.chromium}: run make deps (installs chromium)")
         return 1
-    e2e.ARGS = argparse.Namespace(server=ARGS.server, sanitizer=ARGS.sanitizer, k="")
+    e2e.ARGS = argparse.Namespace(server=ARGS.server, sanitizer=ARGS.sanitizer, k="", precision="f32")
     e2e.MODEL = os.path.abspath(ARGS.model)
     t_start = time.time()
     passed = failed = 0

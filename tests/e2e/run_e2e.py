@@ -79,7 +79,7 @@ class Server:
         # model: the tiny test model unless given (a further --model flag adds one)
         cmd = [ARGS.server, "--model", model or MODEL, "--port", str(self.port), "--listen",
                "127.0.0.1",
-               "--compute-threads", "1", "--timeout", "3600"]
+               "--compute-threads", "1", "--timeout", "3600", "--precision", ARGS.precision]
         if config:
             cmd += ["--config", config]
         else:
@@ -236,11 +236,12 @@ def test_404_405_options():
 
 # --- /translate ------------------------------------------------------------------------------
 
-def cli_translate(lines: List[str], beam: int) -> List[str]:
+def cli_translate(lines: List[str], beam: int, *extra: str) -> List[str]:
     cli = os.path.join(os.path.dirname(ARGS.server), "moa-translate")
     if not os.path.exists(cli):
         cli = os.path.join(REPO, "build", "release", "moa-translate")
-    r = subprocess.run([cli, "--model", MODEL, "--beam", str(beam)], input="\n".join(lines) + "\n",
+    r = subprocess.run([cli, "--model", MODEL, "--beam", str(beam), "--precision", ARGS.precision]
+                       + list(extra), input="\n".join(lines) + "\n",
                        capture_output=True, text=True, check=True)
     return r.stdout.split("\n")[:len(lines)]
 
@@ -1708,6 +1709,59 @@ def test_bpe_model_matches_reference():
     check(pieces and pieces <= set(vocab), f"/heads pieces are vocab.txt's: {sorted(pieces)[:5]}")
 
 
+# --- precision and the vocabulary shortlist (docs/moa-spec.md section 9) -------------------
+
+@test
+def test_precision_and_shortlist_servers_match_cli():
+    """A server with precision int8 (and bf16), with and without the
+    shortlist, answers what the CLI with the same settings writes; /health
+    and moa_info name the settings."""
+    src = sentences(16, 40)
+    for prec, short in (("int8", False), ("bf16", False), ("int8", True), ("f32", True)):
+        name = f"{prec}{'-shortlist' if short else ''}"
+        flags = ["--cache-size", "0", "--precision", prec] + (["--shortlist", "on"] if short else [])
+        s = Server(name, *flags)
+        st, _, b = request(s, "GET", "/health")
+        health = json.loads(b)
+        check(st == 200 and health["status"] == "ok" and health["precision"] == prec
+              and health["shortlist"] is short, f"{name}: /health {b!r}")
+        m = parse_prometheus(request(s, "GET", "/metrics")[2].decode())
+        info = next(iter(m["moa_info"]))
+        check(f'precision="{prec}"' in info and f'shortlist="{"on" if short else "off"}"' in info,
+              f"{name}: moa_info {info}")
+        for beam in (1, 4):
+            cli = ["--precision", prec] + (["--shortlist"] if short else [])
+            want = cli_translate(src, beam, *cli)
+            # the engine path, as the CLI has it (no splitting, no protection)
+            got = translate(s, {"text": src, "beam_size": beam, "split_sentences": False,
+                                "protect_placeholders": False})["translatedText"]
+            check(got == want, f"{name}, beam {beam}: server {got} != CLI {want}")
+        log = s.read_log()
+        check(f"precision {prec}: matrix products" in log, f"{name}: start log")
+        check(("vocabulary shortlist on" if short else "vocabulary shortlist off") in log,
+              f"{name}: start log names the shortlist")
+        check(s.stop() == 0, f"{name}: exit status")
+
+
+@test
+def test_shortlist_without_file_refused():
+    d = os.path.join(TMP, "model-without-shortlist")
+    os.makedirs(d, exist_ok=True)
+    for f in ("config.json", "model.safetensors", "sentencepiece.model", "vocab.txt"):
+        dst = os.path.join(d, f)
+        if not os.path.exists(dst):
+            os.symlink(os.path.join(MODEL, f), dst)
+    r = subprocess.run([ARGS.server, "--model", d, "--port", str(free_port()), "--listen",
+                        "127.0.0.1", "--config", os.devnull],
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, MOA_SHORTLIST="1"))
+    check(r.returncode == 1, f"exit status {r.returncode}")
+    check("shortlist.tsv: cannot open" in r.stderr and "make shortlist" in r.stderr, r.stderr[-500:])
+    r = subprocess.run([ARGS.server, "--precision", "int4", "--config", os.devnull],
+                       capture_output=True, text=True)
+    check(r.returncode == 2 and "expected f32, bf16 or int8" in r.stderr, r.stderr)
+
+
 def main() -> int:
     global ARGS
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1717,6 +1771,9 @@ def main() -> int:
                    help="an ASan/UBSan build: longer start-up waits, and its log is checked for "
                         "sanitizer reports")
     p.add_argument("-k", default="", help="run only tests whose name contains this")
+    p.add_argument("--precision", default="f32", choices=("f32", "bf16", "int8"),
+                   help="every server (and the CLI it is compared with) runs this precision "
+                        "(default f32; the tests of other settings set their own)")
     ARGS = p.parse_args()
     passed = failed = 0
     for name, fn in TESTS:
