@@ -33,6 +33,7 @@ fuzz-build: $(FUZZ_BIN)
 # FUZZ_SECONDS per target, one target at a time, niced; new inputs go to
 # build/fuzz/work/<name>, crashes to build/fuzz/artifacts/<name>/.
 fuzz: check-deps
+	@command -v clang >/dev/null || { echo "make fuzz needs clang with libFuzzer: apt-get install clang"; exit 1; }
 	$(MAKE) MODE=fuzz fuzz-build
 	FUZZ_SECONDS=$(FUZZ_SECONDS) tests/fuzz/run_fuzz.sh $(FUZZ_TARGETS)
 
