@@ -38,6 +38,12 @@
 #   MOA_TRAIN_CORETYPE OpenBLAS kernels for the trainer only (default: SkylakeX on
 #                      a CPU with AVX-512 F/BW/VL, else the environment's
 #                      OPENBLAS_CORETYPE); tests, the C engine and CI keep theirs
+#   MOA_AVERAGE        N > 0: export the mean of the last N weight snapshots
+#                      (10 training minutes apart) instead of the last checkpoint
+#   MOA_COOLDOWN_MINUTES  decay the learning rate linearly to 0 over the last this
+#                      many minutes of the budget (train.py --cooldown-minutes)
+#   MOA_RUN            the training run's directory under WORK (default run): a
+#                      cool-down can branch off a copy while run/ stays resumable
 #   MOA_WORK, MOA_OUT  override the work and output directories
 #   MOA_UNTIL          stop after this stage (1-5; default 5)
 set -euo pipefail
@@ -72,6 +78,7 @@ case "$MODE" in
     ARCH="--d-model 256 --encoder-layers 3 --decoder-layers 3 --experts 8 --top-k 2 --head-dim 64 --ffn-dim 1024"
     OPTIM="--max-tokens 3072 --lr 1.5e-3 --warmup 800 --dropout 0.1 --valid-minutes 10 --bleu-minutes 20 --snapshot-minutes 10 --keep-snapshots 10"
     RESULTS=train/RESULTS.md
+    AVERAGE=${MOA_AVERAGE:-0}
     NAME=moa-en-de
     DESC="English->German Mixture-of-Attention-heads transformer (post-norm) for software user-interface strings, trained from scratch by train/make_model.sh on the Debian 12 gettext-catalog corpus (shared/corpus). See README.md and NOTICE."
     ;;
@@ -86,6 +93,7 @@ case "$MODE" in
     ARCH="--d-model 64 --encoder-layers 2 --decoder-layers 2 --experts 4 --top-k 2 --head-dim 16 --ffn-dim 256"
     OPTIM="--max-tokens 2048 --lr 2e-3 --warmup 300 --dropout 0.1 --valid-minutes 2 --bleu-minutes 0 --checkpoint-minutes 2"
     RESULTS=
+    AVERAGE=${MOA_AVERAGE:-0}
     NAME=moa-en-de-tiny
     DESC="Tiny English->German MoA test model (train/make_model.sh tiny: 5 minutes of training); real but low-quality translations for end-to-end tests. Trained on Debian 12 gettext-catalog strings, see weights/moa-en-de/NOTICE."
     ;;
@@ -93,6 +101,9 @@ case "$MODE" in
 esac
 
 say() { echo "[make_model $(date '+%F %T')] $*"; }
+RUN=$WORK/${MOA_RUN:-run}
+COOLDOWN=()
+[ -z "${MOA_COOLDOWN_MINUTES:-}" ] || COOLDOWN=(--cooldown-minutes "$MOA_COOLDOWN_MINUTES")
 mkdir -p "$WORK"
 say "mode $MODE, corpus $CORPUS, work $WORK, out $OUT, vocab $VOCAB, budget $MINUTES min"
 [ -f "$CORPUS/train.en-de.tsv.xz" ] || { echo "error: $CORPUS/train.en-de.tsv.xz not found (set MOA_CORPUS)" >&2; exit 1; }
@@ -139,8 +150,8 @@ fi
 
 # --- 3. training -----------------------------------------------------------------------
 need_train() {
-  [ -f "$WORK/run/done.json" ] || return 0
-  $PY - "$WORK/run/done.json" "$MINUTES" <<'EOF' || return 0
+  [ -f "$RUN/done.json" ] || return 0
+  $PY - "$RUN/done.json" "$MINUTES" <<'EOF' || return 0
 import json, sys
 d = json.load(open(sys.argv[1]))
 sys.exit(0 if d.get("budget_minutes", 0) >= float(sys.argv[2]) else 1)
@@ -148,10 +159,10 @@ EOF
   return 1
 }
 if need_train; then
-  say "3. training ($MINUTES min of training time; resumes from $WORK/run/checkpoint_last.pt if present)"
-  rm -f "$WORK/run/done.json"
+  say "3. training ($MINUTES min of training time; resumes from $RUN/checkpoint_last.pt if present)"
+  rm -f "$RUN/done.json"
   INIT=()
-  if [ -n "${MOA_INIT_FROM:-}" ] && [ ! -f "$WORK/run/checkpoint_last.pt" ]; then
+  if [ -n "${MOA_INIT_FROM:-}" ] && [ ! -f "$RUN/checkpoint_last.pt" ]; then
     say "   starting from the weights of $MOA_INIT_FROM"
     INIT=(--init-from "$MOA_INIT_FROM")
   fi
@@ -179,10 +190,10 @@ if need_train; then
   trap ':' TERM INT
   rc=0
   # shellcheck disable=SC2086
-  "${TENV[@]}" $PY train/train.py --data "$WORK/data" --work "$WORK/run" --spm "$WORK/spm.model" \
+  "${TENV[@]}" $PY train/train.py --data "$WORK/data" --work "$RUN" --spm "$WORK/spm.model" \
     --vocab "$WORK/vocab.txt" --corpus "$CORPUS" --threads "$THREADS" --seed 1 \
     $ARCH $OPTIM --time-budget-minutes "$MINUTES" \
-    --save-fairseq "$WORK/run/checkpoint_fairseq.pt" "${INIT[@]}" ${MOA_TRAIN_FLAGS:-} || rc=$?
+    --save-fairseq "$RUN/checkpoint_fairseq.pt" "${INIT[@]}" "${COOLDOWN[@]}" ${MOA_TRAIN_FLAGS:-} || rc=$?
   trap - TERM INT
   if [ "$rc" = 75 ]; then
     say "   training paused (checkpoint written); run the same command again to resume"
@@ -190,7 +201,7 @@ if need_train; then
   fi
   [ "$rc" = 0 ] || exit "$rc"
 else
-  say "3. training: $WORK/run/done.json exists"
+  say "3. training: $RUN/done.json exists"
 fi
 
 # --- 4. export -------------------------------------------------------------------------
@@ -199,13 +210,23 @@ if [ ! -x "$CLI" ]; then
   say "building the C engine (make)"
   make
 fi
-if [ ! -f "$WORK/export.done" ] || [ "$WORK/run/done.json" -nt "$WORK/export.done" ]; then
-  say "4. export -> $OUT ($DTYPE)"
-  $PY train/export_model.py export --checkpoint "$WORK/run/checkpoint_last.pt" \
+# The weights exported: the last checkpoint, or with MOA_AVERAGE=N the mean of
+# the last N weight snapshots (train/average_checkpoints.py).
+CKPT="$RUN/checkpoint_last.pt"
+if [ "$AVERAGE" -gt 0 ]; then
+  CKPT="$RUN/average_last$AVERAGE.pt"
+  if [ ! -f "$CKPT" ] || [ "$RUN/done.json" -nt "$CKPT" ]; then
+    say "4. averaging the last $AVERAGE snapshots of $RUN/snapshots -> $CKPT"
+    $PY train/average_checkpoints.py --last "$AVERAGE" "$RUN/snapshots" --out "$CKPT"
+  fi
+fi
+if [ ! -f "$WORK/export.done" ] || [ "$CKPT" -nt "$WORK/export.done" ]; then
+  say "4. export $CKPT -> $OUT ($DTYPE)"
+  $PY train/export_model.py export --checkpoint "$CKPT" \
     --spm "$WORK/spm.model" --vocab "$WORK/vocab.txt" --out "$OUT" --dtype "$DTYPE" --name "$NAME" \
     --description "$DESC"
   if [ "$MODE" = default ]; then  # measure what F16 storage would cost
-    $PY train/export_model.py f16check --checkpoint "$WORK/run/checkpoint_last.pt" \
+    $PY train/export_model.py f16check --checkpoint "$CKPT" \
       --spm "$WORK/spm.model" --vocab "$WORK/vocab.txt" --work "$WORK/f16check" \
       --pairs 200 --corpus "$CORPUS" --threads "$THREADS"
   fi

@@ -136,6 +136,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    "updates (0: no limit)")
     g.add_argument("--max-epochs", type=int, default=0,
                    help="stop after this many passes over the data (0: no limit)")
+    g.add_argument("--cooldown-minutes", type=float, default=0,
+                   help="over the last this many minutes of --time-budget-minutes, decay the "
+                        "learning rate linearly to 0 (0: no decay); a paused or finished run "
+                        "can be resumed with a larger budget and a cool-down")
     g.add_argument("--checkpoint-minutes", type=float, default=5,
                    help="save checkpoint_last.pt every this many wall-clock minutes")
     g.add_argument("--snapshot-minutes", type=float, default=0,
@@ -267,6 +271,15 @@ def lr_at(step: int, a_lr: float, warmup: int, init_step: int = 0,
     if init_warmup > 0 and step - init_step < init_warmup:
         lr *= max(step - init_step, 1) / init_warmup
     return lr
+
+
+def cooldown_factor(train_secs: float, budget_secs: float, cooldown_secs: float) -> float:
+    """1, then over the last cooldown_secs of the training-time budget a linear
+    decay to 0 at the budget's end (the 'decay' of a warm-up/stable/decay
+    schedule): a multiplier on lr_at's learning rate."""
+    if cooldown_secs <= 0 or not math.isfinite(budget_secs):
+        return 1.0
+    return min(1.0, max(0.0, (budget_secs - train_secs) / cooldown_secs))
 
 
 def init_from_dir(model: ref.MoATransformer, cfg: Dict[str, Any], path: str,
@@ -558,7 +571,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         t0 = time.perf_counter()
         c0 = time.process_time()
         src, sl, prev, gold, tl = to_tensors(train.collate(batches[pos]))
-        lr = lr_at(step + 1, a.lr, a.warmup, init_step, init_warmup)
+        lr = lr_at(step + 1, a.lr, a.warmup, init_step, init_warmup) * \
+            cooldown_factor(train_secs, budget, a.cooldown_minutes * 60)
         for g in opt.param_groups:
             g["lr"] = lr
         logits, routings = model(src, sl, prev, tl)

@@ -84,6 +84,7 @@ BATCHES_PER_EPOCH = 5
 MAX_TOKENS = 1500
 N_UPDATES = 12
 SEED = 7
+DEFAULT_LR = 1.5e-3  # train.py --lr default
 SPEC_KEYS = ["format", "format_version", "d_model", "encoder_layers", "decoder_layers",
              "ffn_dim", "activation", "normalize_before", "num_experts", "top_k",
              "head_dim", "attention_bias", "vocab_size", "share_embeddings",
@@ -589,6 +590,43 @@ class TrainerTest(unittest.TestCase):
         self.assertAlmostEqual(tr.lr_at(105, 1e-3, 4, 100, 10),
                                1e-3 * math.sqrt(4 / 105) * 5 / 10)
         self.assertAlmostEqual(tr.lr_at(110, 1e-3, 4, 100, 10), 1e-3 * math.sqrt(4 / 110))
+
+    def test_f_cooldown_factor(self):
+        tr = _load_train_module()
+        self.assertEqual(tr.cooldown_factor(0, 600, 0), 1.0)          # off
+        self.assertEqual(tr.cooldown_factor(10, float("inf"), 60), 1.0)  # no budget
+        self.assertEqual(tr.cooldown_factor(500, 600, 60), 1.0)       # before the decay
+        self.assertAlmostEqual(tr.cooldown_factor(570, 600, 60), 0.5)
+        self.assertAlmostEqual(tr.cooldown_factor(594, 600, 60), 0.1)
+        self.assertEqual(tr.cooldown_factor(600, 600, 60), 0.0)
+        self.assertEqual(tr.cooldown_factor(650, 600, 60), 0.0)
+
+    def test_f_cooldown_run_decays_the_logged_lr(self):
+        # A budget of 3 s of training time, all of it cool-down: every
+        # update's lr is the schedule's times (budget - time before it) / 3 s,
+        # bounded here by the logged clock after the previous and after this
+        # update (logged to 0.1 s). How many updates fit does not matter.
+        budget = 3.0
+        work = self.train("cool", "--seed", str(SEED), "--time-budget-minutes",
+                          str(budget / 60), "--cooldown-minutes", str(budget / 60),
+                          "--no-final-eval")
+        tr = _load_train_module()
+        rows = [r for r in _read_log(work) if r["type"] == "train"]
+        self.assertGreaterEqual(len(rows), 2)
+        prev_t = 0.0
+        factors = []
+        for r in rows:
+            f = r["lr"] / tr.lr_at(r["step"], DEFAULT_LR, 4)
+            lo = (budget - r["train_seconds"] - 0.06) / budget
+            hi = (budget - prev_t + 0.06) / budget
+            self.assertTrue(lo - 1e-3 <= f <= min(1.0, hi) + 1e-3,
+                            f"update {r['step']}: factor {f:.4f} outside [{lo:.4f}, {hi:.4f}]")
+            factors.append(f)
+            prev_t = r["train_seconds"]
+        self.assertEqual(factors, sorted(factors, reverse=True))
+        self.assertLess(factors[-1], 1.0)
+        stop = [r for r in _read_log(work) if r["type"] == "stop"]
+        self.assertEqual(stop[0]["reason"], "time budget")
 
     def test_f_init_from_starts_at_the_exported_weights(self):
         src = self.exported("f32")
