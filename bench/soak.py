@@ -172,7 +172,10 @@ class Soak:
         # passed since the headers: the request is past its deadline when it
         # is complete, whatever the machine.
         rng = random.Random(200 + i)
-        wait = self.args.timeout + 5  # after its headers, on this client's clock
+        # after its headers, on this client's clock; the margin covers a server that
+        # reads the request line late because a saturated CPU starves its HTTP
+        # threads (seen: >5 s on one core shared by 32 clients and the server)
+        wait = self.args.timeout * 1.5 + 5
         while not self.stop.is_set():
             # long enough to trickle for `wait` s (an unknown field is ignored)
             body = json.dumps({"text": self.fresh(2, rng), "pad": "." * int(wait / 2 + 10)}).encode()
@@ -328,6 +331,15 @@ class Soak:
                 sockets += 1
             else:
                 other += 1
+        heap_in_use = heap_free = None
+        try:
+            m = self.get("/metrics")[1].decode()
+            v = dict(re.findall(r'^moa_heap_bytes\{state="(\w+)"\} (\d+)$', m, re.M))
+            if v:
+                heap_in_use = round(int(v["in_use"]) / 2**20, 1)
+                heap_free = round(int(v["free"]) / 2**20, 1)
+        except (OSError, KeyError, ValueError):
+            pass
         t = self.now()
         prev = self.samples[-1]["t"] if self.samples else 0.0
         with self.lock:
@@ -335,10 +347,12 @@ class Soak:
                          if r[1] == "normal" and r[2] == 200 and prev <= r[0] < t)
         self.samples.append({"t": round(t, 1), "rss_mb": round(rss / 1024, 1),
                              "fds": sockets + other, "sockets": sockets, "other_fds": other,
+                             "heap_in_use_mb": heap_in_use, "heap_free_mb": heap_free,
                              "normal_done": len(lat),
                              "p99_ms": round(1e3 * pct(lat, 0.99), 1) if lat else None})
         s = self.samples[-1]
-        print(f"  {t / 60:5.1f} min  RSS {s['rss_mb']:7.1f} MB  fds {s['fds']:3d} "
+        print(f"  {t / 60:5.1f} min  RSS {s['rss_mb']:7.1f} MB  heap {heap_in_use} MB in use, "
+              f"{heap_free} MB free  fds {s['fds']:3d} "
               f"(sockets {sockets})  normal {len(lat):4d}  p99 {s['p99_ms']} ms", flush=True)
 
     def run(self) -> int:
@@ -451,7 +465,8 @@ class Soak:
         with open(os.path.join(a.out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
         with open(os.path.join(a.out, "samples.tsv"), "w") as f:
-            cols = ["t", "rss_mb", "fds", "sockets", "other_fds", "normal_done", "p99_ms"]
+            cols = ["t", "rss_mb", "heap_in_use_mb", "heap_free_mb", "fds", "sockets",
+                    "other_fds", "normal_done", "p99_ms"]
             f.write("\t".join(cols) + "\n")
             for s in self.samples:
                 f.write("\t".join("" if s[c] is None else str(s[c]) for c in cols) + "\n")
@@ -475,8 +490,14 @@ def plot(samples: List[Dict[str, Any]], W: float, path: str, a: argparse.Namespa
     import matplotlib.pyplot as plt
     t = [s["t"] / 60 for s in samples]
     fig, (ax1, ax2) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
-    ax1.plot(t, [s["rss_mb"] for s in samples], color="tab:blue")
-    ax1.set_ylabel("RSS (MB)")
+    ax1.plot(t, [s["rss_mb"] for s in samples], color="tab:blue", label="RSS")
+    for key, color, label in (("heap_in_use_mb", "tab:green", "heap in use"),
+                              ("heap_free_mb", "tab:orange", "heap freed, kept by malloc")):
+        pts = [(x, s[key]) for x, s in zip(t, samples) if s.get(key) is not None]
+        if pts:
+            ax1.plot([p[0] for p in pts], [p[1] for p in pts], color=color, label=label)
+    ax1.legend(loc="lower right", fontsize="small")
+    ax1.set_ylabel("MB")
     ax1.set_ylim(bottom=0)
     ax1.grid(alpha=0.3)
     pts = [(x, s["p99_ms"]) for x, s in zip(t, samples) if s["p99_ms"] is not None]

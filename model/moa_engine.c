@@ -121,6 +121,8 @@ typedef struct pool_blk {
 
 typedef struct pool {
     pool_blk *free;             // blocks given back, ready for reuse
+    size_t free_bytes;          // their usable bytes
+    size_t used_bytes;          // usable bytes of the blocks handed out
 } pool;
 
 struct moa_session {
@@ -140,6 +142,7 @@ struct moa_session {
     // The arena: one block holding w's arrays (w.cap rows) and the ones
     // below, carved by arena_reserve.
     void *arena;
+    size_t arena_bytes;
     work w;                 // grows to the largest batch seen
     float *logits;          // max_rows × V, raw (unnormalised) after a step
     float *lse;             // max_rows: log-sum-exp of each logits row
@@ -214,30 +217,39 @@ static size_t size_class(size_t n) {
     return (n + g - 1) / g * g;
 }
 
-// A block of at least `bytes`: the smallest free one that fits, else a new
-// one. On a miss the largest free block (too small anyway) is released, so a
-// pool never holds more blocks than were ever in use at once. NULL: out of
-// memory. The content is whatever its last user left.
+// A block of at least `bytes`: the smallest free one that fits and is at
+// most twice the size a new one would have, else a new one. On a miss the
+// largest free block (too small, or oversized for this request) is
+// released, so a pool never holds more blocks than were ever in use at once,
+// and their sizes follow the sentences of late rather than the longest ever
+// seen: handing every short sentence the block of a long one would let each
+// block grow to the largest size over time, and the session's memory with
+// it. NULL: out of memory. The content is whatever its last user left.
 static void *pool_get(moa_session *s, pool *p, size_t bytes) {
+    size_t size = size_class(bytes);
     pool_blk **best = NULL, **largest = NULL;
     for (pool_blk **b = &p->free; *b; b = &(*b)->next) {
-        if ((*b)->size >= bytes && (!best || (*b)->size < (*best)->size)) best = b;
-        if (!largest || (*b)->size > (*largest)->size) largest = b;
+        size_t z = (*b)->size;
+        if (z >= bytes && z <= 2 * size && (!best || z < (*best)->size)) best = b;
+        if (!largest || z > (*largest)->size) largest = b;
     }
     if (best) {
         pool_blk *k = *best;
         *best = k->next;
+        p->free_bytes -= k->size;
+        p->used_bytes += k->size;
         return k + 1;
     }
     if (largest) {
         pool_blk *k = *largest;
         *largest = k->next;
+        p->free_bytes -= k->size;
         free(k);
     }
-    size_t size = size_class(bytes);
     pool_blk *k = sess_alloc(s, sizeof *k + size);
     if (!k) return NULL;
     k->size = size;
+    p->used_bytes += size;
     return k + 1;
 }
 
@@ -246,6 +258,8 @@ static void pool_put(pool *p, void *mem) {
     pool_blk *k = (pool_blk *)mem - 1;
     k->next = p->free;
     p->free = k;
+    p->used_bytes -= k->size;
+    p->free_bytes += k->size;
 }
 
 static void pool_close(pool *p) {
@@ -254,6 +268,7 @@ static void pool_close(pool *p) {
         p->free = k->next;
         free(k);
     }
+    p->free_bytes = 0;
 }
 
 // The arena's layout for `rows` rows of batched passes, att floats of
@@ -308,10 +323,12 @@ static int arena_reserve(moa_session *s, int rows, size_t att, size_t reorder) {
     if (rows < s->w.cap) rows = s->w.cap;
     att = grown(s->att_cap, att);
     reorder = grown(s->reorder_cap, reorder);
-    char *a = sess_alloc(s, arena_layout(s, NULL, rows, att, reorder));
+    size_t bytes = arena_layout(s, NULL, rows, att, reorder);
+    char *a = sess_alloc(s, bytes);
     if (!a) return MOA_ENOMEM;
     free(s->arena);
     s->arena = a;
+    s->arena_bytes = bytes;
     arena_layout(s, a, rows, att, reorder);
     s->w.cap = rows;
     s->att_cap = att;
@@ -1114,6 +1131,12 @@ void moa_session_free(moa_session *s) {
     pool_close(&s->heads);
     pool_close(&s->bodies);
     free(s);
+}
+
+void moa_session_memory(const moa_session *s, moa_session_mem *m) {
+    m->arena_bytes = s->arena ? s->arena_bytes : 0;
+    m->blocks_in_use_bytes = s->heads.used_bytes + s->bodies.used_bytes;
+    m->blocks_free_bytes = s->heads.free_bytes + s->bodies.free_bytes;
 }
 
 uint64_t moa_session_allocs(const moa_session *s) { return s->n_allocs; }

@@ -295,6 +295,14 @@ int moa_session_cancel(moa_session *s, int id);
 // tests and monitoring; call from the session's thread.
 uint64_t moa_session_allocs(const moa_session *s);
 
+// What a session holds on the heap, in bytes: its scratch arena; the blocks
+// of the sentences queued and live (headers and bodies); the blocks kept
+// for reuse. Call from the session's thread.
+typedef struct moa_session_mem {
+    size_t arena_bytes, blocks_in_use_bytes, blocks_free_bytes;
+} moa_session_mem;
+void moa_session_memory(const moa_session *s, moa_session_mem *m);
+
 // --- convenience ----------------------------------------------------------
 
 // Translates n sentences (ids without eos) with the same options, keeping

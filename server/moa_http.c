@@ -6,6 +6,7 @@
 
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <malloc.h>
 #include <math.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
@@ -419,6 +420,17 @@ static enum MHD_Result do_metrics(req *r, struct MHD_Connection *c) {
     for (int i = 0; i < n; i++)
         moa_buf_printf(&b, "moa_model_sentences_total{model=\"%s\"} %ld\n", srv->models[i].name,
                        atomic_load(&srv->models[i].sentences));
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+    // The C heap as glibc's allocator sees it: what the server holds (arena
+    // chunks and mmapped ones) and what it freed but the allocator keeps.
+    // Beside the process RSS this tells a leak (in_use grows) from
+    // fragmentation (free grows).
+    struct mallinfo2 mi = mallinfo2();
+    moa_buf_printf(&b, "# HELP moa_heap_bytes The C heap (glibc malloc): bytes in use, and bytes "
+                       "freed but kept by the allocator.\n# TYPE moa_heap_bytes gauge\n"
+                       "moa_heap_bytes{state=\"in_use\"} %zu\nmoa_heap_bytes{state=\"free\"} %zu\n",
+                   mi.uordblks + mi.hblkhd, mi.fordblks);
+#endif
     for (int i = 0; i < n; i++)
         moa_heads_metrics(srv->models[i].heads, srv->models[i].name, i == 0, &b);
     for (int i = 0; i < n; i++)

@@ -14,6 +14,7 @@
 // drain_timeout s) and exit 0; a second SIGTERM/SIGINT stops at once.
 #include <arpa/inet.h>
 #include <errno.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -252,6 +253,18 @@ int main(int argc, char **argv) {
     if (rc) return rc > 0 ? 0 : 2;
     if (srv.conf.probe[0]) return probe(&srv.conf);
     moa_log_init((moa_log_level)srv.conf.log_level, srv.conf.log_json);
+#ifdef M_MMAP_THRESHOLD
+    // Request bodies and answers of 5000-line requests are megabytes, made
+    // and freed by whichever HTTP thread serves them. glibc's default raises
+    // its mmap threshold after the first such buffer is freed, so later ones
+    // come from the threads' arenas and leave them fragmented: in a 30-minute
+    // soak the memory freed but kept grew by 20 MB (bench/RESULTS.md, Soak).
+    // Fixed thresholds keep big buffers in their own mappings, returned at
+    // free. The MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ variables
+    // still win when set.
+    if (!getenv("MALLOC_MMAP_THRESHOLD_")) mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+    if (!getenv("MALLOC_TRIM_THRESHOLD_")) mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
+#endif
 
     // Every thread created from here on inherits the blocked set; threads
     // made before main (OpenBLAS's pool) get the counting handler instead.
