@@ -392,12 +392,15 @@ static enum MHD_Result do_metrics(req *r, struct MHD_Connection *c) {
                    "# TYPE moa_ready gauge\nmoa_ready %d\n"
                    "# HELP moa_draining 1 after SIGTERM/SIGINT.\n"
                    "# TYPE moa_draining gauge\nmoa_draining %d\n"
+                   "# HELP moa_late_bodies_total /translate requests whose body was complete "
+                   "only after the timeout (504, never parsed).\n"
+                   "# TYPE moa_late_bodies_total counter\nmoa_late_bodies_total %ld\n"
                    "# HELP moa_info The models served (one series each), their precision and shortlist, and the BLAS core.\n"
                    "# TYPE moa_info gauge\n",
                    st.queued_units, st.live_units, st.rows, atomic_load(&srv->inflight),
                    (unsigned long long)cs.hits, (unsigned long long)cs.misses, cs.entries,
                    atomic_load(&srv->ready) && !atomic_load(&srv->draining),
-                   atomic_load(&srv->draining));
+                   atomic_load(&srv->draining), atomic_load(&srv->late_bodies));
     int n = atomic_load(&srv->ready) ? srv->n_models : 0;
     for (int i = 0; i < n; i++) {
         const moa_srv_model *m = &srv->models[i];
@@ -612,6 +615,17 @@ static enum MHD_Result translate_final(req *r, struct MHD_Connection *c) {
     if (r->too_large)
         return send_error(r, c, 413, NULL, NULL, "request body larger than %ld bytes "
                           "(max_body)", srv->conf.max_body);
+    // The deadline counts from the request line: a request whose body came in
+    // after it gets 504 whatever it holds, also when nothing in it needs the
+    // model (blank lines, every sentence in the cache), which would otherwise
+    // be answered at once.
+    if (moa_sched_now() >= r->t0 + srv->conf.timeout) {
+        free(r->body.s);
+        memset(&r->body, 0, sizeof r->body);
+        atomic_fetch_add(&srv->late_bodies, 1);
+        return send_error(r, c, 504, NULL, NULL, "timed out after %g s (the server's timeout; "
+                          "the request's body arrived after it)", srv->conf.timeout);
+    }
     const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Type");
     const char *auth = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
     char err[512];

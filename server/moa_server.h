@@ -47,6 +47,7 @@ typedef struct moa_server {
     atomic_int ready;           // model loaded and serving
     atomic_int draining;        // SIGTERM seen: new /translate get 503
     atomic_long inflight;       // /translate requests accepted, not yet answered
+    atomic_long late_bodies;    // /translate bodies complete only after the timeout (504)
     atomic_long next_id;        // for request ids
 
     // API keys (api_keys_file), replaced as a whole on SIGHUP
