@@ -103,11 +103,13 @@ class Soak:
         return time.monotonic() - self.t0
 
     def fresh(self, n: int, rng: random.Random) -> str:
-        """n lines no cache has seen (a running number in each)."""
+        """n lines no cache has seen: a running number in each, spelled in
+        letters (digits would be protected as a placeholder, so the cache
+        key would not change with them)."""
         with self.lock:
             self.counter += 1
             k = self.counter
-        return "\n".join(f"{rng.choice(self.sents)} ({k}.{i})" for i in range(n))
+        return "\n".join(f"{rng.choice(self.sents)} ({letters(k * 1000 + i)})" for i in range(n))
 
     def record(self, kind: str, status: Optional[int], t_start: float, detail: str = "") -> None:
         t = self.now()
@@ -476,6 +478,16 @@ class Soak:
             f.write(md)
         print(md)
         return 0 if ok else 1
+
+
+def letters(k: int) -> str:
+    """k in base 26, a-z: a word that is new for every k."""
+    out = ""
+    while True:
+        out = chr(ord("a") + k % 26) + out
+        k //= 26
+        if k == 0:
+            return "x" + out
 
 
 def pct(xs: List[float], p: float) -> float:
