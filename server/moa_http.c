@@ -395,12 +395,15 @@ static enum MHD_Result do_metrics(req *r, struct MHD_Connection *c) {
                    "# HELP moa_late_bodies_total /translate requests whose body was complete "
                    "only after the timeout (504, never parsed).\n"
                    "# TYPE moa_late_bodies_total counter\nmoa_late_bodies_total %ld\n"
+                   "# HELP moa_heap_trims_total Times the scheduler gave freed heap memory "
+                   "back to the system (malloc_trim: idle after work, every 10 s while busy).\n"
+                   "# TYPE moa_heap_trims_total counter\nmoa_heap_trims_total %ld\n"
                    "# HELP moa_info The models served (one series each), their precision and shortlist, and the BLAS core.\n"
                    "# TYPE moa_info gauge\n",
                    st.queued_units, st.live_units, st.rows, atomic_load(&srv->inflight),
                    (unsigned long long)cs.hits, (unsigned long long)cs.misses, cs.entries,
                    atomic_load(&srv->ready) && !atomic_load(&srv->draining),
-                   atomic_load(&srv->draining), atomic_load(&srv->late_bodies));
+                   atomic_load(&srv->draining), atomic_load(&srv->late_bodies), st.trims);
     int n = atomic_load(&srv->ready) ? srv->n_models : 0;
     for (int i = 0; i < n; i++) {
         const moa_srv_model *m = &srv->models[i];

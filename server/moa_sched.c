@@ -3,6 +3,9 @@
 
 #include <pthread.h>
 #include <stdio.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -14,6 +17,13 @@
 // job comes back within 20 ms of its deadline, rarely enough to cost nothing
 // next to a decoder step.
 #define CHECK_INTERVAL_MS 20
+
+// Freed memory goes back to the system (malloc_trim) when the scheduler has
+// given back every job it took since the last time, and at most this often
+// while it holds work: the workers' arenas keep what sentences of all
+// lengths freed in the middle of their heaps, which glibc's own trimming
+// (top of the heap only) never returns. See server/README.md, "Memory".
+#define TRIM_INTERVAL_S 10.0
 
 // A programmer's mistake (manual-mode calls on a threaded scheduler, a
 // worker out of range): abort with the place, as MOA_ASSERT does.
@@ -96,6 +106,10 @@ struct moa_sched {
     int units_live;
     long seq;
     long admissions;            // units admitted so far (moa_unit.admitted)
+    int took;                   // jobs taken since the last trim
+    double trim_t;              // the last trim, or when work came after idle
+    long trims;                 // trims so far (copied to trims_pub under mu)
+    long trims_pub;             // (mu)
     double rate_t0;
     long rate_done;
 };
@@ -221,7 +235,9 @@ static void take_incoming(moa_sched *s) {
             s->cap_held = nc;
         }
         j->seq = s->seq++;
+        if (s->n_held == 0) s->trim_t = now(s);  // busy from now: 10 s from here
         s->held[s->n_held++] = j;
+        s->took = 1;
         j = next;
     }
 }
@@ -438,6 +454,27 @@ static void loop_round(moa_sched *s, int deadlines) {
     schedule(s);
 }
 
+// Whether to give freed memory back now (see TRIM_INTERVAL_S): once idle
+// after work, or every TRIM_INTERVAL_S while holding jobs. Counts the trim;
+// the caller trims after releasing the lock. Under lock.
+static int trim_due(moa_sched *s) {
+    double t = now(s);
+    if (!(s->n_held == 0 ? s->took : t - s->trim_t >= TRIM_INTERVAL_S)) return 0;
+    s->took = 0;
+    s->trim_t = t;
+    s->trims++;
+    pthread_mutex_lock(&s->mu);
+    s->trims_pub = s->trims;
+    pthread_mutex_unlock(&s->mu);
+    return 1;
+}
+
+static void release_memory(void) {
+#if defined(__GLIBC__)
+    malloc_trim(0);
+#endif
+}
+
 // Gives back everything held or submitted: the scheduler stops. Under lock;
 // s->stopping is set.
 static void stop_round(moa_sched *s) {
@@ -519,8 +556,9 @@ static void on_timer(uv_timer_t *t) {
     moa_sched *s = t->data;
     pthread_mutex_lock(&s->lock);
     loop_round(s, 1);
-    int idle = s->n_held == 0;
+    int idle = s->n_held == 0, trim = trim_due(s);
     pthread_mutex_unlock(&s->lock);
+    if (trim) release_memory();
     if (idle) uv_timer_stop(&s->timer);
 }
 
@@ -542,8 +580,9 @@ static void on_wake(uv_async_t *a) {
         return;
     }
     loop_round(s, 0);
-    int held = s->n_held > 0;
+    int held = s->n_held > 0, trim = trim_due(s);
     pthread_mutex_unlock(&s->lock);
+    if (trim) release_memory();
     if (held && !uv_is_active((uv_handle_t *)&s->timer))
         uv_timer_start(&s->timer, on_timer, CHECK_INTERVAL_MS, CHECK_INTERVAL_MS);
 }
@@ -650,6 +689,7 @@ moa_sched *moa_sched_create_models(const moa_model *const *models, int n_models,
         w->started = 1;
     }
     s->rate_t0 = now(s);
+    s->trim_t = s->rate_t0;
     if (s->opts.manual) return s;
     if (uv_loop_init(&s->loop) != 0) {
         snprintf(err, errlen, "uv_loop_init failed");
@@ -729,7 +769,9 @@ void moa_sched_poll(moa_sched *s) {
     SCHED_ASSERT(s->opts.manual);
     pthread_mutex_lock(&s->lock);
     loop_round(s, 1);
+    int trim = trim_due(s);
     pthread_mutex_unlock(&s->lock);
+    if (trim) release_memory();
 }
 
 int moa_sched_step_worker(moa_sched *s, int wi) {
@@ -751,6 +793,7 @@ void moa_sched_get_stats(moa_sched *s, moa_sched_stats *st) {
     st->rows = s->rows;
     st->jobs = s->jobs;
     st->sentences_per_s = s->rate;
+    st->trims = s->trims_pub;
     pthread_mutex_unlock(&s->mu);
 }
 

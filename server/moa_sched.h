@@ -192,6 +192,8 @@ typedef struct moa_sched_stats {
     int rows;               // beam rows they hold
     int jobs;               // jobs held
     double sentences_per_s; // recent completion rate (for Retry-After)
+    long trims;             // times freed memory went back to the system: when
+                            // idle after work, every 10 s while holding jobs
 } moa_sched_stats;
 void moa_sched_get_stats(moa_sched *s, moa_sched_stats *st);
 

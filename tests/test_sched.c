@@ -975,6 +975,55 @@ static void test_threaded_same_results(void) {
     fixture_free(&f);
 }
 
+static long trims(fixture *f) {
+    moa_sched_stats st;
+    moa_sched_get_stats(f->s, &st);
+    return st.trims;
+}
+
+// Freed memory goes back to the system once the scheduler is idle after
+// work, and every 10 s (its clock) while it holds jobs — never while idle
+// without work since, nor more often while busy.
+static void test_trims_when_idle_and_every_10s(void) {
+    fixture f;
+    fixture_load(&f);
+    fixture_start(&f, 1, 4, 64, 4096, NULL);
+    moa_sched_poll(f.s);
+    ASSERT_EQ_INT(trims(&f), 0);  // nothing taken yet
+    tjob *small = job_new(&f, 3, 1, 4, MAXLEN);
+    submit_ok(&f, small);
+    moa_sched_poll(f.s);
+    ASSERT_EQ_INT(trims(&f), 0);  // busy, and not 10 s yet
+    step_until_back(&f, 0, small, MAX_STEPS);
+    moa_sched_poll(f.s);
+    ASSERT_EQ_INT(trims(&f), 1);  // idle after work
+    f.clock += 100;
+    moa_sched_poll(f.s);
+    ASSERT_EQ_INT(trims(&f), 1);  // idle, no work since
+    tjob *big = job_new(&f, 0, 300, 4, MAXLEN);
+    submit_ok(&f, big);
+    moa_sched_poll(f.s);
+    ASSERT_EQ_INT(trims(&f), 1);  // 0 s since the last trim
+    moa_sched_step_worker(f.s, 0);
+    f.clock += 9.5;
+    moa_sched_poll(f.s);
+    ASSERT_EQ_INT(trims(&f), 1);
+    f.clock += 0.5;
+    moa_sched_poll(f.s);
+    ASSERT_EQ_INT(trims(&f), 2);  // 10 s while busy
+    moa_sched_step_worker(f.s, 0);
+    moa_sched_poll(f.s);
+    ASSERT_EQ_INT(trims(&f), 2);
+    f.clock += 10;
+    moa_sched_poll(f.s);
+    ASSERT_EQ_INT(trims(&f), 3);
+    ASSERT_EQ_INT(big->calls, 0);
+    moa_sched_stop(f.s);
+    job_free(big);
+    job_free(small);
+    fixture_free(&f);
+}
+
 const moa_test_case moa_tests_sched[] = {
     {"fair_short_job_first_round", test_fair_short_job_first_round},
     {"fair_short_job_next_free_slot", test_fair_short_job_next_free_slot},
@@ -993,5 +1042,6 @@ const moa_test_case moa_tests_sched[] = {
     {"two_models_share_worker", test_two_models_share_worker},
     {"unknown_model_fails_job", test_unknown_model_fails_job},
     {"threaded_same_results", test_threaded_same_results},
+    {"trims_when_idle_and_every_10s", test_trims_when_idle_and_every_10s},
     {NULL, NULL},
 };
