@@ -1188,8 +1188,12 @@ def test_timeouts_and_hangups_under_load():
               f"failures: {j} {http}")
         check(http[200] >= statuses.get(200, 0) and http[504] >= statuses.get(504, 0),
               f"the server counted fewer answers than the clients got: {http} {statuses}")
-        # every job came back once, answered (or found its client gone) as it came back
-        check(http[200] + http[504] <= j["done"] + j["deadline"], f"{http} vs {j}")
+        # every job came back once, answered (or found its client gone) as it came
+        # back; a body complete only after the timeout (a busy machine) is
+        # answered 504 without reaching the scheduler (moa_late_bodies_total)
+        late = metrics(s)["moa_late_bodies_total"][""]
+        check(http[200] + http[504] <= j["done"] + j["deadline"] + late,
+              f"{http} vs {j}, late bodies {late}")
         check(http[200] + http[504] + http[499] >= j["done"] + j["deadline"] + j["cancelled"],
               f"{http} vs {j}")
         check(j["cancelled"] <= hangups[0] and http[499] <= hangups[0], f"{j} {http}")
