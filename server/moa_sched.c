@@ -97,6 +97,7 @@ struct moa_sched {
 
     // gauges for other threads (mu)
     int live_units, rows, jobs;
+    long trims;                 // trims so far
     double rate;                // sentences/s, exponential average
 
     // under lock
@@ -106,10 +107,8 @@ struct moa_sched {
     int units_live;
     long seq;
     long admissions;            // units admitted so far (moa_unit.admitted)
-    int took;                   // jobs taken since the last trim
+    int took;                   // a job was taken since the last trim
     double trim_t;              // the last trim, or when work came after idle
-    long trims;                 // trims so far (copied to trims_pub under mu)
-    long trims_pub;             // (mu)
     double rate_t0;
     long rate_done;
 };
@@ -462,9 +461,8 @@ static int trim_due(moa_sched *s) {
     if (!(s->n_held == 0 ? s->took : t - s->trim_t >= TRIM_INTERVAL_S)) return 0;
     s->took = 0;
     s->trim_t = t;
-    s->trims++;
     pthread_mutex_lock(&s->mu);
-    s->trims_pub = s->trims;
+    s->trims++;
     pthread_mutex_unlock(&s->mu);
     return 1;
 }
@@ -793,7 +791,7 @@ void moa_sched_get_stats(moa_sched *s, moa_sched_stats *st) {
     st->rows = s->rows;
     st->jobs = s->jobs;
     st->sentences_per_s = s->rate;
-    st->trims = s->trims_pub;
+    st->trims = s->trims;
     pthread_mutex_unlock(&s->mu);
 }
 
