@@ -154,6 +154,7 @@ typedef struct piece_count {
 
 // The top pieces of one cell, most frequent first (ties: lower id). n found.
 static int top_pieces(const moa_heads *h, size_t c, int top, piece_count *out) {
+    if (top <= 0) return 0;  // (the test below would read out[-1])
     const uint32_t *pc = &h->pieces[c * (size_t)h->V];
     int n = 0;
     for (int id = 0; id < h->V; id++) {
