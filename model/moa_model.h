@@ -237,6 +237,15 @@ typedef struct moa_result {
 // Frees what r owns (mem, or else every array) and zeroes it; safe on an
 // all-zero result.
 void moa_result_clear(moa_result *r);
+// What moa_result_copy keeps besides every hypothesis' tokens and scores.
+#define MOA_RESULT_LOGPROBS 1u      // token_logprobs
+#define MOA_RESULT_ATTENTION 2u     // attention
+// Copies src into dst as one block (dst->mem): id, user, and for every
+// hypothesis its tokens, log_prob and score, plus the parts `keep` names.
+// Traces are never copied (they are for reading as the result comes out:
+// the server's /heads counts them then). 0, or MOA_ENOMEM with dst all zero.
+// dst must not be src.
+int moa_result_copy(moa_result *dst, const moa_result *src, unsigned keep);
 // Frees a trace built with malloc, array by array; the traces of a session's
 // results belong to the result's block (moa_result_clear).
 void moa_trace_free(moa_trace *t);

@@ -371,6 +371,56 @@ fail_enc:
     return MOA_ENOMEM;
 }
 
+int moa_result_copy(moa_result *dst, const moa_result *src, unsigned keep) {
+    memset(dst, 0, sizeof *dst);
+    // one block: the hypotheses, then each one's arrays (8-byte aligned)
+    size_t bytes = (size_t)src->n_hyps * sizeof(moa_hypothesis);
+    for (int i = 0; i < src->n_hyps; i++) {
+        const moa_hypothesis *h = &src->hyps[i];
+        bytes += ((size_t)h->n_tokens * sizeof(int) + 7) / 8 * 8;
+        if ((keep & MOA_RESULT_LOGPROBS) && h->token_logprobs)
+            bytes += ((size_t)h->n_tokens * sizeof(float) + 7) / 8 * 8;
+        if ((keep & MOA_RESULT_ATTENTION) && h->attention)
+            bytes += ((size_t)h->attention_layers * (size_t)h->n_tokens *
+                      (size_t)h->attention_cols * sizeof(float) + 7) / 8 * 8;
+    }
+    char *mem = malloc(bytes ? bytes : 1);
+    if (!mem) return MOA_ENOMEM;
+    moa_hypothesis *hyps = (moa_hypothesis *)mem;
+    char *at = mem + (size_t)src->n_hyps * sizeof(moa_hypothesis);
+    for (int i = 0; i < src->n_hyps; i++) {
+        const moa_hypothesis *h = &src->hyps[i];
+        moa_hypothesis *d = &hyps[i];
+        memset(d, 0, sizeof *d);
+        d->n_tokens = h->n_tokens;
+        d->log_prob = h->log_prob;
+        d->score = h->score;
+        size_t n = (size_t)h->n_tokens;
+        d->tokens = (int *)at;
+        if (n) memcpy(d->tokens, h->tokens, n * sizeof(int));
+        at += (n * sizeof(int) + 7) / 8 * 8;
+        if ((keep & MOA_RESULT_LOGPROBS) && h->token_logprobs) {
+            d->token_logprobs = (float *)at;
+            if (n) memcpy(d->token_logprobs, h->token_logprobs, n * sizeof(float));
+            at += (n * sizeof(float) + 7) / 8 * 8;
+        }
+        if ((keep & MOA_RESULT_ATTENTION) && h->attention) {
+            size_t na = (size_t)h->attention_layers * n * (size_t)h->attention_cols;
+            d->attention = (float *)at;
+            if (na) memcpy(d->attention, h->attention, na * sizeof(float));
+            d->attention_layers = h->attention_layers;
+            d->attention_cols = h->attention_cols;
+            at += (na * sizeof(float) + 7) / 8 * 8;
+        }
+    }
+    dst->id = src->id;
+    dst->user = src->user;
+    dst->n_hyps = src->n_hyps;
+    dst->hyps = src->n_hyps ? hyps : NULL;
+    dst->mem = mem;
+    return 0;
+}
+
 void moa_result_clear(moa_result *r) {
     if (!r) return;
     if (r->mem) {  // a session's result: everything in one block

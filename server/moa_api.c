@@ -656,7 +656,7 @@ static int make_unit(moa_tr *tr, int t, size_t off, size_t len, char attr, const
     u->opts = tr->opts;
     // spec §6: sentence i of a request samples with seed + i
     if (tr->sampling) u->opts.seed = tr->opts.seed + (uint64_t)(tr->n_units - 1);
-    u->opts.trace = tr->want_trace || md->heads != NULL;
+    u->opts.trace = tr->want_trace;   // the scheduler traces for /heads itself
     u->model = tr->mi;
     u->state = MOA_UNIT_WAITING;
     x->text = t;

@@ -66,39 +66,11 @@ void moa_cache_free(moa_cache *c) {
 }
 
 // Copies hypotheses' tokens, scores and cross-attention (placeholders are put
-// back with it), not traces or per-token log-probs.
-// 0 or -1; on failure dst is left clear.
+// back with it), not traces or per-token log-probs. 0 or -1; on failure dst
+// is left clear.
 static int copy_result(moa_result *dst, const moa_result *src) {
-    memset(dst, 0, sizeof *dst);
-    dst->id = src->id;
-    dst->hyps = calloc((size_t)(src->n_hyps ? src->n_hyps : 1), sizeof *dst->hyps);
-    if (!dst->hyps) return -1;
-    dst->n_hyps = src->n_hyps;
-    for (int i = 0; i < src->n_hyps; i++) {
-        const moa_hypothesis *h = &src->hyps[i];
-        moa_hypothesis *d = &dst->hyps[i];
-        d->n_tokens = h->n_tokens;
-        d->log_prob = h->log_prob;
-        d->score = h->score;
-        d->tokens = malloc((size_t)(h->n_tokens ? h->n_tokens : 1) * sizeof(int));
-        if (!d->tokens) {
-            moa_result_clear(dst);
-            return -1;
-        }
-        if (h->n_tokens) memcpy(d->tokens, h->tokens, (size_t)h->n_tokens * sizeof(int));
-        if (h->attention) {
-            size_t na = (size_t)h->attention_layers * (size_t)h->n_tokens *
-                        (size_t)h->attention_cols;
-            d->attention = malloc((na ? na : 1) * sizeof(float));
-            if (!d->attention) {
-                moa_result_clear(dst);
-                return -1;
-            }
-            memcpy(d->attention, h->attention, na * sizeof(float));
-            d->attention_layers = h->attention_layers;
-            d->attention_cols = h->attention_cols;
-        }
-    }
+    if (moa_result_copy(dst, src, MOA_RESULT_ATTENTION) != 0) return -1;
+    dst->user = NULL;   // the caller's pointer, never kept nor handed to another
     return 0;
 }
 

@@ -139,6 +139,16 @@ const char *moa_sched_reason_name(moa_sched_reason r) {
 }
 
 // Beam rows a unit takes in the session: what the engine reserves for it.
+// A result kept until its whole job is done (a 5000-line request holds
+// thousands) need not keep the traces only /heads wanted: they are most of
+// its bytes. Out of memory: it keeps them (harmless).
+static void drop_traces(moa_result *r) {
+    moa_result lean;
+    if (moa_result_copy(&lean, r, MOA_RESULT_LOGPROBS | MOA_RESULT_ATTENTION) != 0) return;
+    moa_result_clear(r);
+    *r = lean;
+}
+
 static int unit_rows(const moa_unit *u) { return moa_search_opts_rows(&u->opts); }
 
 // --- giving jobs back ----------------------------------------------------------------
@@ -313,8 +323,12 @@ static void admit(moa_sched *s) {
             snprintf(err, sizeof err, "model %d of %d", u->model, s->n_models);
             id = MOA_EINVAL;
         } else {
+            // /heads counts the routing of every sentence computed: traced
+            // whether or not the submitter asked for the trace
+            moa_search_opts o = u->opts;
+            if (s->heads[u->model]) o.trace = 1;
             id = moa_session_add(w->sess[u->model], u->src ? u->src : &empty_src, u->src_len,
-                                 &u->opts, u, err, sizeof err);
+                                 &o, u, err, sizeof err);
         }
         j->next_waiting++;
         j->n_waiting--;
@@ -380,7 +394,10 @@ static void take_finished(moa_sched *s, moa_worker *w, int mi) {
         unit_gone(s, w, mi, unit_rows(u));
         j->n_live--;
         s->rate_done++;
-        if (s->heads[mi]) moa_heads_add(s->heads[mi], u->src, u->src_len, &u->res);
+        if (s->heads[mi]) {
+            moa_heads_add(s->heads[mi], u->src, u->src_len, &u->res);
+            if (!u->opts.trace) drop_traces(&u->res);
+        }
         if (j->n_live == 0 && j->n_waiting == 0) {
             int idx = find_held(s, j);
             if (idx >= 0) job_release(s, idx, MOA_SCHED_DONE, NULL);

@@ -426,6 +426,65 @@ static void test_trace_consistent_with_scoring(void) {
     moa_model_free(m);
 }
 
+// moa_result_copy: one block with tokens and scores, log-probs and
+// attention only when kept, never traces; the copy outlives the original.
+static void test_result_copy(void) {
+    char lerr[512];
+    moa_model *m = moa_model_load("tests/fixtures/models/tiny-trained", lerr, sizeof lerr);
+    if (!m) MOA_TEST_FAIL("%s", lerr);
+    corpus cp = load_corpus_from("tests/fixtures/models/tiny-trained", 6);
+    moa_session *s = moa_session_create(m, 64, NULL, 0);
+    moa_search_opts o;
+    moa_search_opts_default(&o);
+    o.num_hypotheses = 2;
+    o.token_logprobs = o.attention = o.trace = 1;
+    moa_result *r = translate_all(s, &cp, &o);
+    for (unsigned keep = 0; keep < 4; keep++) {
+        for (int i = 0; i < cp.n; i++) {
+            moa_result c;
+            r[i].user = &r[i];
+            ASSERT_EQ_INT(moa_result_copy(&c, &r[i], keep), 0);
+            ASSERT_TRUE(c.mem != NULL && c.user == &r[i]);
+            ASSERT_EQ_INT(c.id, r[i].id);
+            ASSERT_EQ_INT(c.n_hyps, 2);
+            for (int hi = 0; hi < c.n_hyps; hi++) {
+                const moa_hypothesis *a = &r[i].hyps[hi], *b = &c.hyps[hi];
+                ASSERT_TRUE(a->trace != NULL && b->trace == NULL);
+                ASSERT_EQ_INT(b->n_tokens, a->n_tokens);
+                ASSERT_TRUE(!memcmp(b->tokens, a->tokens, a->n_tokens * sizeof(int)));
+                ASSERT_TRUE(b->score == a->score && b->log_prob == a->log_prob);
+                if (keep & MOA_RESULT_LOGPROBS)
+                    ASSERT_TRUE(!memcmp(b->token_logprobs, a->token_logprobs,
+                                        a->n_tokens * sizeof(float)));
+                else
+                    ASSERT_TRUE(b->token_logprobs == NULL);
+                if (keep & MOA_RESULT_ATTENTION) {
+                    ASSERT_EQ_INT(b->attention_layers, a->attention_layers);
+                    ASSERT_EQ_INT(b->attention_cols, a->attention_cols);
+                    ASSERT_TRUE(!memcmp(b->attention, a->attention,
+                                        (size_t)a->attention_layers * a->n_tokens *
+                                            a->attention_cols * sizeof(float)));
+                } else {
+                    ASSERT_TRUE(b->attention == NULL);
+                }
+            }
+            // a copy of a copy outlives the first copy (ASan: no use after free)
+            moa_result orig = r[i];
+            moa_result c2;
+            ASSERT_EQ_INT(moa_result_copy(&c2, &c, keep), 0);
+            moa_result_clear(&c);
+            ASSERT_EQ_INT(c2.hyps[1].n_tokens, orig.hyps[1].n_tokens);
+            ASSERT_TRUE(!memcmp(c2.hyps[1].tokens, orig.hyps[1].tokens,
+                                orig.hyps[1].n_tokens * sizeof(int)));
+            moa_result_clear(&c2);
+        }
+    }
+    results_free(r, cp.n);
+    moa_session_free(s);
+    corpus_free(&cp);
+    moa_model_free(m);
+}
+
 // Cross-attention of beam hypotheses (reordered with the beams) equals that
 // of forced decoding of the same tokens; rows are distributions; asking for
 // it changes no token and no score.
@@ -1051,6 +1110,7 @@ const moa_test_case moa_tests_engine[] = {
     {"length_limits_and_no_unk", test_length_limits_and_no_unk},
     {"sampling_seeded_and_topk1_is_greedy", test_sampling_seeded_and_topk1_is_greedy},
     {"trace_consistent_with_scoring", test_trace_consistent_with_scoring},
+    {"result_copy", test_result_copy},
     {"attention_consistent_with_forced", test_attention_consistent_with_forced},
     {"session_add_step_take_cancel", test_session_add_step_take_cancel},
     {"session_reserves_opts_rows", test_session_reserves_opts_rows},

@@ -8,6 +8,7 @@
 #include <pthread.h>
 
 #include "moa_conf.h"
+#include "moa_heads.h"
 #include "moa_metrics.h"
 #include "moa_model.h"
 #include "moa_sched.h"
@@ -790,6 +791,61 @@ static void test_queue_full(void) {
     fixture_free(&f);
 }
 
+// With /heads on, every computed sentence is traced and counted, and a unit
+// keeps its trace only when its submitter asked for it (opts.trace): a
+// result held until its whole job is done (thousands, for a 5000-line
+// request) does not carry the bytes only /heads wanted.
+static void test_heads_count_all_keep_asked_traces(void) {
+    fixture f;
+    fixture_load(&f);
+    memset(&f.conf, 0, sizeof f.conf);
+    f.conf.compute_workers = 1;
+    f.conf.max_inflight = 8;
+    f.conf.max_batch_rows = 64;
+    f.conf.max_queue = 4096;
+    f.conf.timeout = 60;
+    moa_heads *heads = moa_heads_create(moa_model_config(f.model));
+    if (!heads) MOA_TEST_FAIL("out of memory");
+    moa_sched_opts opts = {.manual = 1, .now = fake_now, .now_ctx = &f.clock};
+    char err[512];
+    if (!(f.s = moa_sched_create(f.model, &f.conf, f.metrics, heads, &opts, err, sizeof err)))
+        MOA_TEST_FAIL("moa_sched_create: %s", err);
+    tjob *t = job_new(&f, 3, 4, 2, MAXLEN);
+    t->job.units[0].opts.trace = t->job.units[1].opts.trace = 1;
+    submit_ok(&f, t);
+    moa_sched_poll(f.s);
+    step_until_back(&f, 0, t, MAX_STEPS);
+    ASSERT_EQ_INT(t->why, MOA_SCHED_DONE);
+    long src_tokens = 0, tgt_tokens = 0;
+    for (int i = 0; i < 4; i++) {
+        const moa_unit *u = &t->job.units[i];
+        ASSERT_EQ_INT(u->res.n_hyps, 1);
+        src_tokens += u->src_len + 1;
+        tgt_tokens += u->res.hyps[0].n_tokens;
+        if (i < 2) {
+            ASSERT_TRUE(u->res.hyps[0].trace != NULL);
+            ASSERT_EQ_INT(u->res.hyps[0].trace->tgt_len, u->res.hyps[0].n_tokens);
+        } else {
+            ASSERT_TRUE(u->res.hyps[0].trace == NULL);
+        }
+        moa_result alone = translate_alone(&f, 3 + i, 2, MAXLEN);
+        assert_same_tokens(&u->res, &alone);
+        ASSERT_NEAR(u->res.hyps[0].score, alone.hyps[0].score, 1e-6);
+        moa_result_clear(&alone);
+    }
+    cJSON *j = moa_heads_json(heads, NULL, 0);
+    if (!j) MOA_TEST_FAIL("out of memory");
+    ASSERT_EQ_INT((int)cJSON_GetObjectItem(j, "sentences")->valuedouble, 4);
+    ASSERT_EQ_INT((int)cJSON_GetObjectItem(j, "hypotheses")->valuedouble, 4);
+    ASSERT_EQ_INT((long)cJSON_GetObjectItem(j, "source_tokens")->valuedouble, src_tokens);
+    ASSERT_EQ_INT((long)cJSON_GetObjectItem(j, "target_tokens")->valuedouble, tgt_tokens);
+    cJSON_Delete(j);
+    assert_idle(&f);
+    job_free(t);
+    fixture_free(&f);
+    moa_heads_free(heads);
+}
+
 // A job whose units all came from the cache is given back DONE by the next
 // round, without a session.
 static void test_all_cached_job_done(void) {
@@ -1037,6 +1093,7 @@ const moa_test_case moa_tests_sched[] = {
     {"workers_balanced_by_rows", test_workers_balanced_by_rows},
     {"workers_wait_for_fewer_rows", test_workers_wait_for_fewer_rows},
     {"queue_full", test_queue_full},
+    {"heads_count_all_keep_asked_traces", test_heads_count_all_keep_asked_traces},
     {"all_cached_job_done", test_all_cached_job_done},
     {"engine_refusal_fails_job", test_engine_refusal_fails_job},
     {"two_models_share_worker", test_two_models_share_worker},

@@ -614,14 +614,28 @@ def test_heads_counts_add_up():
     check(st == 200, f"reset {st}")
     h = json.loads(request(s, "GET", "/heads")[2])
     check(h["source_tokens"] == 0 and h["sentences"] == 0, "reset zeroes")
-    n_src = n_tgt = 0
+    n_src = n_tgt = n_units = 0
     for beam in (1, 4):
         j = translate(s, {"text": sentences(6, 3 * beam), "trace": True, "beam_size": beam})
         for t in j["translations"]:
+            n_units += len(t["trace"])
             for seg in t["trace"]:
                 n_src += len(seg["source_pieces"])
                 n_tgt += len(seg["target_pieces"])
+    # A request that asks for no trace is counted all the same: the same
+    # texts without a trace, then with one (options no other test uses, so
+    # the first is computed, not cached; a traced one never is) count twice.
+    opts = {"beam_size": 3, "length_penalty": 0.9}
+    plain = translate(s, dict(opts, text=sentences(2, 40)))
+    check(all("trace" not in t for t in plain["translations"]), "no trace unasked")
+    j = translate(s, dict(opts, text=sentences(2, 40), trace=True))
+    for t in j["translations"]:
+        n_units += 2 * len(t["trace"])
+        for seg in t["trace"]:
+            n_src += 2 * len(seg["source_pieces"])
+            n_tgt += 2 * len(seg["target_pieces"])
     h = json.loads(request(s, "GET", "/heads")[2])
+    check(h["sentences"] == n_units, f"sentences counted: {h['sentences']} of {n_units}")
     k = h["top_k"]
     check(h["source_tokens"] == n_src and h["target_tokens"] == n_tgt,
           f"heads {h['source_tokens']}/{h['target_tokens']} vs responses {n_src}/{n_tgt}")
@@ -642,6 +656,17 @@ def test_heads_counts_add_up():
     check(hd["content-type"].startswith("text/plain"), "Accept: text/plain")
     st, hd, b = request(s, "GET", "/heads?format=xml")
     check(st == 400, "bad format")
+    # top=0 lists no pieces (it used to write before the list: heap corruption)
+    for fmt in ("json", "text", "html"):
+        st, hd, b = request(s, "GET", f"/heads?top=0&format={fmt}")
+        check(st == 200, f"top=0 format={fmt}: {st}")
+    h0 = json.loads(request(s, "GET", "/heads?top=0")[2])
+    check(all(e["top_pieces"] == [] for m in h0["modules"].values() for l in m["layers"]
+              for e in l["experts"]), "top=0: no pieces")
+    check(h0["target_tokens"] == n_tgt, "top=0: same counts")
+    st, _, b = request(s, "GET", "/heads?top=1")
+    check(st == 200 and all(len(e["top_pieces"]) <= 1 for m in json.loads(b)["modules"].values()
+                            for l in m["layers"] for e in l["experts"]), "top=1")
 
 
 PROM_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\]|\\.)*"'
