@@ -334,12 +334,16 @@ class Soak:
             else:
                 other += 1
         heap_in_use = heap_free = None
+        sess: Dict[str, Optional[float]] = {k: None for k in SESSION_PARTS}
         try:
             m = self.get("/metrics")[1].decode()
             v = dict(re.findall(r'^moa_heap_bytes\{state="(\w+)"\} (\d+)$', m, re.M))
             if v:
                 heap_in_use = round(int(v["in_use"]) / 2**20, 1)
                 heap_free = round(int(v["free"]) / 2**20, 1)
+            for part, val in re.findall(r'^moa_session_bytes\{part="(\w+)"\} (\d+)$', m, re.M):
+                if part in sess:
+                    sess[part] = round(int(val) / 2**20, 1)
         except (OSError, KeyError, ValueError):
             pass
         t = self.now()
@@ -350,11 +354,13 @@ class Soak:
         self.samples.append({"t": round(t, 1), "rss_mb": round(rss / 1024, 1),
                              "fds": sockets + other, "sockets": sockets, "other_fds": other,
                              "heap_in_use_mb": heap_in_use, "heap_free_mb": heap_free,
+                             **{f"session_{k}_mb": v for k, v in sess.items()},
                              "normal_done": len(lat),
                              "p99_ms": round(1e3 * pct(lat, 0.99), 1) if lat else None})
         s = self.samples[-1]
         print(f"  {t / 60:5.1f} min  RSS {s['rss_mb']:7.1f} MB  heap {heap_in_use} MB in use, "
-              f"{heap_free} MB free  fds {s['fds']:3d} "
+              f"{heap_free} MB free (sessions {sess['blocks_in_use']} + {sess['blocks_free']} MB blocks)  "
+              f"fds {s['fds']:3d} "
               f"(sockets {sockets})  normal {len(lat):4d}  p99 {s['p99_ms']} ms", flush=True)
 
     def run(self) -> int:
@@ -467,7 +473,8 @@ class Soak:
         with open(os.path.join(a.out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
         with open(os.path.join(a.out, "samples.tsv"), "w") as f:
-            cols = ["t", "rss_mb", "heap_in_use_mb", "heap_free_mb", "fds", "sockets",
+            cols = ["t", "rss_mb", "heap_in_use_mb", "heap_free_mb",
+                    *[f"session_{k}_mb" for k in SESSION_PARTS], "fds", "sockets",
                     "other_fds", "normal_done", "p99_ms"]
             f.write("\t".join(cols) + "\n")
             for s in self.samples:
@@ -478,6 +485,10 @@ class Soak:
             f.write(md)
         print(md)
         return 0 if ok else 1
+
+
+# moa_session_bytes{part=...} (the engine sessions' heap), sampled with the rest
+SESSION_PARTS = ("arena", "blocks_in_use", "blocks_free")
 
 
 def letters(k: int) -> str:
@@ -504,7 +515,11 @@ def plot(samples: List[Dict[str, Any]], W: float, path: str, a: argparse.Namespa
     fig, (ax1, ax2) = plt.subplots(2, 1, sharex=True, figsize=(9, 6))
     ax1.plot(t, [s["rss_mb"] for s in samples], color="tab:blue", label="RSS")
     for key, color, label in (("heap_in_use_mb", "tab:green", "heap in use"),
-                              ("heap_free_mb", "tab:orange", "heap freed, kept by malloc")):
+                              ("heap_free_mb", "tab:orange", "heap freed, kept by malloc"),
+                              ("session_blocks_in_use_mb", "tab:purple",
+                               "sessions: sentence blocks in use"),
+                              ("session_blocks_free_mb", "tab:gray",
+                               "sessions: blocks kept for reuse")):
         pts = [(x, s[key]) for x, s in zip(t, samples) if s.get(key) is not None]
         if pts:
             ax1.plot([p[0] for p in pts], [p[1] for p in pts], color=color, label=label)

@@ -426,6 +426,23 @@ static enum MHD_Result do_metrics(req *r, struct MHD_Connection *c) {
     for (int i = 0; i < n; i++)
         moa_buf_printf(&b, "moa_model_sentences_total{model=\"%s\"} %ld\n", srv->models[i].name,
                        atomic_load(&srv->models[i].sentences));
+    // The engine sessions' share of the heap, every worker's summed.
+    moa_session_mem sm = {0};
+    for (int w = 0; srv->sched && w < moa_sched_workers(srv->sched); w++) {
+        moa_sched_worker_stats ws;
+        moa_sched_get_worker_stats(srv->sched, w, &ws);
+        sm.arena_bytes += ws.mem.arena_bytes;
+        sm.blocks_in_use_bytes += ws.mem.blocks_in_use_bytes;
+        sm.blocks_free_bytes += ws.mem.blocks_free_bytes;
+    }
+    moa_buf_printf(&b, "# HELP moa_session_bytes Heap the engine sessions hold, all workers: "
+                       "scratch arenas, blocks of the sentences queued and decoding, blocks "
+                       "kept for reuse (as of each worker's last step).\n"
+                       "# TYPE moa_session_bytes gauge\n"
+                       "moa_session_bytes{part=\"arena\"} %zu\n"
+                       "moa_session_bytes{part=\"blocks_in_use\"} %zu\n"
+                       "moa_session_bytes{part=\"blocks_free\"} %zu\n",
+                   sm.arena_bytes, sm.blocks_in_use_bytes, sm.blocks_free_bytes);
 #if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
     // The C heap as glibc's allocator sees it: what the server holds (arena
     // chunks and mmapped ones) and what it freed but the allocator keeps.

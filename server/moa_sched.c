@@ -61,6 +61,7 @@ typedef struct moa_worker {
     moa_cancel *cancels;        // released while busy (room for inflight_per)
     int n_cancels;
     long steps, dropped;        // for moa_sched_get_worker_stats
+    moa_session_mem mem;        // its sessions' heap after its last round
 } moa_worker;
 
 struct moa_sched {
@@ -505,6 +506,19 @@ static int worker_session_rows(const moa_sched *s, const moa_worker *w) {
     return n;
 }
 
+// What the worker's sessions hold, summed (the lock held, the worker not
+// stepping: nobody else touches its sessions then).
+static void note_memory(moa_sched *s, moa_worker *w) {
+    memset(&w->mem, 0, sizeof w->mem);
+    for (int mi = 0; mi < s->n_models; mi++) {
+        moa_session_mem m;
+        moa_session_memory(w->sess[mi], &m);
+        w->mem.arena_bytes += m.arena_bytes;
+        w->mem.blocks_in_use_bytes += m.blocks_in_use_bytes;
+        w->mem.blocks_free_bytes += m.blocks_free_bytes;
+    }
+}
+
 // One iteration of a worker that holds units: ONE engine step of each of
 // its sessions that holds units (models in turn, so no model waits for
 // another's sentences to finish) with the lock released, then the
@@ -539,6 +553,7 @@ static int worker_round(moa_sched *s, moa_worker *w) {
         for (int mi = 0; mi < s->n_models; mi++) take_finished(s, w, mi);
     }
     apply_cancels(s, w);
+    note_memory(s, w);
     // Every unit booked here is in the sessions, live or about to be; the
     // sessions holding more rows than booked means the two disagree on a
     // sentence's rows (the e2e suite looks for this line).
@@ -696,6 +711,7 @@ moa_sched *moa_sched_create_models(const moa_model *const *models, int n_models,
         for (int mi = 0; mi < n_models; mi++)
             if (!(w->sess[mi] = moa_session_create(models[mi], s->rows_per, err, errlen)))
                 goto fail_session;
+        note_memory(s, w);
         if (s->opts.manual) continue;
         if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
             snprintf(err, errlen, "cannot start compute worker thread %d", i);
@@ -826,6 +842,7 @@ void moa_sched_get_worker_stats(moa_sched *s, int wi, moa_sched_worker_stats *st
     if (w->busy) st->session_live = -1;
     st->steps = w->steps;
     st->dropped = w->dropped;
+    st->mem = w->mem;
     pthread_mutex_unlock(&s->lock);
 }
 

@@ -204,6 +204,8 @@ typedef struct moa_sched_worker_stats {
     int busy;               // stepping now
     long steps;             // moa_session_step calls
     long dropped;           // results thrown away: their job went back during the step
+    moa_session_mem mem;    // its sessions' heap (moa_session_memory, summed) as
+                            // of its last round (creation: the arenas alone)
 } moa_sched_worker_stats;
 int moa_sched_workers(const moa_sched *s);
 void moa_sched_get_worker_stats(moa_sched *s, int w, moa_sched_worker_stats *st);

@@ -846,6 +846,34 @@ static void test_heads_count_all_keep_asked_traces(void) {
     moa_heads_free(heads);
 }
 
+// Each worker publishes what its sessions hold after every round: the
+// arena from creation on, the sentences' blocks while they decode, then
+// the same blocks kept for reuse.
+static void test_session_memory_published(void) {
+    fixture f;
+    fixture_load(&f);
+    fixture_start(&f, 1, 8, 64, 4096, NULL);
+    moa_sched_worker_stats ws = wstats(&f, 0);
+    ASSERT_TRUE(ws.mem.arena_bytes > 0);
+    ASSERT_EQ_INT(ws.mem.blocks_in_use_bytes, 0);
+    ASSERT_EQ_INT(ws.mem.blocks_free_bytes, 0);
+    tjob *t = job_new(&f, 0, 4, 4, MAXLEN);
+    submit_ok(&f, t);
+    moa_sched_poll(f.s);
+    ASSERT_EQ_INT(moa_sched_step_worker(f.s, 0) > 0, 1);
+    ws = wstats(&f, 0);
+    ASSERT_TRUE(ws.mem.blocks_in_use_bytes > 0);
+    size_t in_use = ws.mem.blocks_in_use_bytes;
+    step_until_back(&f, 0, t, MAX_STEPS);
+    ASSERT_EQ_INT(t->why, MOA_SCHED_DONE);
+    ws = wstats(&f, 0);
+    ASSERT_EQ_INT(ws.mem.blocks_in_use_bytes, 0);
+    ASSERT_TRUE(ws.mem.blocks_free_bytes >= in_use);
+    assert_idle(&f);
+    job_free(t);
+    fixture_free(&f);
+}
+
 // A job whose units all came from the cache is given back DONE by the next
 // round, without a session.
 static void test_all_cached_job_done(void) {
@@ -1094,6 +1122,7 @@ const moa_test_case moa_tests_sched[] = {
     {"workers_wait_for_fewer_rows", test_workers_wait_for_fewer_rows},
     {"queue_full", test_queue_full},
     {"heads_count_all_keep_asked_traces", test_heads_count_all_keep_asked_traces},
+    {"session_memory_published", test_session_memory_published},
     {"all_cached_job_done", test_all_cached_job_done},
     {"engine_refusal_fails_job", test_engine_refusal_fails_job},
     {"two_models_share_worker", test_two_models_share_worker},

@@ -727,6 +727,12 @@ def test_metrics_prometheus():
     if not ARGS.sanitizer:  # (ASan's allocator is not glibc's: mallinfo2 sees little)
         # the packed weights alone are on the heap
         check(heap['state="in_use"'] > 1e6, f"heap in use {heap}")
+    # the sessions' share: arenas from the start, blocks kept for reuse after
+    # a translation (published by the worker before the answer goes out)
+    sess = m.get("moa_session_bytes", {})
+    check(set(sess) == {'part="arena"', 'part="blocks_in_use"', 'part="blocks_free"'},
+          f"moa_session_bytes {sess}")
+    check(sess['part="arena"'] > 0 and sess['part="blocks_free"'] > 0, f"session bytes {sess}")
     # once idle after work the scheduler hands freed memory back (malloc_trim):
     # a text no cache has seen goes through it (digits would be a protected
     # placeholder, the same for the cache: a word of random letters), and
