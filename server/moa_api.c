@@ -66,6 +66,7 @@ struct moa_tr {
 
 moa_job *moa_tr_job(moa_tr *tr) { return &tr->job; }
 int moa_tr_waiting(const moa_tr *tr) { return tr->n_waiting; }
+int moa_tr_units(const moa_tr *tr) { return tr ? tr->n_units : 0; }
 void moa_tr_get_counts(const moa_tr *tr, moa_tr_counts *c) { *c = tr->counts; }
 const char *moa_tr_first_text(const moa_tr *tr) {
     return tr && tr->n_texts > 0 ? tr->texts[0] : NULL;

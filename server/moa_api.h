@@ -52,6 +52,8 @@ typedef struct moa_tr_counts {
     long src_tokens, tgt_tokens;
 } moa_tr_counts;
 void moa_tr_get_counts(const moa_tr *tr, moa_tr_counts *c);
+// Units (sentences and pieces) the request was cut into.
+int moa_tr_units(const moa_tr *tr);
 // The first text (for log_text), or NULL.
 const char *moa_tr_first_text(const moa_tr *tr);
 

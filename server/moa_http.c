@@ -30,6 +30,10 @@
 // rarely enough to cost nothing next to a decoder step.
 #define WATCH_INTERVAL_MS 20
 
+// A /translate request of at least this many units hands the memory it
+// freed back to the system at once (moa_sched_release_memory).
+#define TRIM_AFTER_UNITS 1000
+
 typedef struct req req;
 
 struct moa_http {
@@ -398,12 +402,16 @@ static enum MHD_Result do_metrics(req *r, struct MHD_Connection *c) {
                    "# HELP moa_heap_trims_total Times the scheduler gave freed heap memory "
                    "back to the system (malloc_trim: idle after work, every 10 s while busy).\n"
                    "# TYPE moa_heap_trims_total counter\nmoa_heap_trims_total %ld\n"
+                   "# HELP moa_heap_request_trims_total Times freed heap memory went back to "
+                   "the system right after a request of 1000 or more units (sentences) ended.\n"
+                   "# TYPE moa_heap_request_trims_total counter\nmoa_heap_request_trims_total %ld\n"
                    "# HELP moa_info The models served (one series each), their precision and shortlist, and the BLAS core.\n"
                    "# TYPE moa_info gauge\n",
                    st.queued_units, st.live_units, st.rows, atomic_load(&srv->inflight),
                    (unsigned long long)cs.hits, (unsigned long long)cs.misses, cs.entries,
                    atomic_load(&srv->ready) && !atomic_load(&srv->draining),
-                   atomic_load(&srv->draining), atomic_load(&srv->late_bodies), st.trims);
+                   atomic_load(&srv->draining), atomic_load(&srv->late_bodies), st.trims,
+                   st.request_trims);
     int n = atomic_load(&srv->ready) ? srv->n_models : 0;
     for (int i = 0; i < n; i++) {
         const moa_srv_model *m = &srv->models[i];
@@ -515,7 +523,7 @@ static int watch_remove(moa_http *h, req *r) {
     return 1;
 }
 
-static void req_free(req *r);
+static void req_free(moa_server *srv, req *r);
 
 // One look at the clients of the held requests: the jobs of those gone are
 // cancelled (the scheduler resumes them with MOA_SCHED_CANCELLED: 499).
@@ -552,7 +560,7 @@ static void watch_round(moa_http *h) {
         req *r = h->preqs[i];
         if (--r->pins == 0 && r->orphan) {
             pthread_mutex_unlock(&h->wmu);
-            req_free(r);
+            req_free(h->srv, r);
             pthread_mutex_lock(&h->wmu);
         }
     }
@@ -831,17 +839,22 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
         mine = watch_remove(h, r);
         pthread_mutex_unlock(&h->wmu);
     }
-    if (mine) req_free(r);
+    if (mine) req_free(srv, r);
 }
 
-static void req_free(req *r) {
+static void req_free(moa_server *srv, req *r) {
     // A job the scheduler still holds (only when MHD closes a suspended
     // connection at stop) must outlive this request: leak it rather than
     // free memory another thread uses.
     int held = r->submitted && atomic_load(&r->back) == 0;
+    int units = moa_tr_units(r->tr);
     if (!held) moa_tr_free(r->tr);
     free(r->body.s);
     free(r);
+    // A request of many sentences freed megabytes of small blocks in this
+    // thread's heap: hand them back now rather than at the next periodic
+    // trim (server/README.md, "Memory").
+    if (!held && units >= TRIM_AFTER_UNITS && srv->sched) moa_sched_release_memory(srv->sched);
 }
 
 __attribute__((format(printf, 2, 0)))

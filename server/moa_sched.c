@@ -99,6 +99,7 @@ struct moa_sched {
     // gauges for other threads (mu)
     int live_units, rows, jobs;
     long trims;                 // trims so far
+    long request_trims;         // moa_sched_release_memory's
     double rate;                // sentences/s, exponential average
 
     // under lock
@@ -491,6 +492,13 @@ static void release_memory(void) {
 #endif
 }
 
+void moa_sched_release_memory(moa_sched *s) {
+    release_memory();
+    pthread_mutex_lock(&s->mu);
+    s->request_trims++;
+    pthread_mutex_unlock(&s->mu);
+}
+
 // Gives back everything held or submitted: the scheduler stops. Under lock;
 // s->stopping is set.
 static void stop_round(moa_sched *s) {
@@ -825,6 +833,7 @@ void moa_sched_get_stats(moa_sched *s, moa_sched_stats *st) {
     st->jobs = s->jobs;
     st->sentences_per_s = s->rate;
     st->trims = s->trims;
+    st->request_trims = s->request_trims;
     pthread_mutex_unlock(&s->mu);
 }
 

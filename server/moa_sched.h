@@ -194,8 +194,15 @@ typedef struct moa_sched_stats {
     double sentences_per_s; // recent completion rate (for Retry-After)
     long trims;             // times freed memory went back to the system: when
                             // idle after work, every 10 s while holding jobs
+    long request_trims;     // ... and moa_sched_release_memory's (large requests)
 } moa_sched_stats;
 void moa_sched_get_stats(moa_sched *s, moa_sched_stats *st);
+// Gives freed heap memory back to the system now (malloc_trim), on the
+// caller's thread, counted in request_trims: the server calls it after
+// freeing a request of many sentences, whose memory would otherwise stay
+// resident until the next periodic trim. Thread-safe; takes no lock while
+// it trims.
+void moa_sched_release_memory(moa_sched *s);
 
 // One worker's state; thread-safe.
 typedef struct moa_sched_worker_stats {

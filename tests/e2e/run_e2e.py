@@ -742,6 +742,14 @@ def test_metrics_prometheus():
     translate(s, {"text": f"Remove the file {word}"})
     check(wait_for(lambda: metrics(s)["moa_heap_trims_total"][""] > trims),
           f"moa_heap_trims_total still {trims} after a translation")
+    # a request of 1000 units hands its memory back as it ends (the same line
+    # 1000 times: the cache answers all but the first)
+    before = metrics(s)["moa_heap_request_trims_total"][""]
+    j = translate(s, {"text": "\n".join(["Open the file"] * 1000)})
+    check(len(j["translatedText"].split("\n")) == 1000, "1000 lines back")
+    check(wait_for(lambda: metrics(s)["moa_heap_request_trims_total"][""] > before),
+          f"moa_heap_request_trims_total still {before} after 1000 units")
+    check(metrics(s)["moa_heap_request_trims_total"][""] == before + 1, "one trim, once")
 
 
 BROWSER_ACCEPT = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,"
