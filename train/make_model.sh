@@ -203,6 +203,7 @@ if need_train; then
 else
   say "3. training: $RUN/done.json exists"
 fi
+[ "${MOA_UNTIL:-5}" -ge 4 ] || { say "stopping after stage 3"; exit 0; }
 
 # --- 4. export -------------------------------------------------------------------------
 CLI=build/release/moa-translate
@@ -246,6 +247,8 @@ if [ ! -f "$OUT/shortlist.tsv" ] || [ "$WORK/data/meta.json" -nt "$OUT/shortlist
 else
   say "4b. vocabulary shortlist: $OUT/shortlist.tsv is up to date"
 fi
+
+[ "${MOA_UNTIL:-5}" -ge 5 ] || { say "stopping after stage 4"; exit 0; }
 
 # --- 5. evaluation ----------------------------------------------------------------------
 if [ ! -f "$WORK/eval/metrics.json" ]; then
