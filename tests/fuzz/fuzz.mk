@@ -11,7 +11,7 @@ FUZZ_BIN = $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
 
 ifeq ($(MODE),fuzz)
   FUZZ_MAIN :=
-  FUZZ_LINK := -fsanitize=fuzzer
+  FUZZ_LINK := -fsanitize=fuzzer -fsanitize-link-c++-runtime
 else
   FUZZ_MAIN := $(BUILD)/tests/fuzz/replay.o
   FUZZ_LINK :=
