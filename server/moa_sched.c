@@ -140,7 +140,6 @@ const char *moa_sched_reason_name(moa_sched_reason r) {
     return "unknown";
 }
 
-// Beam rows a unit takes in the session: what the engine reserves for it.
 // A result kept until its whole job is done (a 5000-line request holds
 // thousands) need not keep the traces only /heads wanted: they are most of
 // its bytes. Out of memory: it keeps them (harmless).
@@ -151,6 +150,7 @@ static void drop_traces(moa_result *r) {
     *r = lean;
 }
 
+// Beam rows a unit takes in the session: what the engine reserves for it.
 static int unit_rows(const moa_unit *u) { return moa_search_opts_rows(&u->opts); }
 
 // --- giving jobs back ----------------------------------------------------------------

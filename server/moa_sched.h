@@ -95,7 +95,10 @@ typedef struct moa_unit {
     int *src;               // ids without eos (malloc'ed; may be NULL if src_len 0)
     int src_len;
     int model;              // index of its model (moa_sched_create_models); 0 with one
-    moa_search_opts opts;   // per unit: seed already offset by the unit's index
+    moa_search_opts opts;   // per unit: seed already offset by the unit's index;
+                            // trace: the submitter reads res's traces (with
+                            // /heads on every unit is traced for it, and the
+                            // trace dropped from res unless asked for)
     int state;              // moa_unit_state
     int from_cache;
     int eng_id;             // moa_session_add's id while LIVE
