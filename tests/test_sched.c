@@ -28,6 +28,7 @@ typedef struct fixture {
     moa_conf conf;
     moa_metrics *metrics;
     moa_sched *s;
+    moa_heads *heads;           // NULL, or /heads statistics for fixture_start
     double clock;               // the injected clock (manual mode)
 } fixture;
 
@@ -76,7 +77,8 @@ static void fixture_start(fixture *f, int workers, int inflight, int rows, int q
     moa_sched_opts opts = {.manual = 1, .now = fake_now, .now_ctx = &f->clock};
     if (o) opts = *o;
     char err[512];
-    if (!(f->s = moa_sched_create(f->model, &f->conf, f->metrics, NULL, &opts, err, sizeof err)))
+    if (!(f->s = moa_sched_create(f->model, &f->conf, f->metrics, f->heads, &opts, err,
+                                  sizeof err)))
         MOA_TEST_FAIL("moa_sched_create: %s", err);
 }
 
@@ -798,18 +800,9 @@ static void test_queue_full(void) {
 static void test_heads_count_all_keep_asked_traces(void) {
     fixture f;
     fixture_load(&f);
-    memset(&f.conf, 0, sizeof f.conf);
-    f.conf.compute_workers = 1;
-    f.conf.max_inflight = 8;
-    f.conf.max_batch_rows = 64;
-    f.conf.max_queue = 4096;
-    f.conf.timeout = 60;
-    moa_heads *heads = moa_heads_create(moa_model_config(f.model));
+    moa_heads *heads = f.heads = moa_heads_create(moa_model_config(f.model));
     if (!heads) MOA_TEST_FAIL("out of memory");
-    moa_sched_opts opts = {.manual = 1, .now = fake_now, .now_ctx = &f.clock};
-    char err[512];
-    if (!(f.s = moa_sched_create(f.model, &f.conf, f.metrics, heads, &opts, err, sizeof err)))
-        MOA_TEST_FAIL("moa_sched_create: %s", err);
+    fixture_start(&f, 1, 8, 64, 4096, NULL);
     tjob *t = job_new(&f, 3, 4, 2, MAXLEN);
     t->job.units[0].opts.trace = t->job.units[1].opts.trace = 1;
     submit_ok(&f, t);
