@@ -909,6 +909,7 @@ static int extend_single(const moa_config *c, sent *st, int tok, int pos, const 
                          float lse, int last) {
     int t = st->step;
     float l = logits[pos] - lse;
+    if (!(l > -INFINITY)) return 1;  // NaN: finished without a hypothesis (n_hyps 0)
     double total = st->scores[0] + (double)l;
     if (last) {
         finish(c, st, 0, tok, l, total);
@@ -941,7 +942,7 @@ static int advance(moa_session *s, sent *st, float *lp, const float *lse) {
 
     if (st->sampling) {
         int pos = moa_sample_token(lp, V, &st->o, &st->rng, s->sample_f, s->sample_i);
-        if (pos < 0) return 1;  // nothing allowed: cannot happen with a sane config
+        if (pos < 0) return 1;  // nothing allowed: only a model's NaN does that
         int tok = st->cand ? st->cand[pos] : pos;
         return extend_single(c, st, tok, pos, lp, lse[0], tok == c->eos_id);
     }

@@ -226,6 +226,10 @@ typedef struct moa_hypothesis {
 typedef struct moa_result {
     int id;                 // what moa_session_add returned
     void *user;             // what the caller passed to moa_session_add
+    // 0 when the model gave no usable log-prob at some step: every token
+    // allowed there scored NaN or -inf (weights whose numbers overflow). No
+    // hypothesis is made up then, and every one returned has a finite score;
+    // callers report that sentence as failed.
     int n_hyps;
     moa_hypothesis *hyps;   // best first
     // A result from a session lives in ONE block: mem, which the hypotheses,

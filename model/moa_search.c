@@ -181,8 +181,11 @@ int moa_beam_candidates(const float *logits, int n_hyp, int v, const float *lse,
             int end = t0 + 16 < v ? t0 + 16 : v;
             if (end - t0 == 16 && !any_at_least(row + t0, floor)) continue;
             for (int t = t0; t < end; t++) {
-                if (row[t] < floor || row[t] == -INFINITY) continue;
+                // NaN never passes (a model whose numbers overflowed): no
+                // candidate is better than nothing (moa_model.h, n_hyps)
+                if (!(row[t] >= floor)) continue;
                 float lp = row[t] - off;
+                if (!(lp > -INFINITY)) continue;
                 double s = hyp_score[h] + (double)lp;
                 if (n == want && s < out[want - 1].score) continue;
                 moa_cand c = {s, h, t, lp};
@@ -244,7 +247,7 @@ int moa_sample_token(const float *lp, int v, const moa_search_opts *o,
     int n = 0;
     float inv_t = 1.0f / o->sampling_temperature;
     for (int j = 0; j < v; j++) {
-        if (lp[j] == -INFINITY) continue;
+        if (!(lp[j] > -INFINITY)) continue;  // masked, or NaN
         p[j] = lp[j] * inv_t;
         idx[n++] = j;
     }

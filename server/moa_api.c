@@ -1197,8 +1197,13 @@ cJSON *moa_api_translate_answer(moa_server *srv, moa_tr *tr, double t_start, cha
     tr->counts.texts = tr->n_texts;
     for (int i = 0; i < tr->n_units; i++) {
         moa_unit *un = &tr->units[i];
-        if (un->state != MOA_UNIT_DONE || un->res.n_hyps < 1) {
+        if (un->state != MOA_UNIT_DONE) {
             snprintf(err, errlen, "a sentence came back without a translation");
+            goto fail;
+        }
+        if (un->res.n_hyps < 1) {  // moa_model.h: the model's numbers overflowed
+            snprintf(err, errlen, "the model gave no usable scores for sentence %d "
+                     "(NaN or infinite values: its weights overflow)", i + 1);
             goto fail;
         }
         tr->counts.sentences++;

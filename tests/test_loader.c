@@ -882,6 +882,67 @@ static void test_reject_st_nan(void) {
     tt_free(tm);
 }
 
+// Hypotheses of sentences 0-1 translated (greedy, beam 4 with two, seeded
+// sampling) and scored against a fixed target: how many came back, each
+// with a finite score (fails the test otherwise).
+static int usable_hypotheses(moa_model *m) {
+    char err[512];
+    moa_session *s = moa_session_create(m, 8, err, sizeof err);
+    if (!s) MOA_TEST_FAIL("session: %s", err);
+    int a[3] = {5, 11, 4}, b[1] = {7}, t[2] = {6, 9};
+    const int *src[2] = {a, b}, *tgt[2] = {t, t};
+    int len[2] = {3, 1}, tlen[2] = {2, 2}, total = 0;
+    for (int mode = 0; mode < 4; mode++) {
+        moa_search_opts o;
+        moa_search_opts_default(&o);
+        o.beam_size = mode == 1 ? 4 : 1;
+        o.num_hypotheses = mode == 1 ? 2 : 1;
+        if (mode == 2) {
+            o.sampling_topk = 5;
+            o.seed = 3;
+        }
+        moa_result r[2];
+        int rc = mode == 3 ? moa_score(s, src, len, tgt, tlen, 2, 0, r, err, sizeof err)
+                           : moa_translate(s, src, len, 2, &o, r, err, sizeof err);
+        if (rc != 0) MOA_TEST_FAIL("mode %d: rc %d: %s", mode, rc, err);
+        for (int i = 0; i < 2; i++) {
+            ASSERT_TRUE(r[i].n_hyps >= 0 && r[i].n_hyps <= 2);
+            for (int h = 0; h < r[i].n_hyps; h++)
+                if (!isfinite(r[i].hyps[h].score) || !isfinite(r[i].hyps[h].log_prob))
+                    MOA_TEST_FAIL("mode %d sentence %d hypothesis %d: score %g", mode, i, h,
+                                  r[i].hyps[h].score);
+            total += r[i].n_hyps;
+            moa_result_clear(&r[i]);
+        }
+        ASSERT_EQ_INT(moa_session_live(s), 0);
+    }
+    moa_session_free(s);
+    return total;
+}
+
+// Finite weights whose numbers overflow (found by fuzz_model_load): the
+// model loads, every log-prob is NaN, and each sentence comes back with no
+// hypothesis rather than one made of NaN-scored tokens; the session stays
+// usable. The same model with sane weights gives every hypothesis asked for.
+static void test_overflowing_model_gives_no_hypothesis(void) {
+    tt_cfg c = tt_tiny();
+    tt_model *tm = tt_new(&c, "F32");
+    char dir[512];
+    tt_save(dir, sizeof dir, &c, tm);
+    moa_model *m = load_ok(dir);
+    ASSERT_EQ_INT(usable_hypotheses(m), 2 * (1 + 2 + 1 + 1));
+    moa_model_free(m);
+    tt_rmdir(dir);
+    tt_tensor *e = tt_find(tm, "encoder.embed_tokens.weight");
+    for (uint64_t i = 0; i < e->n; i++) e->val[i] = i % 2 ? 3e38f : -3e38f;
+    tt_save(dir, sizeof dir, &c, tm);
+    m = load_ok(dir);
+    ASSERT_EQ_INT(usable_hypotheses(m), 0);
+    moa_model_free(m);
+    tt_rmdir(dir);
+    tt_free(tm);
+}
+
 static void test_reject_shared_embed_differs(void) {
     tt_cfg c = tt_tiny();
     tt_model *tm = tt_new(&c, "F32");
@@ -1615,6 +1676,7 @@ const moa_test_case moa_tests_loader[] = {
     {"reject_st_wrong_shape", test_reject_st_wrong_shape},
     {"reject_st_nan", test_reject_st_nan},
     {"reject_shared_embed_differs", test_reject_shared_embed_differs},
+    {"overflowing_model_gives_no_hypothesis", test_overflowing_model_gives_no_hypothesis},
     {"reject_unshared_missing_projection", test_reject_unshared_missing_projection},
     {"reject_never_crashes", test_reject_never_crashes},
     {"load_f32", test_load_f32},

@@ -1809,6 +1809,48 @@ def test_precision_and_shortlist_servers_match_cli():
         check(s.stop() == 0, f"{name}: exit status")
 
 
+def overflowing_model() -> str:
+    """tiny-trained with its embeddings set to +-3e38: finite (the loader takes it), but every
+    number the model computes overflows to NaN (what fuzz_model_load found)."""
+    import array
+    d = os.path.join(TMP, "model-overflowing")
+    if os.path.isdir(d):
+        return d
+    os.makedirs(d)
+    for f in ("config.json", "sentencepiece.model", "vocab.txt"):
+        os.symlink(os.path.join(MODEL, f), os.path.join(d, f))
+    with open(os.path.join(MODEL, "model.safetensors"), "rb") as f:
+        blob = bytearray(f.read())
+    n = int.from_bytes(blob[:8], "little")
+    t = json.loads(blob[8:8 + n])["encoder.embed_tokens.weight"]
+    assert t["dtype"] == "F32", t
+    a, b = (8 + n + o for o in t["data_offsets"])
+    big = array.array("f", [3e38 if i % 2 else -3e38 for i in range((b - a) // 4)])
+    blob[a:b] = big.tobytes()
+    with open(os.path.join(d, "model.safetensors"), "wb") as f:
+        f.write(blob)
+    return d
+
+
+@test
+def test_overflowing_model_answers_clear_error():
+    """A model whose numbers overflow gives no translation: a 500 that says so, for every
+    request, nothing cached or half-answered, and the server goes on serving."""
+    s = Server("overflowing", model=overflowing_model())
+    try:
+        for body in ({"text": "Open the file."}, {"text": ["One.", "Two."]},
+                     {"text": "Open the file.", "alternatives": 2, "beam_size": 4}):
+            st, _, data = request(s, "POST", "/translate", body)
+            j = json.loads(data)
+            check(st == 500 and "no usable scores for sentence 1" in j.get("error", ""),
+                  f"{body}: {st} {data[:300]!r}")
+        check(request(s, "GET", "/health")[0] == 200, "health after the failures")
+        check(translate_status(s, 500) == 3, "three 500s counted")
+        check(metrics(s)["moa_cache_entries"].get("", 0) == 0, "nothing cached")
+    finally:
+        check(s.stop() == 0, "exit status")
+
+
 @test
 def test_shortlist_without_file_refused():
     d = os.path.join(TMP, "model-without-shortlist")

@@ -8,7 +8,8 @@
 // and layout, and the fixture models' configs and headers.
 //
 // A model that loads is used: a session translates two short sentences
-// with beam search and traces, and every output token must be in range.
+// with beam search and traces, and every output token must be in range
+// and every score finite.
 // A refused one must say why.
 #include "fuzz_util.h"
 #include "moa_model.h"
@@ -43,9 +44,11 @@ static void use_model(moa_model *m) {
     int rc = moa_translate(s, src, len, 2, &o, r, err, sizeof err);
     FUZZ_CHECK(rc == 0 || rc == MOA_ENOMEM);
     for (int i = 0; rc == 0 && i < 2; i++) {
-        FUZZ_CHECK(r[i].n_hyps >= 1);
+        // none when the model's numbers overflow (moa_model.h, n_hyps)
+        FUZZ_CHECK(r[i].n_hyps >= 0 && r[i].n_hyps <= 2);
         for (int h = 0; h < r[i].n_hyps; h++) {
             const moa_hypothesis *hy = &r[i].hyps[h];
+            FUZZ_CHECK(isfinite(hy->score) && isfinite(hy->log_prob));
             FUZZ_CHECK(hy->n_tokens >= 1 && hy->n_tokens <= c->max_positions);
             for (int t = 0; t < hy->n_tokens; t++)
                 FUZZ_CHECK(hy->tokens[t] >= 0 && hy->tokens[t] < c->vocab_size);
